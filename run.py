@@ -1,0 +1,31 @@
+"""Train FixMatch (or its supervised baseline) as configured in conf/; see README.md.
+
+    python run.py                                   # CIFAR-10, 4000 labels, the paper's protocol
+    python run.py experiment=quickstart             # offline, a few minutes on a CPU
+    python run.py -m ssl.num_labeled=40,250,4000 seed=1,2,3,4,5
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from fixmatch.app import run_experiment
+from fixmatch.config import register_configs
+from fixmatch.errors import UserError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run_experiment(cfg)
+    except UserError as error:
+        # A mistake the user can fix: one line on stderr, no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Typed configuration: the dataclass schemas that validate every YAML option file.
+
+`register_configs()` puts each schema into Hydra's ConfigStore; the YAML files in
+`conf/<group>/` name them in their defaults lists, so a typo or a wrong type fails
+at compose time. Code below the composition root only ever sees these dataclasses.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Algorithm(Enum):
+    fixmatch = "fixmatch"  # labeled CE + confidence-masked pseudo-labels (Sohn et al. 2020)
+    supervised = "supervised"  # the labeled-only baseline on the same split and budget
+
+
+class Device(Enum):
+    auto = "auto"  # cuda when available, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # torch.autocast with bfloat16 (no loss scaling needed)
+    fp16 = "fp16"  # torch.autocast with float16 and a gradient scaler (CUDA only)
+
+
+class ProgressBar(Enum):
+    auto = "auto"  # a tqdm bar on a terminal, plain log lines otherwise
+    bar = "bar"
+    log = "log"
+
+
+@dataclass
+class DatasetConfig:
+    """Where the images come from and how they are normalised and flipped."""
+
+    name: str = MISSING  # a key of fixmatch.data.datasets.DATASET_SOURCES
+    root: str = "./data"  # relative paths are taken from the directory you launch in
+    download: bool = True  # fetch torchvision-format files when absent (needs internet)
+    num_classes: int = MISSING
+    channels: int = MISSING  # 1 (grayscale) or 3 (RGB); the model's input channels follow
+    image_size: int = MISSING  # side in pixels of the (square) images the model sees
+    mean: List[float] = MISSING  # per-channel, in [0, 1] pixel units
+    std: List[float] = MISSING
+    hflip: bool = True  # random horizontal flip in the weak augmentation
+
+
+@dataclass
+class ModelConfig:
+    """A WideResNet as in the official FixMatch code (pre-activation blocks)."""
+
+    name: str = "wide_resnet"
+    depth: int = 28
+    widen_factor: int = 2
+    num_stages: int = 3  # 4 for STL-10's WRN-37-2
+    bn_momentum: float = 0.001  # PyTorch convention; the official TF decay 0.999
+    leaky_slope: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    """SGD with Nesterov momentum, the cos(7πk/16K) schedule and the EMA of weights."""
+
+    name: str = "sgd"
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # conv/linear weights only
+    cosine_fraction: float = 0.4375  # 7/16: lr(k) = lr · cos(7πk / 16K), ends at 0.195·lr
+    ema_enabled: bool = True
+    ema_decay: float = 0.999
+    ema_warmup: bool = False  # decay_t = min(decay, (1+t)/(10+t)); for short runs only
+
+
+@dataclass
+class SSLConfig:
+    """The semi-supervised algorithm, its labeled split and its batch composition."""
+
+    algorithm: Algorithm = Algorithm.fixmatch
+    num_labeled: int = 4000  # N labels in all, N / num_classes per class
+    split_seed: int = MISSING  # seed of the labeled split; the paper's folds are seeds 1..5
+    batch_size: int = 64  # B, labeled images per step
+    unlabeled_ratio: int = 7  # μ: μB unlabeled images per step
+    threshold: float = 0.95  # τ, confidence needed to keep a pseudo-label
+    lambda_u: float = 1.0  # λu, weight of the unlabeled loss
+    strong_augment: str = "randaugment"  # the only one so far; CTAugment is planned
+    randaugment_variant: str = "official"  # official | paper | port (PROTOCOL.md)
+    randaugment_num_ops: int = 2
+    cutout_fraction: float = 0.5  # Cutout side as a fraction of the image side
+    include_labeled_in_unlabeled: bool = True  # the paper: the unlabeled set is all of train
+
+
+@dataclass
+class TrainerConfig:
+    """How long and where to train, and how often to evaluate, log and save."""
+
+    total_steps: int = 1_048_576  # K = 2^20
+    eval_every_steps: int = 1024
+    checkpoint_every_steps: int = 0  # 0: at every evaluation
+    log_every_steps: int = 64  # cadence of train/* scalars (syncs the device once)
+    eval_batch_size: int = 1024
+    device: Device = Device.auto
+    precision: Precision = Precision.fp32
+    num_workers: int = 4  # loader processes; 0 loads in the main process
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    progress_bar: ProgressBar = ProgressBar.auto
+
+
+@dataclass
+class Config:
+    """The whole experiment, as composed from `conf/config.yaml`."""
+
+    seed: int = 1
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    ssl: SSLConfig = MISSING
+    trainer: TrainerConfig = MISSING
+
+
+def register_configs() -> None:
+    """Store the schemas so YAML option files can name them in their defaults lists."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    store.store(group="model", name="model_schema", node=ModelConfig)
+    store.store(group="optim", name="optim_schema", node=OptimConfig)
+    store.store(group="ssl", name="ssl_schema", node=SSLConfig)
+    store.store(group="trainer", name="trainer_schema", node=TrainerConfig)

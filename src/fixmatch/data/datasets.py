@@ -1,0 +1,179 @@
+"""Dataset sources: each turns a DatasetConfig into uint8 image arrays and integer labels.
+
+A source knows where the images live and how they are stored, nothing about
+augmentation, splits or models. Add a dataset by adding a function to DATASET_SOURCES.
+"""
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+from fixmatch.config import DatasetConfig
+from fixmatch.errors import UserError
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as (N, H, W, C) uint8 with their (N,) int64 labels."""
+
+    images: np.ndarray
+    targets: np.ndarray
+
+
+@dataclass(frozen=True)
+class DatasetArrays:
+    """The training and test images of one dataset and the names of its classes."""
+
+    train: ImageSet
+    test: ImageSet
+    class_names: List[str]
+
+
+def load_dataset(config: DatasetConfig) -> DatasetArrays:
+    """Load the dataset that `config.name` names and check it against the config.
+
+    Raises:
+        UserError: for an unknown name, missing files or images that do not match
+            the configured size, channels or number of classes.
+    """
+    if config.name not in DATASET_SOURCES:
+        raise UserError(
+            f"dataset.name={config.name!r} is not a known dataset; "
+            f"choose one of {sorted(DATASET_SOURCES)}"
+        )
+    arrays = DATASET_SOURCES[config.name](config)
+    _check_matches_config(arrays, config)
+    return arrays
+
+
+def _check_matches_config(arrays: DatasetArrays, config: DatasetConfig) -> None:
+    _, height, width, channels = arrays.train.images.shape
+    if (height, width, channels) != (config.image_size, config.image_size, config.channels):
+        raise UserError(
+            f"dataset {config.name!r} has {height}x{width}x{channels} images but the config "
+            f"says dataset.image_size={config.image_size}, dataset.channels={config.channels}"
+        )
+    if len(arrays.class_names) != config.num_classes:
+        raise UserError(
+            f"dataset {config.name!r} has {len(arrays.class_names)} classes but the config "
+            f"says dataset.num_classes={config.num_classes}"
+        )
+    if len(config.mean) != channels or len(config.std) != channels:
+        raise UserError(
+            f"dataset.mean and dataset.std need {channels} values (one per channel), "
+            f"got {len(config.mean)} and {len(config.std)}"
+        )
+
+
+# --- CIFAR in torchvision's python format -------------------------------------------
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    folder: str  # what the official archive unpacks to
+    train_files: Tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: str
+    names_key: str
+    torchvision_class: str
+
+
+_CIFAR10 = _CifarLayout(
+    "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+    "batches.meta", "labels", "label_names", "CIFAR10",
+)
+_CIFAR100 = _CifarLayout(
+    "cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names",
+    "CIFAR100",
+)
+
+
+def load_cifar(config: DatasetConfig, layout: _CifarLayout) -> DatasetArrays:
+    """Read CIFAR-10/100 from `<root>/<folder>/`, downloading it first when allowed."""
+    folder = Path(config.root).expanduser().resolve() / layout.folder
+    if not _cifar_complete(folder, layout):
+        _download_cifar(config, layout, folder)
+    train = _concat([_read_cifar_batch(folder / name, layout) for name in layout.train_files])
+    test = _read_cifar_batch(folder / layout.test_file, layout)
+    meta = _unpickle(folder / layout.meta_file)
+    return DatasetArrays(train=train, test=test, class_names=list(meta[layout.names_key]))
+
+
+def _cifar_complete(folder: Path, layout: _CifarLayout) -> bool:
+    names = layout.train_files + (layout.test_file, layout.meta_file)
+    return all((folder / name).is_file() for name in names)
+
+
+def _download_cifar(config: DatasetConfig, layout: _CifarLayout, folder: Path) -> None:
+    hint = (
+        f"put the extracted '{layout.folder}/' folder (torchvision's python format) "
+        f"under {folder.parent} or point dataset.root at the folder that holds it"
+    )
+    if not config.download:
+        raise UserError(f"{config.name}: no dataset files in {folder} and dataset.download=false; {hint}")
+    import torchvision  # only needed for the download
+
+    try:
+        getattr(torchvision.datasets, layout.torchvision_class)(str(folder.parent), download=True)
+    except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{config.name}: no dataset files in {folder} and the download failed ({reason}); {hint}") from None
+
+
+def _unpickle(path: Path) -> dict:
+    # The CIFAR distribution is itself a pickle; only read files the user put in dataset.root.
+    try:
+        with path.open("rb") as file:
+            return pickle.load(file, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise UserError(f"cannot read CIFAR file {path} ({error}); delete it to download it again") from None
+
+
+def _read_cifar_batch(path: Path, layout: _CifarLayout) -> ImageSet:
+    batch = _unpickle(path)
+    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    targets = np.asarray(batch[layout.label_key], dtype=np.int64)
+    return ImageSet(images=np.ascontiguousarray(images), targets=targets)
+
+
+def _concat(parts: List[ImageSet]) -> ImageSet:
+    return ImageSet(
+        images=np.concatenate([part.images for part in parts]),
+        targets=np.concatenate([part.targets for part in parts]),
+    )
+
+
+# --- scikit-learn's handwritten digits (offline quickstart) --------------------------
+
+DIGITS_TEST_PER_CLASS = 50  # 500 test images, the rest (1,297) for training
+DIGITS_SPLIT_SEED = 0  # fixed, so every run and every seed is scored on the same test set
+
+
+def load_digits(config: DatasetConfig) -> DatasetArrays:
+    """The 1,797 8x8 digits bundled with scikit-learn, in a fixed stratified split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    # Pixel values are 0..16; stretch them to 0..255 so every source is uint8 images.
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    targets = bunch.target.astype(np.int64)
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    test_mask = np.zeros(len(targets), dtype=bool)
+    for label in range(10):
+        members = np.flatnonzero(targets == label)
+        test_mask[rng.choice(members, size=DIGITS_TEST_PER_CLASS, replace=False)] = True
+    return DatasetArrays(
+        train=ImageSet(images=images[~test_mask], targets=targets[~test_mask]),
+        test=ImageSet(images=images[test_mask], targets=targets[test_mask]),
+        class_names=[str(digit) for digit in range(10)],
+    )
+
+
+DATASET_SOURCES: Dict[str, Callable[[DatasetConfig], DatasetArrays]] = {
+    "cifar10": lambda config: load_cifar(config, _CIFAR10),
+    "cifar100": lambda config: load_cifar(config, _CIFAR100),
+    "digits": load_digits,
+}

@@ -1,0 +1,115 @@
+"""Loaders: endless seeded batch streams for training, a plain pass for evaluation.
+
+Every sample in a training batch carries its own seed, derived from the run seed and
+its position in the stream, and is augmented with a generator made from that seed.
+Augmentations therefore do not depend on the number of loader workers or on which
+worker handles a batch, and batch k of a stream can be recomputed without the k - 1
+before it (what an exact resume needs).
+"""
+
+from typing import Callable, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+Transform = Callable[[np.ndarray, np.random.Generator], object]
+SampleKey = Tuple[int, int]  # (image index, augmentation seed)
+
+
+class AugmentedImages(Dataset):
+    """Images and labels whose transform draws from a per-sample seeded generator."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Transform):
+        self.images = images
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: SampleKey):
+        index, seed = key
+        view = self.transform(self.images[index], np.random.default_rng(seed))
+        return view, int(self.targets[index])
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser: spreads consecutive integers into unrelated 64-bit seeds."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+class InfiniteBatchSampler(Sampler):
+    """Endless batches over `indices`: each epoch a fresh permutation, batches span epochs.
+
+    Args:
+        indices: the dataset indices to draw from (e.g. the labeled split).
+        batch_size: samples per batch.
+        seed: run seed; `stream` keeps the labeled and unlabeled streams independent.
+        stream: a small integer naming this stream.
+        start_batch: index of the first batch to yield (to continue a stream).
+    """
+
+    def __init__(
+        self, indices: Sequence[int], batch_size: int, seed: int, stream: int, start_batch: int = 0
+    ):
+        if len(indices) == 0:
+            raise ValueError("cannot sample batches from an empty set of indices")
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream = stream
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[List[SampleKey]]:
+        batch = self.start_batch
+        while True:
+            yield self.batch(batch)
+            batch += 1
+
+    def batch(self, number: int) -> List[SampleKey]:
+        """The keys of batch `number` of this stream (a pure function of the number)."""
+        first = number * self.batch_size
+        positions = np.arange(first, first + self.batch_size, dtype=np.int64)
+        epochs, offsets = np.divmod(positions, len(self.indices))
+        chosen = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            in_epoch = epochs == epoch
+            chosen[in_epoch] = self.indices[self._permutation(int(epoch))[offsets[in_epoch]]]
+        salt = (self.seed * 1_000_003 + self.stream) << 40
+        seeds = _mix64(positions + salt) >> np.uint64(1)  # keep seeds within int64
+        return [(int(i), int(s)) for i, s in zip(chosen, seeds)]
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.stream, epoch]).permutation(len(self.indices))
+
+
+def build_train_loader(
+    dataset: AugmentedImages,
+    sampler: InfiniteBatchSampler,
+    num_workers: int,
+    pin_memory: bool,
+) -> Iterator:
+    """An endless iterator of training batches (one DataLoader pass that never ends)."""
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def build_eval_loader(
+    dataset: AugmentedImages, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """All images once, in order, with the deterministic eval transform."""
+    keys = [(index, 0) for index in range(len(dataset))]
+    batches = [keys[start:start + batch_size] for start in range(0, len(keys), batch_size)]
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory)
+

@@ -1,0 +1,54 @@
+"""Test-set scoring of a model: top-1, top-5 and mean cross-entropy over a loader."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    top1: float  # accuracy in percent
+    top5: float  # percent; equals 100 when there are at most 5 classes
+    loss: float  # mean cross-entropy
+    num_images: int
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> EvalResult:
+    """Score `model` on every image of `loader` in eval mode, then restore its mode.
+
+    Args:
+        model: the classifier (the EMA copy or the live model).
+        loader: yields (images, labels).
+        device: where the model lives.
+
+    Returns:
+        Accuracies and loss over the whole loader.
+    """
+    was_training = model.training
+    model.eval()
+    correct1 = torch.zeros((), device=device)
+    correct5 = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
+    count = 0
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == targets[:, None]
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=1).sum()
+        count += len(targets)
+    # Leaving the model in eval mode after evaluation is a bug the popular ports have.
+    model.train(was_training)
+    return EvalResult(
+        top1=100.0 * correct1.item() / count,
+        top5=100.0 * correct5.item() / count,
+        loss=loss_sum.item() / count,
+        num_images=count,
+    )

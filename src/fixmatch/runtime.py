@@ -1,0 +1,46 @@
+"""The process's hardware setup: which device to use, how many CPU threads, global seeds."""
+
+import random
+
+import numpy as np
+import torch
+
+from fixmatch.config import Device, Precision
+from fixmatch.errors import UserError
+
+
+def select_device(choice: Device) -> torch.device:
+    """CUDA when asked for or when `auto` finds it, else the CPU.
+
+    Raises:
+        UserError: when CUDA is asked for on a machine without it.
+    """
+    if choice is Device.cuda and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
+    if choice is Device.cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def check_precision(precision: Precision, device: torch.device) -> None:
+    """fp16 needs a gradient scaler and CUDA kernels; refuse it elsewhere."""
+    if precision is Precision.fp16 and device.type != "cuda":
+        raise UserError("trainer.precision=fp16 needs a CUDA device; use trainer.precision=bf16 or fp32 on the CPU")
+
+
+def configure_threads(num_threads: int) -> None:
+    """Set torch's intra-op threads (0 keeps the default of one per core)."""
+    if num_threads < 0:
+        raise UserError(f"trainer.num_threads={num_threads} must be 0 (torch's default) or positive")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global generators, which decide the initial weights.
+
+    Augmentations do not draw from them: each sample gets its own seeded generator.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,217 @@
+"""The training loop: step, EMA, evaluation cadence, metrics and checkpoints.
+
+It receives built objects and the small TrainerConfig; it builds nothing and never reads
+the dataset, model or optimiser configuration.
+"""
+
+import logging
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fixmatch.checkpoint import save_checkpoint
+from fixmatch.config import Precision, ProgressBar, TrainerConfig
+from fixmatch.evaluate import evaluate
+from fixmatch.metrics import MetricWriter
+from fixmatch.models.ema import ModelEMA
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingParts:
+    """Everything the loop works on, built by the composition root."""
+
+    model: nn.Module
+    ema: Optional[ModelEMA]  # None when the EMA is switched off
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    algorithm: Callable  # (model, labeled, unlabeled) -> (loss, stats)
+    labeled_batches: Iterator
+    unlabeled_batches: Optional[Iterator]  # None for algorithms without unlabeled data
+    test_loader: DataLoader
+    device: torch.device
+
+
+class RunningMeans:
+    """Sums of per-step statistics kept on the device, read (one sync) only when logged."""
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, stats: Dict[str, torch.Tensor]) -> None:
+        for name, value in stats.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.steps += 1
+
+    def means(self) -> Dict[str, float]:
+        """Per-step means; pseudo-label accuracy as correct / confident over the window."""
+        values = {name: total.item() for name, total in self.sums.items()}
+        correct = values.pop("train/pseudo_label_correct", None)
+        count = values.pop("train/pseudo_label_count", None)
+        means = {name: total / max(self.steps, 1) for name, total in values.items()}
+        if count is not None:
+            means["train/pseudo_label_acc"] = correct / count if count else float("nan")
+        self.sums, self.steps = {}, 0
+        return means
+
+
+class Trainer:
+    """Runs `config.total_steps` optimiser steps and reports as it goes.
+
+    Args:
+        parts: the built model, optimiser, data streams and algorithm.
+        config: cadence, length and precision of the run.
+        writer: where evaluations and scalars go.
+        run_dir: the run's output directory (for checkpoints).
+        checkpoint_extras: plain data saved in every checkpoint (config text, split, ...).
+    """
+
+    def __init__(
+        self,
+        parts: TrainingParts,
+        config: TrainerConfig,
+        writer: MetricWriter,
+        run_dir: Path,
+        checkpoint_extras: dict,
+    ):
+        self.parts = parts
+        self.config = config
+        self.writer = writer
+        self.checkpoint_path = run_dir / "checkpoints" / "last.pt"
+        self.checkpoint_extras = checkpoint_extras
+        self.step = 0
+        device_type = parts.device.type
+        self.autocast = _autocast(config.precision, device_type)
+        self.scaler = torch.amp.GradScaler(device_type, enabled=config.precision is Precision.fp16)
+        self.log_window = RunningMeans()
+        self.eval_window = RunningMeans()
+
+    def fit(self) -> dict:
+        """Train to the end; returns the final metrics.json summary."""
+        progress = self._progress_bar()
+        self._last_log = (time.monotonic(), self.step)
+        while self.step < self.config.total_steps:
+            stats = self._train_step()
+            self.step += 1
+            self.log_window.add(stats)
+            self.eval_window.add(stats)
+            progress.update(1)
+            if self.step % self.config.log_every_steps == 0:
+                self._log(progress)
+            if self.step % self.config.eval_every_steps == 0 or self.step == self.config.total_steps:
+                self._evaluate(progress)
+            if self._checkpoint_due():
+                self._save_checkpoint()
+        progress.close()
+        return self.writer.summary("completed", self.step)
+
+    def _train_step(self) -> Dict[str, torch.Tensor]:
+        parts = self.parts
+        labeled = _to_device(next(parts.labeled_batches), parts.device)
+        unlabeled = None
+        if parts.unlabeled_batches is not None:
+            unlabeled = _to_device(next(parts.unlabeled_batches), parts.device)
+        with self.autocast:
+            loss, stats = parts.algorithm(parts.model, labeled, unlabeled)
+        parts.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(parts.optimizer)
+        self.scaler.update()
+        stats["lr"] = torch.tensor(parts.schedule.get_last_lr()[0])
+        parts.schedule.step()
+        if parts.ema is not None:
+            parts.ema.update(parts.model, self.step)
+        return stats
+
+    def _log(self, progress) -> None:
+        means = self.log_window.means()
+        now, last_time, last_step = time.monotonic(), *self._last_log
+        means["train/steps_per_s"] = (self.step - last_step) / max(now - last_time, 1e-9)
+        self._last_log = (now, self.step)
+        self.writer.scalars(self.step, means)
+        summary = (
+            f"loss {means['train/loss']:.4f} "
+            + (f"mask {means['train/mask_rate']:.2f} " if "train/mask_rate" in means else "")
+            + f"lr {means['lr']:.4g}"
+        )
+        if isinstance(progress, tqdm):
+            progress.set_postfix_str(summary)
+        else:
+            log.info("step %d/%d  %s  %.2f steps/s", self.step, self.config.total_steps,
+                     summary, means["train/steps_per_s"])
+
+    def _evaluate(self, progress) -> None:
+        parts = self.parts
+        values = self.eval_window.means()
+        raw = evaluate(parts.model, parts.test_loader, parts.device)
+        if parts.ema is not None:
+            ema = evaluate(parts.ema.module, parts.test_loader, parts.device)
+        else:
+            ema = raw  # without an EMA the reported model is the live one
+        values.update({
+            "eval/top1_ema": ema.top1,
+            "eval/top5_ema": ema.top5,
+            "eval/loss_ema": ema.loss,
+            "eval/top1_raw": raw.top1,
+        })
+        self.writer.evaluation(self.step, values)
+        message = f"step {self.step}: top-1 {ema.top1:.2f} % (EMA), {raw.top1:.2f} % (raw)"
+        progress.write(message) if isinstance(progress, tqdm) else log.info(message)
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every_steps or self.config.eval_every_steps
+        return self.step % every == 0 or self.step == self.config.total_steps
+
+    def _save_checkpoint(self) -> None:
+        parts = self.parts
+        state = {
+            "step": self.step,
+            "model": parts.model.state_dict(),
+            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "optimizer": parts.optimizer.state_dict(),
+            "schedule": parts.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            **self.checkpoint_extras,
+        }
+        save_checkpoint(state, self.checkpoint_path)
+
+    def _progress_bar(self):
+        show_bar = self.config.progress_bar is ProgressBar.bar or (
+            self.config.progress_bar is ProgressBar.auto and sys.stderr.isatty()
+        )
+        if show_bar:
+            return tqdm(total=self.config.total_steps, initial=self.step, dynamic_ncols=True)
+        return _NoBar()
+
+
+class _NoBar:
+    """Stands in for tqdm when progress goes to log lines."""
+
+    def update(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _autocast(precision: Precision, device_type: str):
+    if precision is Precision.fp32:
+        return nullcontext()
+    dtype = torch.bfloat16 if precision is Precision.bf16 else torch.float16
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return type(batch)(_to_device(item, device) for item in batch)

@@ -1,0 +1,137 @@
+"""Weak augmentation and the eval / weak / strong / weak-strong pipelines."""
+
+import numpy as np
+import pytest
+import torch
+
+from fixmatch.data.randaugment import RandAugment
+from fixmatch.data.transforms import (
+    EvalTransform, StrongTransform, WeakStrongTransform, WeakTransform, to_normalized_tensor,
+    weak_augment,
+)
+
+RGB_STATS = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+
+
+def _noise(side: int, channels: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (side, side, channels), dtype=np.uint8)
+
+
+def _index_image(side: int) -> np.ndarray:
+    """Channel 0 holds the row index, channel 1 the column index: every window is unique."""
+    rows, cols = np.indices((side, side), dtype=np.uint8)
+    return np.stack([rows, cols, np.zeros_like(rows)], axis=2)
+
+
+def _crop_offsets(out: np.ndarray, source: np.ndarray, pad: int) -> list[tuple[int, int]]:
+    """Every (top, left) at which `out` is a window of `source` reflect-padded by `pad`."""
+    padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    side = source.shape[0]
+    return [
+        (top, left)
+        for top in range(2 * pad + 1)
+        for left in range(2 * pad + 1)
+        if np.array_equal(padded[top:top + side, left:left + side], out)
+    ]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("side", [8, 32, 96])
+def test_weak_augment_keeps_shape_and_dtype(side, channels):
+    out = weak_augment(_noise(side, channels), np.random.default_rng(0), hflip=True)
+    assert out.shape == (side, side, channels) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize(("side", "pad"), [(8, 1), (32, 4)])
+def test_weak_augment_is_a_window_of_the_reflect_padded_image(side, pad):
+    image = _index_image(side)
+    offsets = set()
+    for seed in range(300):
+        out = weak_augment(image, np.random.default_rng(seed), hflip=False)
+        matches = _crop_offsets(out, image, pad)
+        assert len(matches) == 1  # never flipped, never shifted beyond the pad
+        offsets.update(matches)
+    tops, lefts = zip(*offsets)
+    assert set(tops) == set(lefts) == set(range(2 * pad + 1))  # every offset in the pad occurs
+
+
+def test_weak_augment_flips_about_half_the_time():
+    image = _index_image(32)
+    flipped = 0
+    for seed in range(200):
+        out = weak_augment(image, np.random.default_rng(seed), hflip=True)
+        as_is, mirrored = _crop_offsets(out, image, 4), _crop_offsets(out, image[:, ::-1], 4)
+        assert len(as_is) + len(mirrored) == 1
+        flipped += len(mirrored)
+    assert 70 < flipped < 130
+
+
+def test_weak_augment_is_deterministic_for_a_seed():
+    image = _noise(32, 3)
+    first = weak_augment(image, np.random.default_rng(5), hflip=True)
+    again = weak_augment(image, np.random.default_rng(5), hflip=True)
+    assert np.array_equal(first, again)
+
+
+def test_normalisation_of_a_constant_image():
+    image = np.full((4, 4, 3), 51, dtype=np.uint8)  # 0.2 in [0, 1] units
+    out = EvalTransform(mean=(0.2, 0.4, 0.6), std=(0.5, 0.5, 0.25))(image)
+    assert out.shape == (3, 4, 4) and out.dtype == torch.float32
+    expected = torch.tensor([0.0, -0.4, -1.6]).view(3, 1, 1).expand(3, 4, 4)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("side", "channels"), [(8, 1), (32, 3), (96, 1)])
+def test_pipelines_give_float_chw_tensors(side, channels):
+    stats = {"mean": (0.5,) * channels, "std": (0.25,) * channels}
+    image = _noise(side, channels)
+    pipelines = [
+        EvalTransform(**stats), WeakTransform(**stats, hflip=True),
+        StrongTransform(**stats, hflip=True, randaugment=RandAugment("official")),
+    ]
+    for pipeline in pipelines:
+        out = pipeline(image, np.random.default_rng(0))
+        assert out.shape == (channels, side, side) and out.dtype == torch.float32
+
+
+def test_strong_view_has_a_mid_gray_cutout_of_at_most_half_the_side():
+    # std = 1/255 and mean 0 keep raw pixel values, so the Cutout square reads 128.
+    strong = StrongTransform(mean=(0.0,) * 3, std=(1 / 255,) * 3, hflip=False,
+                             randaugment=RandAugment(num_ops=0))
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    for seed in range(20):
+        out = strong(image, np.random.default_rng(seed))
+        filled = torch.isclose(out, torch.tensor(128.0)).all(dim=0)
+        rows, cols = filled.any(dim=1).sum(), filled.any(dim=0).sum()
+        assert 8 <= rows <= 16 and 8 <= cols <= 16 and filled.sum() == rows * cols
+
+
+def test_strong_transform_is_deterministic_for_a_seed():
+    strong = StrongTransform(**RGB_STATS, hflip=True)
+    image = _noise(32, 3)
+    assert torch.equal(strong(image, np.random.default_rng(3)),
+                       strong(image, np.random.default_rng(3)))
+
+
+def test_weak_strong_returns_a_weak_then_a_strong_view():
+    weak, strong = WeakTransform(**RGB_STATS, hflip=True), StrongTransform(**RGB_STATS, hflip=True)
+    image = _noise(32, 3)
+    weak_view, strong_view = WeakStrongTransform(weak, strong)(image, np.random.default_rng(0))
+    assert weak_view.shape == strong_view.shape == (3, 32, 32)
+    assert not torch.equal(weak_view, strong_view)
+    rng = np.random.default_rng(0)
+    assert torch.equal(weak_view, weak(image, rng))
+    assert torch.equal(strong_view, strong(image, rng))
+
+
+def test_mean_std_length_must_match_the_channels():
+    with pytest.raises(ValueError, match="need 1 values"):
+        to_normalized_tensor(_noise(8, 1), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    with pytest.raises(ValueError, match="need 3 values"):
+        WeakTransform(mean=(0.5,) * 3, std=(0.2,), hflip=False)(_noise(8, 3),
+                                                                np.random.default_rng(0))
+
+
+def test_images_without_a_channel_axis_are_rejected():
+    with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+        to_normalized_tensor(np.zeros((8, 8), dtype=np.uint8), mean=(0.5,), std=(0.2,))
