@@ -87,7 +87,7 @@ def train(config: Config, run_dir: Path, resolved_yaml: str) -> dict:
 
 
 def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: MetricWriter) -> Trainer:
-    _check_trainer_config(config)
+    _check_config(config)
     device = select_device(config.trainer.device)
     check_precision(config.trainer.precision, device)
     configure_threads(config.trainer.num_threads)
@@ -184,7 +184,7 @@ def _eval_transform(config: Config) -> EvalTransform:
     return EvalTransform(config.dataset.mean, config.dataset.std)
 
 
-def _check_trainer_config(config: Config) -> None:
+def _check_config(config: Config) -> None:
     positive = {
         "trainer.total_steps": config.trainer.total_steps,
         "trainer.eval_every_steps": config.trainer.eval_every_steps,
@@ -196,8 +196,15 @@ def _check_trainer_config(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key}={value} must be positive")
-    if config.trainer.num_workers < 0 or config.trainer.checkpoint_every_steps < 0:
-        raise UserError("trainer.num_workers and trainer.checkpoint_every_steps must not be negative")
+    not_negative = {
+        "seed": config.seed,
+        "ssl.split_seed": config.ssl.split_seed,
+        "trainer.num_workers": config.trainer.num_workers,
+        "trainer.checkpoint_every_steps": config.trainer.checkpoint_every_steps,
+    }
+    for key, value in not_negative.items():
+        if value < 0:
+            raise UserError(f"{key}={value} must not be negative")
 
 
 def _refuse_existing_run(run_dir: Path) -> None:

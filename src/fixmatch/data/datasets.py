@@ -134,8 +134,15 @@ def _unpickle(path: Path) -> dict:
 
 def _read_cifar_batch(path: Path, layout: _CifarLayout) -> ImageSet:
     batch = _unpickle(path)
-    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    targets = np.asarray(batch[layout.label_key], dtype=np.int64)
+    try:
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        targets = np.asarray(batch[layout.label_key], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"cannot read CIFAR file {path} (not a CIFAR batch: {error!r}); "
+                        "delete it to download it again") from None
+    if len(images) != len(targets):
+        raise UserError(f"cannot read CIFAR file {path} ({len(images)} images but "
+                        f"{len(targets)} labels); delete it to download it again")
     return ImageSet(images=np.ascontiguousarray(images), targets=targets)
 
 

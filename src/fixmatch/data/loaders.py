@@ -37,7 +37,7 @@ class AugmentedImages(Dataset):
 def _mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser: spreads consecutive integers into unrelated 64-bit seeds."""
     with np.errstate(over="ignore"):
-        z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = values + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
@@ -64,6 +64,9 @@ class InfiniteBatchSampler(Sampler):
         self.seed = seed
         self.stream = stream
         self.start_batch = start_batch
+        # One 64-bit key per (seed, stream), so every seed value (any size) and every
+        # stream gets its own unrelated sequence of per-sample seeds.
+        self._stream_key = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
 
     def __iter__(self) -> Iterator[List[SampleKey]]:
         batch = self.start_batch
@@ -80,8 +83,9 @@ class InfiniteBatchSampler(Sampler):
         for epoch in np.unique(epochs):
             in_epoch = epochs == epoch
             chosen[in_epoch] = self.indices[self._permutation(int(epoch))[offsets[in_epoch]]]
-        salt = (self.seed * 1_000_003 + self.stream) << 40
-        seeds = _mix64(positions + salt) >> np.uint64(1)  # keep seeds within int64
+        with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+            keys = positions.astype(np.uint64) + self._stream_key
+        seeds = _mix64(keys) >> np.uint64(1)  # keep seeds within int64
         return [(int(i), int(s)) for i, s in zip(chosen, seeds)]
 
     def _permutation(self, epoch: int) -> np.ndarray:

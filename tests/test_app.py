@@ -1,0 +1,156 @@
+"""End to end: tiny runs write every output file, are reproducible and really learn."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_config
+from fixmatch.app import run_experiment
+from fixmatch.checkpoint import load_checkpoint
+from fixmatch.errors import UserError
+
+REPO = CONF_DIR.parent
+TRAIN_KEYS = {"step", "lr", "train/loss", "train/loss_x", "train/loss_u", "train/mask_rate",
+              "train/pseudo_label_acc"}
+EVAL_KEYS = {"eval/top1_ema", "eval/top5_ema", "eval/top1_raw", "eval/loss_ema"}
+
+
+def tiny_cifar_overrides(root: Path, *extra: str) -> list:
+    return [
+        f"dataset.root={root}", "dataset.download=false", "ssl.num_labeled=40",
+        "ssl.batch_size=4", "ssl.unlabeled_ratio=2", "model.depth=10", "model.widen_factor=1",
+        "trainer.total_steps=6", "trainer.eval_every_steps=3", "trainer.log_every_steps=2",
+        "trainer.num_workers=0", "trainer.num_threads=2", "trainer.device=cpu",
+        "trainer.eval_batch_size=64", *extra,
+    ]
+
+
+def test_tiny_cifar_run_writes_every_output_file(tiny_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_config(tiny_cifar_overrides(tiny_cifar10))
+    figure = run_experiment(cfg, run_dir)
+
+    resolved = OmegaConf.load(run_dir / "config_resolved.yaml")
+    assert resolved.ssl.split_seed == 1 and resolved.dataset.name == "cifar10"
+
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["indices"]) == 40 and split["num_per_class"] == [4] * 10
+    assert split["seed"] == 1 and len(split["sha256"]) == 64
+
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6]
+    for line in lines:
+        assert TRAIN_KEYS | EVAL_KEYS <= set(line), set(line)
+
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["step"] == summary["total_steps"] == 6
+    assert summary["top1_ema_final"] == lines[-1]["eval/top1_ema"]
+    assert summary["top1_ema_median_last20"] == figure
+    for key in ["top1_ema_best", "wall_time_s"]:
+        assert key in summary
+
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert checkpoint["step"] == 6
+    assert checkpoint["labeled_indices"] == split["indices"]
+    for key in ["model", "ema", "optimizer", "schedule", "config_yaml", "class_names"]:
+        assert key in checkpoint
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tiny_cifar10, tmp_path):
+    def final_weights(name, *extra):
+        cfg = compose_config(tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=3", *extra))
+        run_experiment(cfg, tmp_path / name)
+        return load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
+
+    first, again, other = final_weights("a"), final_weights("b"), final_weights("c", "seed=2")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
+def test_supervised_run_uses_the_same_split(tiny_cifar10, tmp_path):
+    run_experiment(compose_config(tiny_cifar_overrides(tiny_cifar10)), tmp_path / "fixmatch")
+    run_experiment(compose_config(tiny_cifar_overrides(tiny_cifar10, "ssl=supervised")),
+                   tmp_path / "supervised")
+    splits = [json.loads((tmp_path / name / "split.json").read_text())
+              for name in ["fixmatch", "supervised"]]
+    assert splits[0] == splits[1]
+    line = json.loads((tmp_path / "supervised" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert EVAL_KEYS | {"train/loss_x"} <= set(line)
+
+
+@pytest.mark.slow
+def test_quickstart_fixmatch_really_learns(tmp_path):
+    """300 steps of the quickstart: far above chance (10 %) with 4 labels per class."""
+    cfg = compose_config(["experiment=quickstart", "trainer.total_steps=300",
+                          "trainer.eval_every_steps=100"])
+    figure = run_experiment(cfg, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["eval/top1_ema"] > 75.0, lines[-1]
+    assert lines[-1]["train/mask_rate"] > 0.3  # pseudo-labels are being used
+    assert lines[-1]["train/pseudo_label_acc"] > 0.8
+    assert figure > 60.0
+
+
+def test_fp16_on_cpu_and_cuda_without_gpu_are_refused(tiny_cifar10, tmp_path):
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        run_experiment(compose_config(tiny_cifar_overrides(
+            tiny_cifar10, "trainer.precision=fp16")), tmp_path / "a")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            run_experiment(compose_config(tiny_cifar_overrides(
+                tiny_cifar10, "trainer.device=cuda")), tmp_path / "b")
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_cifar10, tmp_path):
+    cfg = compose_config(tiny_cifar_overrides(tiny_cifar10, "trainer.precision=bf16",
+                                              "trainer.total_steps=3"))
+    run_experiment(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
+def run_cli(*overrides: str, cwd: Path):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_runs_and_refuses_to_overwrite_a_run(tiny_cifar10, tmp_path):
+    overrides = tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
+                                     "trainer.eval_every_steps=2", f"hydra.run.dir={tmp_path}/run")
+    first = run_cli(*overrides, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    again = run_cli(*overrides, cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [again.stderr.strip()]
+    assert "already holds a run" in again.stderr
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"dataset.root": "{missing}"}, "no dataset files in"),
+    ({"ssl.num_labeled": "45"}, "multiple of the 10 classes"),
+    ({"ssl.num_labeled": "400"}, "needs 40 labeled images"),
+    ({"model.depth": "11"}, "model.depth=11"),
+    ({"ssl.randaugment_variant": "strong"}, "randaugment_variant"),
+    ({"trainer.total_steps": "0"}, "total_steps=0"),
+    ({"seed": "-1"}, "seed=-1 must not be negative"),
+])
+def test_bad_inputs_fail_with_one_line(tiny_cifar10, tmp_path, overrides, message):
+    settings = {"dataset.root": str(tiny_cifar10), "dataset.download": "false",
+                "ssl.num_labeled": "40", "trainer.total_steps": "2", "trainer.num_workers": "0",
+                "hydra.run.dir": str(tmp_path / "run")}
+    settings.update({key: value.format(missing=tmp_path / "nowhere") for key, value in overrides.items()})
+    result = run_cli(*(f"{key}={value}" for key, value in settings.items()), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Traceback" not in result.stdout + result.stderr
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["status"] == "failed" and message in summary["error"]
