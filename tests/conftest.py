@@ -52,6 +52,17 @@ def write_cifar10(root: Path, train_per_class: int, test_per_class: int, seed: i
     return root
 
 
+def tiny_cifar_overrides(root: Path, *extra: str) -> list:
+    """Overrides for a seconds-long CPU run of a WRN-10-1 on `write_cifar10` data."""
+    return [
+        f"dataset.root={root}", "dataset.download=false", "ssl.num_labeled=40",
+        "ssl.batch_size=4", "ssl.unlabeled_ratio=2", "model.depth=10", "model.widen_factor=1",
+        "trainer.total_steps=6", "trainer.eval_every_steps=3", "trainer.log_every_steps=2",
+        "trainer.num_workers=0", "trainer.num_threads=2", "trainer.device=cpu",
+        "trainer.eval_batch_size=64", *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_class=20, test_per_class=10)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_config
+from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
 from fixmatch.app import run_experiment
 from fixmatch.checkpoint import load_checkpoint
 from fixmatch.errors import UserError
@@ -18,16 +18,6 @@ REPO = CONF_DIR.parent
 TRAIN_KEYS = {"step", "lr", "train/loss", "train/loss_x", "train/loss_u", "train/mask_rate",
               "train/pseudo_label_acc"}
 EVAL_KEYS = {"eval/top1_ema", "eval/top5_ema", "eval/top1_raw", "eval/loss_ema"}
-
-
-def tiny_cifar_overrides(root: Path, *extra: str) -> list:
-    return [
-        f"dataset.root={root}", "dataset.download=false", "ssl.num_labeled=40",
-        "ssl.batch_size=4", "ssl.unlabeled_ratio=2", "model.depth=10", "model.widen_factor=1",
-        "trainer.total_steps=6", "trainer.eval_every_steps=3", "trainer.log_every_steps=2",
-        "trainer.num_workers=0", "trainer.num_threads=2", "trainer.device=cpu",
-        "trainer.eval_batch_size=64", *extra,
-    ]
 
 
 def test_tiny_cifar_run_writes_every_output_file(tiny_cifar10, tmp_path):
