@@ -3,6 +3,9 @@
     python run.py                                   # CIFAR-10, 4000 labels, the paper's protocol
     python run.py experiment=quickstart             # offline, a few minutes on a CPU
     python run.py -m ssl.num_labeled=40,250,4000 seed=1,2,3,4,5
+
+Exit status: 0 done, 2 a mistake to fix (one line on stderr), 75 preempted by a signal
+after saving a checkpoint (rerun the same command to resume), 130 interrupted at once.
 """
 
 import sys
@@ -13,6 +16,7 @@ from omegaconf import DictConfig
 from fixmatch.app import run_experiment
 from fixmatch.config import register_configs
 from fixmatch.errors import UserError
+from fixmatch.preemption import EXIT_CODE_PREEMPTED
 
 register_configs()
 
@@ -20,11 +24,19 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        return run_experiment(cfg)
+        summary = run_experiment(cfg)
     except UserError as error:
         # A mistake the user can fix: one line on stderr, no traceback.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
+        sys.exit(130)
+    if summary["status"] == "preempted":
+        print(f"preempted at step {summary['step']}: checkpoint saved; rerun the same command "
+              "to resume", file=sys.stderr)
+        sys.exit(EXIT_CODE_PREEMPTED)
+    return summary["top1_ema_median_last20"]
 
 
 if __name__ == "__main__":

@@ -1,34 +1,147 @@
-"""Checkpoint files: atomic writes of plain state (tensors and Python types only).
+"""Checkpoint files: atomic writes, the last K kept, newest-valid discovery, safe loading.
 
-A checkpoint holds nothing that needs pickle's code execution to load, so it can be read
-with `torch.load(..., weights_only=True)`; the config travels as YAML text.
+A checkpoint holds only tensors and plain Python values (the config travels as YAML
+text), so it is read with `torch.load(..., weights_only=True)`: a crafted file cannot run
+code. Files are `checkpoints/step_<step>.pt`; `checkpoints/last.pt` links to the newest.
 """
 
+import logging
 import os
+import pickle
+import re
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import torch
 
+from fixmatch.errors import UserError
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
+CHECKPOINT_FORMAT = "fixmatch-checkpoint-v1"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write `state` to `path` atomically: a crash mid-write never leaves a torn file.
-
-    Args:
-        state: tensors, state dicts and plain Python values.
-        path: destination; its folder is created when missing.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as file:
-        torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: unreadable, truncated, unsafe or of another format."""
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint safely (no arbitrary code runs while unpickling)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint safely and check it is one of ours.
+
+    Raises:
+        CheckpointError: when the file is missing, truncated, corrupt, would need to run
+            code to load, or is not a fixmatch checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            AttributeError, TypeError, IndexError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable or unsafe to load ({reason[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a fixmatch checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    return state
+
+
+class CheckpointStore:
+    """The checkpoints of one run: saves atomically, keeps the newest `keep`, finds the newest valid.
+
+    Args:
+        folder: the run's `checkpoints/` folder.
+        keep: how many step files to keep (at least 1).
+    """
+
+    def __init__(self, folder: Path, keep: int):
+        if keep < 1:
+            raise UserError(f"trainer.keep_checkpoints={keep} must be at least 1")
+        self.folder = folder
+        self.keep = keep
+
+    def step_files(self) -> List[Tuple[int, Path]]:
+        """(step, path) of every step checkpoint, newest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(int(match.group(1)), path) for path in self.folder.iterdir()
+                 if (match := _STEP_FILE.match(path.name))]
+        return sorted(found, reverse=True)
+
+    def save(self, state: dict, step: int) -> Path:
+        """Write `state` as the checkpoint of `step`, point last.pt at it, drop old ones.
+
+        Raises:
+            UserError: when the file cannot be written (disk full, no permission); the
+                previous checkpoint is left as it was.
+        """
+        path = self.folder / f"step_{step:09d}.pt"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(state, path)
+            _link_atomic(self.folder / LAST_CHECKPOINT, path.name)
+        except OSError as error:
+            previous = next((p for s, p in self.step_files() if s != step), None)
+            raise UserError(
+                f"cannot write checkpoint {path} ({error.strerror or error}); the previous "
+                f"checkpoint {previous or '(none)'} is intact: free space or fix permissions, "
+                "then rerun the same command to resume"
+            ) from None
+        for _, old in self.step_files()[self.keep:]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def newest_valid(self) -> Optional[Tuple[Path, dict]]:
+        """The newest checkpoint that loads, falling back past corrupt ones with a warning.
+
+        Returns:
+            (path, state), or None when the run has no checkpoint at all.
+
+        Raises:
+            CheckpointError: when checkpoints exist but none of them loads.
+        """
+        errors = []
+        for _, path in self.step_files():
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as error:
+                log.warning("skipping %s", error)
+                errors.append(str(error))
+        if errors:
+            raise CheckpointError(
+                f"no readable checkpoint in {self.folder} ({errors[0]}); move the run folder "
+                "away, or set trainer.resume=false to start fresh in a new folder"
+            )
+        return None
+
+
+def _write_atomic(state: dict, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with temporary.open("wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _link_atomic(link: Path, target_name: str) -> None:
+    temporary = link.with_name(f".{link.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target_name, temporary)
+    os.replace(temporary, link)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder entry is on disk too.
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -103,6 +103,8 @@ class TrainerConfig:
     total_steps: int = 1_048_576  # K = 2^20
     eval_every_steps: int = 1024
     checkpoint_every_steps: int = 0  # 0: at every evaluation
+    keep_checkpoints: int = 2  # the newest K step checkpoints are kept
+    resume: bool = True  # continue the run already in the output folder, if any
     log_every_steps: int = 64  # cadence of train/* scalars (syncs the device once)
     eval_batch_size: int = 1024
     device: Device = Device.auto

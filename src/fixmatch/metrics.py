@@ -13,10 +13,18 @@ MEDIAN_WINDOW = 20  # the paper reports the median of the last 20 evaluations
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON so a reader never sees a half-written file (temp file + rename)."""
+    _write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+
+
+def write_lines_atomic(path: Path, lines: List[str]) -> None:
+    """Replace a line-per-record file as a whole."""
+    _write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w") as file:
-        json.dump(payload, file, indent=1)
-        file.write("\n")
+        file.write(text)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -28,19 +36,33 @@ class MetricWriter:
     Args:
         run_dir: the run's output directory.
         total_steps: the planned length of the run, recorded in metrics.json.
+        history: evaluations of the run so far (when resuming from a checkpoint);
+            metrics.jsonl is rewritten to hold exactly these, dropping any evaluation
+            made after the checkpoint by the interrupted process.
+        elapsed_s: wall time the run already spent before this process.
+        resume_step: the checkpoint's step when resuming, else None.
         tensorboard: write TensorBoard events under `run_dir/tensorboard`.
     """
 
-    def __init__(self, run_dir: Path, total_steps: int, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, history: Optional[List[dict]] = None,
+                 elapsed_s: float = 0.0, resume_step: Optional[int] = None, tensorboard: bool = True):
         self.run_dir = run_dir
         self.total_steps = total_steps
-        self.history: List[Dict[str, float]] = []
-        self.started = time.monotonic()
+        self.history: List[Dict[str, float]] = list(history or [])
+        self.started = time.monotonic() - elapsed_s
+        write_lines_atomic(run_dir / "metrics.jsonl", [json.dumps(record) for record in self.history])
         self.tensorboard = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            # purge_step hides events an interrupted process logged after its checkpoint.
+            purge_step = resume_step + 1 if resume_step is not None else None
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
+                                             purge_step=purge_step)
+
+    def elapsed_s(self) -> float:
+        """Wall time of the run so far, across resumed processes."""
+        return time.monotonic() - self.started
 
     def scalars(self, step: int, values: Dict[str, float]) -> None:
         """Send scalars to TensorBoard only (the frequent train/* logs)."""
@@ -69,7 +91,7 @@ class MetricWriter:
             "top1_ema_median_last20": statistics.median(top1[-MEDIAN_WINDOW:]) if top1 else None,
             # Selected on the test set: a diagnostic, never the figure to report.
             "top1_ema_best": max(top1) if top1 else None,
-            "wall_time_s": round(time.monotonic() - self.started, 1),
+            "wall_time_s": round(self.elapsed_s(), 1),
         }
         if error is not None:
             payload["error"] = error

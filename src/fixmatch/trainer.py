@@ -17,11 +17,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fixmatch.checkpoint import save_checkpoint
+from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointError, CheckpointStore
 from fixmatch.config import Precision, ProgressBar, TrainerConfig
 from fixmatch.evaluate import evaluate
 from fixmatch.metrics import MetricWriter
-from fixmatch.models.ema import ModelEMA
+from fixmatch.models.ema import ModelEMA, unwrap_model
+from fixmatch.preemption import StopRequest
+from fixmatch.runtime import capture_rng_state, restore_rng_state
+from fixmatch.step_stats import NonFiniteGuard, NonFiniteLossError, RunningMeans
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +44,6 @@ class TrainingParts:
     device: torch.device
 
 
-class RunningMeans:
-    """Sums of per-step statistics kept on the device, read (one sync) only when logged."""
-
-    def __init__(self):
-        self.sums: Dict[str, torch.Tensor] = {}
-        self.steps = 0
-
-    def add(self, stats: Dict[str, torch.Tensor]) -> None:
-        for name, value in stats.items():
-            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
-        self.steps += 1
-
-    def means(self) -> Dict[str, float]:
-        """Per-step means; pseudo-label accuracy as correct / confident over the window."""
-        values = {name: total.item() for name, total in self.sums.items()}
-        correct = values.pop("train/pseudo_label_correct", None)
-        count = values.pop("train/pseudo_label_count", None)
-        means = {name: total / max(self.steps, 1) for name, total in values.items()}
-        if count is not None:
-            means["train/pseudo_label_acc"] = correct / count if count else float("nan")
-        self.sums, self.steps = {}, 0
-        return means
-
-
 class Trainer:
     """Runs `config.total_steps` optimiser steps and reports as it goes.
 
@@ -72,7 +51,7 @@ class Trainer:
         parts: the built model, optimiser, data streams and algorithm.
         config: cadence, length and precision of the run.
         writer: where evaluations and scalars go.
-        run_dir: the run's output directory (for checkpoints).
+        checkpoints: where checkpoints are saved.
         checkpoint_extras: plain data saved in every checkpoint (config text, split, ...).
     """
 
@@ -81,13 +60,13 @@ class Trainer:
         parts: TrainingParts,
         config: TrainerConfig,
         writer: MetricWriter,
-        run_dir: Path,
+        checkpoints: CheckpointStore,
         checkpoint_extras: dict,
     ):
         self.parts = parts
         self.config = config
         self.writer = writer
-        self.checkpoint_path = run_dir / "checkpoints" / "last.pt"
+        self.checkpoints = checkpoints
         self.checkpoint_extras = checkpoint_extras
         self.step = 0
         device_type = parts.device.type
@@ -95,25 +74,41 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device_type, enabled=config.precision is Precision.fp16)
         self.log_window = RunningMeans()
         self.eval_window = RunningMeans()
+        self.guard = NonFiniteGuard(parts.device)
 
     def fit(self) -> dict:
-        """Train to the end; returns the final metrics.json summary."""
+        """Train to the end, or until a stop signal; returns the metrics.json summary.
+
+        The summary's status is `completed`, or `preempted` when a signal stopped the run
+        (after a checkpoint of the last finished step).
+        """
         progress = self._progress_bar()
         self._last_log = (time.monotonic(), self.step)
-        while self.step < self.config.total_steps:
-            stats = self._train_step()
-            self.step += 1
-            self.log_window.add(stats)
-            self.eval_window.add(stats)
-            progress.update(1)
-            if self.step % self.config.log_every_steps == 0:
-                self._log(progress)
-            if self.step % self.config.eval_every_steps == 0 or self.step == self.config.total_steps:
-                self._evaluate(progress)
-            if self._checkpoint_due():
-                self._save_checkpoint()
+        with StopRequest() as stop:
+            while self.step < self.config.total_steps and not stop.requested:
+                self._advance(progress)
         progress.close()
+        if stop.requested:
+            self._save_checkpoint()
+            log.warning("stopped by %s at step %d; rerun the same command to resume",
+                        stop.signal_name, self.step)
+            return self.writer.summary("preempted", self.step)
         return self.writer.summary("completed", self.step)
+
+    def _advance(self, progress) -> None:
+        """One optimiser step, then whatever logging, evaluation and saving falls due."""
+        stats = self._train_step()
+        self.step += 1
+        self.guard.observe(self.step, stats)
+        self.log_window.add(stats)
+        self.eval_window.add(stats)
+        progress.update(1)
+        if self.step % self.config.log_every_steps == 0:
+            self._log(progress)
+        if self.step % self.config.eval_every_steps == 0 or self.step == self.config.total_steps:
+            self._evaluate(progress)
+        if self._checkpoint_due():
+            self._save_checkpoint()
 
     def _train_step(self) -> Dict[str, torch.Tensor]:
         parts = self.parts
@@ -134,6 +129,7 @@ class Trainer:
         return stats
 
     def _log(self, progress) -> None:
+        self._check_finite()
         means = self.log_window.means()
         now, last_time, last_step = time.monotonic(), *self._last_log
         means["train/steps_per_s"] = (self.step - last_step) / max(now - last_time, 1e-9)
@@ -151,6 +147,7 @@ class Trainer:
                      summary, means["train/steps_per_s"])
 
     def _evaluate(self, progress) -> None:
+        self._check_finite()
         parts = self.parts
         values = self.eval_window.means()
         raw = evaluate(parts.model, parts.test_loader, parts.device)
@@ -172,18 +169,62 @@ class Trainer:
         every = self.config.checkpoint_every_steps or self.config.eval_every_steps
         return self.step % every == 0 or self.step == self.config.total_steps
 
+    def _check_finite(self) -> None:
+        newest = self.checkpoints.step_files()
+        self.guard.check(str(newest[0][1]) if newest else "(none yet)")
+
     def _save_checkpoint(self) -> None:
+        # Never let a diverged model push a good checkpoint out of the kept ones.
+        self._check_finite()
+        parameters = list(unwrap_model(self.parts.model).parameters())
+        if not torch.stack([p.detach().isfinite().all() for p in parameters]).all():
+            raise NonFiniteLossError(
+                f"training diverged: the weights are not finite at step {self.step}; the last "
+                f"good checkpoint is kept; lower optim.lr or train in trainer.precision=fp32")
+        self.checkpoints.save(self.state_dict(), self.step)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run exactly, as tensors and plain types."""
         parts = self.parts
-        state = {
+        return {
+            "format": CHECKPOINT_FORMAT,
             "step": self.step,
-            "model": parts.model.state_dict(),
+            "model": unwrap_model(parts.model).state_dict(),
             "ema": parts.ema.state_dict() if parts.ema is not None else None,
             "optimizer": parts.optimizer.state_dict(),
             "schedule": parts.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "history": list(self.writer.history),
+            "elapsed_s": self.writer.elapsed_s(),
+            "eval_window": self.eval_window.state_dict(),
+            "rng": capture_rng_state(),
+            # The samplers are pure functions of the batch number: continuing a stream
+            # needs only how many batches each loader has handed out.
+            "loader_position": {"labeled_batches": self.step,
+                                "unlabeled_batches": self.step if parts.unlabeled_batches is not None else 0},
             **self.checkpoint_extras,
         }
-        save_checkpoint(state, self.checkpoint_path)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()` output (the loaders must already start at its step).
+
+        Raises:
+            CheckpointError: when the checkpoint does not fit this model or optimiser.
+        """
+        parts = self.parts
+        try:
+            unwrap_model(parts.model).load_state_dict(state["model"])
+            if parts.ema is not None:
+                parts.ema.load_state_dict(state["ema"])
+            parts.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise CheckpointError(f"the checkpoint does not fit this model/optimiser ({reason[:200]})") from None
+        parts.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.eval_window.load_state_dict(state["eval_window"], parts.device)
+        restore_rng_state(state["rng"])
+        self.step = state["step"]
 
     def _progress_bar(self):
         show_bar = self.config.progress_bar is ProgressBar.bar or (

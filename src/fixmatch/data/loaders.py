@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fixmatch.preemption import ignore_stop_signals_in_worker
+
 Transform = Callable[[np.ndarray, np.random.Generator], object]
 SampleKey = Tuple[int, int]  # (image index, augmentation seed)
 
@@ -104,7 +106,7 @@ def build_train_loader(
         batch_sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        worker_init_fn=ignore_stop_signals_in_worker,
     )
     return iter(loader)
 
@@ -115,5 +117,6 @@ def build_eval_loader(
     """All images once, in order, with the deterministic eval transform."""
     keys = [(index, 0) for index in range(len(dataset))]
     batches = [keys[start:start + batch_size] for start in range(0, len(keys), batch_size)]
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                      worker_init_fn=ignore_stop_signals_in_worker)
 

@@ -1,0 +1,58 @@
+"""Preemption: SIGTERM, SIGINT and SIGUSR1 ask the run to checkpoint and stop at the next
+step boundary, so a cluster scheduler can requeue it; a second signal stops at once."""
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+EXIT_CODE_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", i.e. rerun to resume
+
+
+class StopRequest:
+    """A context manager that turns the stop signals into a flag the trainer polls.
+
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    def __init__(self):
+        self.signal_name: Optional[str] = None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, number: int, frame: Optional[FrameType]) -> None:
+        name = signal.Signals(number).name
+        if self.requested:
+            # The second signal: the user (or scheduler) does not want to wait.
+            raise KeyboardInterrupt(f"second stop signal ({name})")
+        self.signal_name = name
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
+                    "(send it again to stop at once)", name)
+
+
+def ignore_stop_signals_in_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: leave the stop signals to the main process.
+
+    A terminal's Ctrl-C and a scheduler's SIGTERM reach every process of the job; a worker
+    that died of them would break the batch the main process still needs before it saves.
+    """
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)

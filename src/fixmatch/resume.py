@@ -1,0 +1,105 @@
+"""How a run starts: fresh, continued from its newest valid checkpoint, or refused.
+
+Rerunning a command with the same output folder continues the run there. A resumed run
+must be the same experiment: a config that differs in anything but the keys below (run
+length, cadence, hardware, where the data lives) is refused with the differing keys named.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore
+from fixmatch.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change: they do not change which experiment it is.
+RESUMABLE_CHANGES = frozenset({
+    "dataset.root", "dataset.download",
+    "trainer.total_steps", "trainer.eval_every_steps", "trainer.checkpoint_every_steps",
+    "trainer.keep_checkpoints", "trainer.log_every_steps", "trainer.eval_batch_size",
+    "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
+    "trainer.resume",
+})
+
+
+@dataclass
+class StartPlan:
+    """Where a run writes and what it continues from."""
+
+    run_dir: Path
+    checkpoint: Optional[dict] = None  # the state to continue from; None starts fresh
+    checkpoint_path: Optional[Path] = None
+
+
+def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints: int) -> StartPlan:
+    """Decide how a run in `run_dir` starts.
+
+    Args:
+        run_dir: the output folder the user asked for.
+        resolved_yaml: the current config, resolved, as YAML.
+        resume: continue an existing run in `run_dir` (True) or start fresh in a new
+            sibling folder when `run_dir` already holds one (False).
+        keep_checkpoints: passed to the checkpoint store.
+
+    Returns:
+        The plan: the folder to use and the checkpoint state to continue from, if any.
+
+    Raises:
+        UserError: when the folder's checkpoints are unreadable or belong to another
+            experiment.
+    """
+    store = CheckpointStore(run_dir / CHECKPOINT_DIR, keep_checkpoints)
+    if not store.step_files():
+        if (run_dir / "metrics.jsonl").exists():
+            log.warning("%s has metrics but no checkpoint; starting the run over", run_dir)
+        return StartPlan(run_dir)
+    if not resume:
+        fresh = _free_sibling(run_dir)
+        log.warning("trainer.resume=false: %s holds a run; starting fresh in %s", run_dir, fresh)
+        return StartPlan(fresh)
+    path, state = store.newest_valid()
+    differences = experiment_differences(state["config_yaml"], resolved_yaml)
+    if differences:
+        raise UserError(
+            f"cannot resume {run_dir}: the config differs from its checkpoint in "
+            f"{', '.join(differences)}; these change the experiment. Use another "
+            "hydra.run.dir, or trainer.resume=false to start fresh in a new folder"
+        )
+    log.info("resuming from %s (step %d)", path, state["step"])
+    return StartPlan(run_dir, state, path)
+
+
+def experiment_differences(saved_yaml: str, current_yaml: str) -> List[str]:
+    """Keys (with old -> new values) that differ and are not allowed to change on resume."""
+    saved, current = _flatten_yaml(saved_yaml), _flatten_yaml(current_yaml)
+    differing = []
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
+            differing.append(f"{key} ({saved.get(key)!r} -> {current.get(key)!r})")
+    return differing
+
+
+def _flatten_yaml(text: str) -> Dict[str, object]:
+    flat: Dict[str, object] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(OmegaConf.create(text)), "")
+    return flat
+
+
+def _free_sibling(run_dir: Path) -> Path:
+    number = 2
+    while (candidate := run_dir.with_name(f"{run_dir.name}_{number}")).exists():
+        number += 1
+    return candidate

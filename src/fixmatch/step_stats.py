@@ -1,0 +1,75 @@
+"""Per-step statistics kept on the device: running means for the logs, and the guard that
+notices a non-finite loss. Neither forces a host-device sync on every step."""
+
+from typing import Dict
+
+import torch
+
+from fixmatch.errors import UserError
+
+LOSS_TERMS = ("train/loss", "train/loss_x", "train/loss_u")
+
+
+class RunningMeans:
+    """Sums of per-step statistics, read (one sync) only when logged."""
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, stats: Dict[str, torch.Tensor]) -> None:
+        for name, value in stats.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.steps += 1
+
+    def means(self) -> Dict[str, float]:
+        """Per-step means since the last call; pseudo-label accuracy as correct / confident."""
+        values = {name: total.item() for name, total in self.sums.items()}
+        correct = values.pop("train/pseudo_label_correct", None)
+        count = values.pop("train/pseudo_label_count", None)
+        means = {name: total / max(self.steps, 1) for name, total in values.items()}
+        if count is not None:
+            means["train/pseudo_label_acc"] = correct / count if count else float("nan")
+        self.sums, self.steps = {}, 0
+        return means
+
+    def state_dict(self) -> dict:
+        return {"sums": {name: total.cpu() for name, total in self.sums.items()}, "steps": self.steps}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.sums = {name: total.to(device) for name, total in state["sums"].items()}
+        self.steps = state["steps"]
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite: the run diverged."""
+
+
+class NonFiniteGuard:
+    """Remembers, on the device, the first step whose loss terms were not finite."""
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms = torch.zeros(len(LOSS_TERMS), device=device)
+
+    def observe(self, step: int, stats: Dict[str, torch.Tensor]) -> None:
+        terms = torch.stack([stats[name].float() if name in stats else torch.zeros_like(self.terms[0])
+                             for name in LOSS_TERMS])
+        first_bad = ~torch.isfinite(terms).all() & (self.first_step < 0)
+        self.first_step = torch.where(first_bad, torch.full_like(self.first_step, step), self.first_step)
+        self.terms = torch.where(first_bad, terms, self.terms)
+
+    def check(self, kept_checkpoint: str) -> None:
+        """Raise if any observed step had a non-finite loss (one sync).
+
+        Raises:
+            NonFiniteLossError: naming the first such step and its loss terms.
+        """
+        step = int(self.first_step.item())
+        if step < 0:
+            return
+        terms = ", ".join(f"{name}={value:g}" for name, value in zip(LOSS_TERMS, self.terms.tolist()))
+        raise NonFiniteLossError(
+            f"training diverged: non-finite loss at step {step} ({terms}); the last good "
+            f"checkpoint {kept_checkpoint} is kept; lower optim.lr or train in trainer.precision=fp32"
+        )

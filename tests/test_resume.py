@@ -1,0 +1,251 @@
+"""Runs that survive: exact resume after SIGKILL/SIGTERM, corrupt and unsafe checkpoints,
+refused config changes, divergence and unwritable disks."""
+
+import json
+import logging
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
+from fixmatch.app import run_experiment
+from fixmatch.checkpoint import CheckpointError, load_checkpoint
+from fixmatch.errors import UserError
+from fixmatch.preemption import EXIT_CODE_PREEMPTED, StopRequest
+
+REPO = CONF_DIR.parent
+TOTAL_STEPS = 24
+
+
+def resume_overrides(root: Path, run_dir: Path, *extra: str) -> list:
+    return tiny_cifar_overrides(
+        root, f"trainer.total_steps={TOTAL_STEPS}", "trainer.eval_every_steps=6",
+        "trainer.checkpoint_every_steps=2", "trainer.keep_checkpoints=3",
+        f"hydra.run.dir={run_dir}", *extra)
+
+
+def in_process(overrides: list, run_dir: Path) -> dict:
+    return run_experiment(compose_config([o for o in overrides if not o.startswith("hydra.")]), run_dir)
+
+
+def newest_step(run_dir: Path) -> int:
+    steps = [int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.pt")]
+    return max(steps, default=-1)
+
+
+def start_and_signal(overrides: list, run_dir: Path, after_step: int, sig: int):
+    """Start a run in a subprocess, send `sig` once a checkpoint past `after_step` exists."""
+    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *overrides], cwd=run_dir.parent,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while newest_step(run_dir) < after_step and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def assert_same_run(resumed_dir: Path, reference_dir: Path) -> None:
+    resumed = load_checkpoint(resumed_dir / "checkpoints" / "last.pt")
+    reference = load_checkpoint(reference_dir / "checkpoints" / "last.pt")
+    assert resumed["step"] == reference["step"] == TOTAL_STEPS
+    for part in ["model", "ema"]:
+        for key, tensor in reference[part].items():
+            assert torch.equal(resumed[part][key], tensor), f"{part}.{key} differs"
+    for index, buffers in reference["optimizer"]["state"].items():
+        assert torch.equal(resumed["optimizer"]["state"][index]["momentum_buffer"], buffers["momentum_buffer"])
+    assert resumed["labeled_indices"] == reference["labeled_indices"]
+    lines = [(d / "metrics.jsonl").read_text().splitlines() for d in (resumed_dir, reference_dir)]
+    assert lines[0] == lines[1]
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tiny_cifar10, tmp_path_factory):
+    """Uninterrupted runs, one per loader-worker count."""
+    runs = {}
+    for workers in (0, 2):
+        run_dir = tmp_path_factory.mktemp("reference") / f"workers{workers}"
+        in_process(resume_overrides(tiny_cifar10, run_dir, f"trainer.num_workers={workers}"), run_dir)
+        runs[workers] = run_dir
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_workers,resume_workers", [(0, 0), (2, 2), (0, 2)])
+def test_resume_after_sigkill_is_bitwise_identical(tiny_cifar10, tmp_path, reference_runs,
+                                                   first_workers, resume_workers):
+    kill_after = random.randint(1, TOTAL_STEPS - 4)
+    run_dir = tmp_path / "run"
+    overrides = resume_overrides(tiny_cifar10, run_dir, f"trainer.num_workers={first_workers}")
+    code, stderr = start_and_signal(overrides, run_dir, kill_after, signal.SIGKILL)
+    killed_at = newest_step(run_dir)
+    assert code == -signal.SIGKILL and 0 < killed_at < TOTAL_STEPS, (code, killed_at, stderr)
+    resumed = in_process(resume_overrides(tiny_cifar10, run_dir, f"trainer.num_workers={resume_workers}"),
+                         run_dir)
+    assert resumed["status"] == "completed"
+    # Workers never change the numbers (per-sample seeds), so any reference will do.
+    assert_same_run(run_dir, reference_runs[first_workers])
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_marks_preempted_and_resumes_exactly(tiny_cifar10, tmp_path, reference_runs):
+    run_dir = tmp_path / "run"
+    overrides = resume_overrides(tiny_cifar10, run_dir, "trainer.num_workers=2")
+    code, stderr = start_and_signal(overrides, run_dir, 4, signal.SIGTERM)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert code == EXIT_CODE_PREEMPTED, stderr
+    assert summary["status"] == "preempted" and "preempted at step" in stderr
+    assert newest_step(run_dir) == summary["step"] < TOTAL_STEPS  # saved at the step it stopped
+    rerun = subprocess.run([sys.executable, str(REPO / "run.py"), *overrides], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert_same_run(run_dir, reference_runs[2])
+
+
+def test_second_signal_stops_at_once():
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested and stop.signal_name == "SIGUSR1"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGUSR1)
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def short_run(root: Path, run_dir: Path, *extra: str) -> dict:
+    overrides = tiny_cifar_overrides(root, "trainer.total_steps=6", "trainer.eval_every_steps=3",
+                                     "trainer.checkpoint_every_steps=3", *extra)
+    return run_experiment(compose_config(overrides), run_dir)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tiny_cifar10, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    newest = run_dir / "checkpoints" / "step_000000006.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash mid-copy
+    with caplog.at_level(logging.WARNING):
+        summary = short_run(tiny_cifar10, run_dir, "trainer.total_steps=9")
+    assert "skipping" in caplog.text and "step_000000006.pt" in caplog.text
+    assert summary["status"] == "completed" and summary["step"] == 9
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 9
+
+
+def test_all_checkpoints_unreadable_fails_loudly_and_touches_nothing(tiny_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        path.write_bytes(b"garbage")
+    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "tensorboard" not in str(p)}
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        short_run(tiny_cifar10, run_dir)
+    after = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "tensorboard" not in str(p)}
+    assert after == before
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_is_refused_without_running_code(tmp_path):
+    exploit = _Exploit()
+    exploit.marker = tmp_path / "pwned"
+    path = tmp_path / "step_000000001.pt"
+    path.write_bytes(pickle.dumps({"format": "fixmatch-checkpoint-v1", "model": exploit}))
+    with pytest.raises(CheckpointError, match="unreadable or unsafe"):
+        load_checkpoint(path)
+    assert not exploit.marker.exists()
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a fixmatch checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("change,named", [
+    ("ssl.num_labeled=20", "ssl.num_labeled (40 -> 20)"),
+    ("model.widen_factor=2", "model.widen_factor"),
+    ("seed=2", "seed"),
+    ("ssl=supervised", "ssl.algorithm"),
+])
+def test_resume_refuses_another_experiment(tiny_cifar10, tmp_path, change, named):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    before = (run_dir / "metrics.json").read_text()
+    with pytest.raises(UserError, match="cannot resume") as caught:
+        short_run(tiny_cifar10, run_dir, change)
+    assert named in str(caught.value)
+    assert (run_dir / "metrics.json").read_text() == before
+
+
+def test_resume_allows_a_longer_run_and_other_hardware_settings(tiny_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    summary = short_run(tiny_cifar10, run_dir, "trainer.total_steps=9", "trainer.num_workers=1",
+                        "trainer.log_every_steps=1", f"dataset.root={tiny_cifar10}/.")
+    assert summary["status"] == "completed" and summary["step"] == 9
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 9]
+
+
+def test_resume_false_starts_fresh_in_a_new_folder(tiny_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    old = (run_dir / "checkpoints" / "step_000000006.pt").read_bytes()
+    summary = short_run(tiny_cifar10, run_dir, "trainer.resume=false")
+    assert summary["step"] == 6
+    assert (tmp_path / "run_2" / "checkpoints" / "last.pt").exists()
+    assert (run_dir / "checkpoints" / "step_000000006.pt").read_bytes() == old
+
+
+def test_keeps_only_the_newest_checkpoints(tiny_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir, "trainer.checkpoint_every_steps=1", "trainer.keep_checkpoints=2")
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["last.pt", "step_000000005.pt", "step_000000006.pt"]
+    assert os.readlink(run_dir / "checkpoints" / "last.pt") == "step_000000006.pt"
+
+
+def test_divergence_stops_with_one_line_and_keeps_good_checkpoints(tiny_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_cifar_overrides(tiny_cifar10, "optim.lr=1e30", "trainer.total_steps=6",
+                                     "trainer.checkpoint_every_steps=1", "trainer.log_every_steps=1",
+                                     f"hydra.run.dir={run_dir}")
+    result = subprocess.run([sys.executable, str(REPO / "run.py"), *overrides], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged" in lines[0] and "step" in lines[0], lines
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "failed" and "diverged" in summary["error"]
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        weights = load_checkpoint(path)["model"]
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tiny_cifar10, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    good = (run_dir / "checkpoints" / "step_000000006.pt").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match="No space left on device.*step_000000006.pt is intact"):
+        short_run(tiny_cifar10, run_dir, "trainer.total_steps=9")
+    assert (run_dir / "checkpoints" / "step_000000006.pt").read_bytes() == good
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_unwritable_output_folder_is_one_clear_error(tiny_cifar10, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write to the output folder"):
+        short_run(tiny_cifar10, blocker / "run")
