@@ -20,6 +20,7 @@ from fixmatch.data.datasets import DatasetArrays, load_dataset
 from fixmatch.data.loaders import (
     AugmentedImages,
     InfiniteBatchSampler,
+    StackedImages,
     build_eval_loader,
     build_train_loader,
 )
@@ -206,11 +207,19 @@ def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSpli
     weak = WeakTransform(dataset_config.mean, dataset_config.std, dataset_config.hflip)
     strong = StrongTransform(dataset_config.mean, dataset_config.std, dataset_config.hflip,
                              randaugment, ssl.cutout_fraction)
-    dataset = AugmentedImages(arrays.train.images, arrays.train.targets, WeakStrongTransform(weak, strong))
-    indices = range(len(arrays.train.targets))
+    # The paper's unlabeled set is the whole training set (labels dropped), plus any
+    # images that never had labels; the latter carry the target -1 ("unknown").
+    extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]
+    images = StackedImages(arrays.train.images, extra)
+    targets = np.concatenate([arrays.train.targets, np.full(len(extra), -1, dtype=np.int64)])
+    dataset = AugmentedImages(images, targets, WeakStrongTransform(weak, strong))
+    indices = range(len(targets))
     if not ssl.include_labeled_in_unlabeled:
         labeled = set(split.indices)
         indices = [index for index in indices if index not in labeled]
+    if not indices:
+        raise UserError("no unlabeled images: the training set is all labeled and "
+                        "ssl.include_labeled_in_unlabeled=false; add unlabeled images or set it true")
     batch_size = ssl.batch_size * ssl.unlabeled_ratio
     sampler = InfiniteBatchSampler(list(indices), batch_size, config.seed, UNLABELED_STREAM,
                                    start_batch)

@@ -7,7 +7,7 @@ augmentation, splits or models. Add a dataset by adding a function to DATASET_SO
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class DatasetArrays:
     train: ImageSet
     test: ImageSet
     class_names: List[str]
+    # Images without labels beyond the training set (STL-10's 100k, a folder's
+    # unlabeled/), as (N, H, W, C) uint8; None when the dataset has none.
+    unlabeled: Optional[np.ndarray] = None
 
 
 def load_dataset(config: DatasetConfig) -> DatasetArrays:

@@ -36,6 +36,21 @@ class AugmentedImages(Dataset):
         return view, int(self.targets[index])
 
 
+class StackedImages:
+    """Several image arrays indexed as one, without copying them into one array."""
+
+    def __init__(self, *parts: np.ndarray):
+        self.parts = [part for part in parts if len(part)]
+        self.starts = np.cumsum([0] + [len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[part][index - self.starts[part]]
+
+
 def _mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser: spreads consecutive integers into unrelated 64-bit seeds."""
     with np.errstate(over="ignore"):
