@@ -8,9 +8,14 @@ Exit status: 0 done, 2 a mistake to fix (one line on stderr), 75 preempted by a 
 after saving a checkpoint (rerun the same command to resume), 130 interrupted at once.
 """
 
+import os
 import sys
+import tempfile
+from typing import Optional
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fixmatch.app import run_experiment
@@ -21,13 +26,25 @@ from fixmatch.preemption import EXIT_CODE_PREEMPTED
 register_configs()
 
 
+def _keep_other_ranks_out_of_the_output_folder() -> None:
+    # Under torchrun every rank composes the config, and `${now:...}` could name a folder
+    # per rank. Rank 0's folder is the run's (app.py broadcasts it); the others get a
+    # throwaway folder and no log file of their own.
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='fixmatch-rank')}",
+                     "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> Optional[float]:
     try:
         summary = run_experiment(cfg)
     except UserError as error:
         # A mistake the user can fix: one line on stderr, no traceback.
-        print(f"error: {error}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))
+        print(f"{f'[rank {rank}] ' if rank else ''}error: {error}", file=sys.stderr)
+        if HydraConfig.get().mode is RunMode.MULTIRUN:
+            return None  # its metrics.json says failed; the sweep's other jobs still run
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
@@ -40,4 +57,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    _keep_other_ranks_out_of_the_output_folder()
     main()

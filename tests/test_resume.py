@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
 from fixmatch.app import run_experiment
 from fixmatch.checkpoint import CheckpointError, load_checkpoint
 from fixmatch.errors import UserError
 from fixmatch.preemption import EXIT_CODE_PREEMPTED, StopRequest
+from fixmatch.resume import experiment_differences
 
 REPO = CONF_DIR.parent
 TOTAL_STEPS = 24
@@ -249,3 +252,12 @@ def test_unwritable_output_folder_is_one_clear_error(tiny_cifar10, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="cannot write to the output folder"):
         short_run(tiny_cifar10, blocker / "run")
+
+
+def test_a_key_added_after_the_run_started_counts_as_its_default():
+    current = OmegaConf.to_yaml(compose_config([]), resolve=True)
+    older = yaml.safe_load(current)
+    del older["ssl"]["lambda_u"]  # as if the run predates the key (default 1.0)
+    assert experiment_differences(yaml.safe_dump(older), current) == []
+    changed = OmegaConf.to_yaml(compose_config(["ssl.lambda_u=2.0"]), resolve=True)
+    assert experiment_differences(yaml.safe_dump(older), changed) == ["ssl.lambda_u (1.0 -> 2.0)"]

@@ -5,16 +5,21 @@ reader would explain a run: split, datasets, loaders, model, EMA, optimiser, sch
 metric writer, trainer.
 """
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fixmatch.algorithms import build_algorithm
-from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore
+from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore, load_checkpoint
 from fixmatch.config import Config
 from fixmatch.data.datasets import DatasetArrays, load_dataset
 from fixmatch.data.loaders import (
@@ -24,13 +29,22 @@ from fixmatch.data.loaders import (
     build_eval_loader,
     build_train_loader,
 )
+from fixmatch.data.normalization import Normalization, resolve_normalization
 from fixmatch.data.randaugment import RandAugment
-from fixmatch.data.split import LabeledSplit, draw_labeled_split, indices_sha256
+from fixmatch.data.split import LabeledSplit, draw_split, indices_sha256
 from fixmatch.data.transforms import (
     EvalTransform,
     StrongTransform,
     WeakStrongTransform,
     WeakTransform,
+)
+from fixmatch.distributed import (
+    DistEnv,
+    all_gather_objects,
+    broadcast_object,
+    destroy_process_group,
+    environment,
+    init_process_group,
 )
 from fixmatch.errors import UserError
 from fixmatch.metrics import MetricWriter
@@ -48,21 +62,38 @@ LABELED_STREAM, UNLABELED_STREAM = 0, 1  # keep the two sample streams' seeds ap
 def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     """Train as `cfg` says, writing everything into `run_dir` (Hydra's output dir by default).
 
+    Under torchrun every rank calls this; rank 0's folder is the run's folder.
+
     Returns:
         The final metrics.json summary (status `completed` or `preempted`).
     """
-    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
-    config: Config = OmegaConf.to_object(cfg)
-    return train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        config: Config = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as error:
+        raise UserError(f"{error.full_key} must be given (it is ??? in the config): add "
+                        f"{error.full_key}=... to the command") from None
+    env = environment()
+    if not env.is_main:
+        logging.getLogger("fixmatch").setLevel(logging.WARNING)  # rank 0 reports for all
+    device = select_device(config.trainer.device, env.local_rank if env.is_distributed else None)
+    init_process_group(env, device)
+    try:
+        run_dir = broadcast_object(Path(run_dir or HydraConfig.get().runtime.output_dir), env)
+        return train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True), env, device)
+    finally:
+        destroy_process_group()
 
 
-def train(config: Config, run_dir: Path, resolved_yaml: str) -> dict:
+def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = DistEnv(),
+          device: Optional[torch.device] = None) -> dict:
     """Build every part of the run from the typed config and train it, or continue it.
 
     Args:
         config: the composed, validated configuration.
         run_dir: where the run writes its files; a run already there is continued.
         resolved_yaml: the config as YAML with interpolations resolved.
+        env: this process's rank in a torchrun job (one rank by default).
+        device: where to train (chosen from the config when None).
 
     Returns:
         The final metrics.json summary.
@@ -70,19 +101,23 @@ def train(config: Config, run_dir: Path, resolved_yaml: str) -> dict:
     Raises:
         UserError: for any input the user can fix (reported as one line by run.py).
     """
-    _make_writable(run_dir)
-    # Decided before anything is written: a refused resume must leave the old run as it was.
-    plan = plan_start(run_dir, resolved_yaml, config.trainer.resume, config.trainer.keep_checkpoints)
+    device = device or select_device(config.trainer.device)
+    plan = _plan_on_rank_zero(config, run_dir, resolved_yaml, env)
     run_dir = plan.run_dir
-    _make_writable(run_dir)
-    (run_dir / "config_resolved.yaml").write_text(resolved_yaml)
+    finished = _finished_summary(plan, config.trainer.total_steps)
+    if finished is not None:
+        log.info("%s already completed %d steps; nothing to do", run_dir, finished["step"])
+        return finished
+    if env.is_main:
+        (run_dir / "config_resolved.yaml").write_text(resolved_yaml)
     state = plan.checkpoint or {}
     writer = MetricWriter(run_dir, config.trainer.total_steps, history=state.get("history"),
-                          elapsed_s=state.get("elapsed_s", 0.0), resume_step=state.get("step"))
+                          elapsed_s=state.get("elapsed_s", 0.0), resume_step=state.get("step"),
+                          write=env.is_main)
     trainer = None
     try:
-        _check_config(config)
-        trainer = _build_trainer(config, run_dir, resolved_yaml, writer, plan)
+        _check_config(config, env)
+        trainer = _build_trainer(config, run_dir, resolved_yaml, writer, plan, env, device)
         summary = trainer.fit()
     except BaseException as error:
         # metrics.json must say "failed" (with why) whatever stopped the run.
@@ -98,27 +133,69 @@ def train(config: Config, run_dir: Path, resolved_yaml: str) -> dict:
     return summary
 
 
+def _finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
+    """The summary of a run that already reached `total_steps`, so a rerun (of a sweep,
+    say) leaves it exactly as it is; None when there is training left to do."""
+    if not plan.checkpoint or plan.checkpoint["step"] < total_steps:
+        return None
+    try:
+        summary = json.loads((plan.run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None  # recomputed (and rewritten) by resuming at the last step
+    return summary if summary.get("status") == "completed" else None
+
+
+def _plan_on_rank_zero(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv) -> StartPlan:
+    """Rank 0 decides fresh/resume/refuse (before anything is written, so a refused resume
+    leaves the old run as it was); the other ranks follow and read the same checkpoint."""
+    decision = None
+    if env.is_main:
+        try:
+            _make_writable(run_dir)
+            plan = plan_start(run_dir, resolved_yaml, config.trainer.resume,
+                              config.trainer.keep_checkpoints)
+            _make_writable(plan.run_dir)
+            decision = (plan.run_dir, plan.checkpoint_path)
+        except UserError as error:
+            decision = error
+    decision = broadcast_object(decision, env)
+    if isinstance(decision, UserError):
+        raise decision
+    if env.is_main:
+        return plan
+    folder, checkpoint_path = decision
+    return StartPlan(folder, load_checkpoint(checkpoint_path) if checkpoint_path else None,
+                     checkpoint_path)
+
+
 def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: MetricWriter,
-                   plan: StartPlan) -> Trainer:
-    device = select_device(config.trainer.device)
+                   plan: StartPlan, env: DistEnv, device: torch.device) -> Trainer:
     check_precision(config.trainer.precision, device)
     configure_threads(config.trainer.num_threads)
     seed_everything(config.seed)
 
     arrays = load_dataset(config.dataset)
     split = _labeled_split(config, arrays, plan)
-    split.save(run_dir / "split.json")
-    log.info("%s: %d training images, %d labeled (%d per class), %d test images; device %s",
+    _check_same_split_on_all_ranks(split, env)
+    normalization = _normalization(config, arrays, plan)
+    if env.is_main:
+        split.save(run_dir / "split.json", arrays.class_names)
+        normalization.save(run_dir / "normalization.json")
+    log.info("%s: %d training images, %d labeled (per class %s), %d test images; device %s%s",
              config.dataset.name, len(arrays.train.targets), len(split.indices),
-             split.num_per_class[0], len(arrays.test.targets), device)
+             split.num_per_class, len(arrays.test.targets), device,
+             f", {env.world_size} ranks" if env.is_distributed else "")
     start_batch = plan.checkpoint["loader_position"]["labeled_batches"] if plan.checkpoint else 0
+    parts = build_training_parts(config, arrays, split, normalization, device, start_batch, env)
+    parts.model = _distribute(parts.model, config.trainer.sync_bn, device, env)
     trainer = Trainer(
-        build_training_parts(config, arrays, split, device, start_batch),
+        parts,
         config.trainer,
         writer,
         CheckpointStore(run_dir / CHECKPOINT_DIR, config.trainer.keep_checkpoints),
         checkpoint_extras={"config_yaml": resolved_yaml, "labeled_indices": split.indices,
-                           "split_sha256": split.sha256, "class_names": arrays.class_names},
+                           "split_sha256": split.sha256, "class_names": arrays.class_names,
+                           "normalization": normalization.as_record()},
     )
     if plan.checkpoint:
         try:
@@ -128,53 +205,80 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
     return trainer
 
 
+def _check_same_split_on_all_ranks(split: LabeledSplit, env: DistEnv) -> None:
+    # The popular port drew a split per rank: a "40-label" run saw up to 40 x world labels.
+    fingerprints = all_gather_objects(split.sha256, env)
+    if env.is_distributed:
+        log.info("labeled split sha256 on ranks 0..%d: %s", env.world_size - 1, fingerprints)
+    if len(set(fingerprints)) != 1:
+        raise UserError(f"the ranks drew different labeled splits ({fingerprints}); "
+                        "every rank must read the same dataset.root")
+
+
 def _labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> LabeledSplit:
     """Draw the split, or take it from the checkpoint when resuming (never re-drawn)."""
     if not plan.checkpoint:
-        return draw_labeled_split(arrays.train.targets, config.ssl.num_labeled,
-                                  config.dataset.num_classes, config.ssl.split_seed)
+        return draw_split(arrays.train.targets, config.ssl.num_labeled, len(arrays.class_names),
+                          config.ssl.split_seed, config.dataset.labeled_split.value,
+                          arrays.labeled_folds, class_names=arrays.class_names)
     indices = list(plan.checkpoint["labeled_indices"])
     if max(indices) >= len(arrays.train.targets):
         raise CheckpointError(
             f"cannot resume from {plan.checkpoint_path}: its labeled split indexes past the "
             f"{len(arrays.train.targets)} training images of dataset.root={config.dataset.root}"
         )
-    per_class = np.bincount(arrays.train.targets[indices], minlength=config.dataset.num_classes)
+    per_class = np.bincount(arrays.train.targets[indices], minlength=len(arrays.class_names))
     return LabeledSplit(indices=indices, num_per_class=per_class.tolist(),
                         seed=config.ssl.split_seed, sha256=indices_sha256(indices))
 
 
 def build_training_parts(
-    config: Config, arrays: DatasetArrays, split: LabeledSplit, device, start_batch: int = 0
+    config: Config, arrays: DatasetArrays, split: LabeledSplit, normalization: Normalization,
+    device: torch.device, start_batch: int = 0, env: DistEnv = DistEnv(),
 ) -> TrainingParts:
-    """Datasets, loaders (from batch `start_batch` on), model, EMA, optimiser and schedule."""
+    """Datasets, loaders (this rank's share, from batch `start_batch` on), model, EMA,
+    optimiser and schedule."""
     algorithm = build_algorithm(config.ssl)
-    labeled_batches = _labeled_batches(config, arrays, split, device, start_batch)
+    labeled_batches = _labeled_batches(config, arrays, split, normalization, device, start_batch, env)
     unlabeled_batches = (
-        _unlabeled_batches(config, arrays, split, device, start_batch)
+        _unlabeled_batches(config, arrays, split, normalization, device, start_batch, env)
         if algorithm.uses_unlabeled else None
     )
-    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, _eval_transform(config))
+    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, _eval_transform(normalization))
     test_loader = build_eval_loader(
-        test_set, config.trainer.eval_batch_size, config.trainer.num_workers, device.type == "cuda"
+        test_set, config.trainer.eval_batch_size, config.trainer.num_workers, device.type == "cuda",
+        env.rank, env.world_size,
     )
-    model = build_model(config).to(device)
+    model = build_model(config, len(arrays.class_names)).to(device)
     ema = None
     if config.optim.ema_enabled:
         ema = ModelEMA(model, config.optim.ema_decay, warmup=config.optim.ema_warmup)
     optimizer = build_optimizer(model, config.optim)
     schedule = build_schedule(optimizer, config.trainer.total_steps, config.optim.cosine_fraction)
     return TrainingParts(model, ema, optimizer, schedule, algorithm, labeled_batches,
-                         unlabeled_batches, test_loader, device)
+                         unlabeled_batches, test_loader, device, env)
 
 
-def build_model(config: Config) -> WideResNet:
-    """The WideResNet the config describes, for the dataset's channels and classes."""
+def _distribute(model: nn.Module, sync_bn: bool, device: torch.device, env: DistEnv) -> nn.Module:
+    if not env.is_distributed:
+        return model
+    if sync_bn:
+        # Off by default: the paper's towers each normalise their own share of the batch.
+        if device.type != "cuda":
+            raise UserError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm); "
+                            "on the CPU each rank normalises its own share, as the paper's towers")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # Every parameter takes part in every step, so find_unused_parameters stays off.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build_model(config: Config, num_classes: int) -> WideResNet:
+    """The WideResNet the config describes, for the dataset's channels and `num_classes`."""
     if config.model.name != "wide_resnet":
         raise UserError(f"model.name={config.model.name!r} is not a known model; use model=wide_resnet")
     try:
         return WideResNet(
-            num_classes=config.dataset.num_classes,
+            num_classes=num_classes,
             depth=config.model.depth,
             widen_factor=config.model.widen_factor,
             in_channels=config.dataset.channels,
@@ -186,17 +290,17 @@ def build_model(config: Config) -> WideResNet:
         raise UserError(f"model: {error}") from None
 
 
-def _labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit, device,
-                     start_batch: int):
-    transform = WeakTransform(config.dataset.mean, config.dataset.std, config.dataset.hflip)
+def _labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
+                     normalization: Normalization, device, start_batch: int, env: DistEnv):
+    transform = WeakTransform(normalization.mean, normalization.std, config.dataset.hflip)
     dataset = AugmentedImages(arrays.train.images, arrays.train.targets, transform)
     sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
-                                   LABELED_STREAM, start_batch)
+                                   LABELED_STREAM, start_batch, env.rank, env.world_size)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
-def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit, device,
-                       start_batch: int):
+def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
+                       normalization: Normalization, device, start_batch: int, env: DistEnv):
     dataset_config, ssl = config.dataset, config.ssl
     if ssl.strong_augment != "randaugment":
         raise UserError(f"ssl.strong_augment={ssl.strong_augment!r} is not available; use randaugment")
@@ -204,8 +308,8 @@ def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSpli
         randaugment = RandAugment(ssl.randaugment_variant, ssl.randaugment_num_ops)
     except ValueError as error:
         raise UserError(f"ssl.randaugment_variant: {error}") from None
-    weak = WeakTransform(dataset_config.mean, dataset_config.std, dataset_config.hflip)
-    strong = StrongTransform(dataset_config.mean, dataset_config.std, dataset_config.hflip,
+    weak = WeakTransform(normalization.mean, normalization.std, dataset_config.hflip)
+    strong = StrongTransform(normalization.mean, normalization.std, dataset_config.hflip,
                              randaugment, ssl.cutout_fraction)
     # The paper's unlabeled set is the whole training set (labels dropped), plus any
     # images that never had labels; the latter carry the target -1 ("unknown").
@@ -222,15 +326,31 @@ def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSpli
                         "ssl.include_labeled_in_unlabeled=false; add unlabeled images or set it true")
     batch_size = ssl.batch_size * ssl.unlabeled_ratio
     sampler = InfiniteBatchSampler(list(indices), batch_size, config.seed, UNLABELED_STREAM,
-                                   start_batch)
+                                   start_batch, env.rank, env.world_size)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
-def _eval_transform(config: Config) -> EvalTransform:
-    return EvalTransform(config.dataset.mean, config.dataset.std)
+def _eval_transform(normalization: Normalization) -> EvalTransform:
+    return EvalTransform(normalization.mean, normalization.std)
 
 
-def _check_config(config: Config) -> None:
+def _normalization(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Normalization:
+    """dataset.mean/std, or (null) computed from the training images; a resumed run keeps
+    the values it started with."""
+    saved = plan.checkpoint.get("normalization") if plan.checkpoint else None
+    normalization = resolve_normalization(config.dataset.mean, config.dataset.std,
+                                          arrays.train.images, saved)
+    log.info("normalisation (%s): mean %s, std %s", normalization.source,
+             [round(value, 4) for value in normalization.mean],
+             [round(value, 4) for value in normalization.std])
+    return normalization
+
+
+def _check_config(config: Config, env: DistEnv) -> None:
+    if config.ssl.batch_size % env.world_size:
+        raise UserError(
+            f"ssl.batch_size={config.ssl.batch_size} is the global labeled batch and must be "
+            f"divisible by the {env.world_size} ranks (each takes batch_size / world_size)")
     positive = {
         "trainer.total_steps": config.trainer.total_steps,
         "trainer.eval_every_steps": config.trainer.eval_every_steps,

@@ -7,7 +7,7 @@ at compose time. Code below the composition root only ever sees these dataclasse
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -36,19 +36,42 @@ class ProgressBar(Enum):
     log = "log"
 
 
+class Resize(Enum):
+    """How an image folder's images are brought to image_size x image_size."""
+
+    resize = "resize"  # bilinear (antialiased) resize; the aspect ratio is not kept
+    center_crop = "center_crop"  # the central square, upscaled first only if smaller
+    none = "none"  # images must already be that size
+
+
+class LabeledSplitRule(Enum):
+    """How ssl.num_labeled labels are spread over the classes (fixmatch.data.split)."""
+
+    balanced = "balanced"  # num_labeled / num_classes per class (the paper: CIFAR, STL-10)
+    proportional = "proportional"  # ∝ class frequency, the official create_split.py rule (SVHN)
+    largest_remainder = "largest_remainder"  # ∝ class frequency, Hamilton's rounding
+
+
 @dataclass
 class DatasetConfig:
     """Where the images come from and how they are normalised and flipped."""
 
     name: str = MISSING  # a key of fixmatch.data.datasets.DATASET_SOURCES
-    root: str = "./data"  # relative paths are taken from the directory you launch in
+    root: str = MISSING  # relative paths are taken from the directory you launch in
     download: bool = True  # fetch torchvision-format files when absent (needs internet)
-    num_classes: int = MISSING
+    num_classes: int = MISSING  # 0: as many as the dataset has (an image folder's class folders)
     channels: int = MISSING  # 1 (grayscale) or 3 (RGB); the model's input channels follow
     image_size: int = MISSING  # side in pixels of the (square) images the model sees
-    mean: List[float] = MISSING  # per-channel, in [0, 1] pixel units
-    std: List[float] = MISSING
+    # Per-channel, in [0, 1] pixel units; None: computed from the training images and
+    # saved with the run (normalization.json and the checkpoint).
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
     hflip: bool = True  # random horizontal flip in the weak augmentation
+    resize: Resize = Resize.resize  # image folders: how images reach image_size
+    skip_bad_images: bool = False  # image folders: skip unreadable images (with a warning)
+    # Predefined folds (STL-10's fold_indices.txt) take precedence when ssl.num_labeled
+    # equals their size; this rule applies otherwise.
+    labeled_split: LabeledSplitRule = LabeledSplitRule.balanced
 
 
 @dataclass
@@ -112,6 +135,7 @@ class TrainerConfig:
     num_workers: int = 4  # loader processes; 0 loads in the main process
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     progress_bar: ProgressBar = ProgressBar.auto
+    sync_bn: bool = False  # torchrun: BatchNorm over the global batch instead of per rank
 
 
 @dataclass

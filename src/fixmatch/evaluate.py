@@ -1,4 +1,7 @@
-"""Test-set scoring of a model: top-1, top-5 and mean cross-entropy over a loader."""
+"""Test-set scoring of a model: top-1, top-5 and mean cross-entropy over a loader.
+
+DDP-aware: each rank scores its shard of the test set and the counts are summed.
+"""
 
 from dataclasses import dataclass
 
@@ -6,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+
+from fixmatch.distributed import DistEnv, all_reduce_sum
 
 
 @dataclass(frozen=True)
@@ -17,13 +22,15 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> EvalResult:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             env: DistEnv = DistEnv()) -> EvalResult:
     """Score `model` on every image of `loader` in eval mode, then restore its mode.
 
     Args:
-        model: the classifier (the EMA copy or the live model).
-        loader: yields (images, labels).
+        model: the classifier (the EMA copy or the live model, unwrapped from DDP).
+        loader: yields (images, labels); with several ranks, this rank's shard.
         device: where the model lives.
+        env: the ranks whose shards are summed.
 
     Returns:
         Accuracies and loss over the whole loader.
@@ -33,7 +40,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> Eval
     correct1 = torch.zeros((), device=device)
     correct5 = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
-    count = 0
+    count = torch.zeros((), device=device)
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -46,9 +53,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> Eval
         count += len(targets)
     # Leaving the model in eval mode after evaluation is a bug the popular ports have.
     model.train(was_training)
+    totals = all_reduce_sum(torch.stack([correct1, correct5, loss_sum, count]).double(), env)
+    correct1, correct5, loss_sum, count = totals.tolist()
     return EvalResult(
-        top1=100.0 * correct1.item() / count,
-        top5=100.0 * correct5.item() / count,
-        loss=loss_sum.item() / count,
-        num_images=count,
+        top1=100.0 * correct1 / count,
+        top5=100.0 * correct5 / count,
+        loss=loss_sum / count,
+        num_images=int(count),
     )

@@ -41,18 +41,19 @@ class MetricWriter:
             made after the checkpoint by the interrupted process.
         elapsed_s: wall time the run already spent before this process.
         resume_step: the checkpoint's step when resuming, else None.
-        tensorboard: write TensorBoard events under `run_dir/tensorboard`.
+        write: False on every rank but 0 of a torchrun job: keep the history, write nothing.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, history: Optional[List[dict]] = None,
-                 elapsed_s: float = 0.0, resume_step: Optional[int] = None, tensorboard: bool = True):
+                 elapsed_s: float = 0.0, resume_step: Optional[int] = None, write: bool = True):
         self.run_dir = run_dir
         self.total_steps = total_steps
         self.history: List[Dict[str, float]] = list(history or [])
         self.started = time.monotonic() - elapsed_s
-        write_lines_atomic(run_dir / "metrics.jsonl", [json.dumps(record) for record in self.history])
+        self.write = write
         self.tensorboard = None
-        if tensorboard:
+        if write:
+            write_lines_atomic(run_dir / "metrics.jsonl", [json.dumps(record) for record in self.history])
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides events an interrupted process logged after its checkpoint.
@@ -74,8 +75,9 @@ class MetricWriter:
         """Record one evaluation everywhere and refresh the running summary."""
         record = {"step": step, **values}
         self.history.append(record)
-        with (self.run_dir / "metrics.jsonl").open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        if self.write:
+            with (self.run_dir / "metrics.jsonl").open("a") as file:
+                file.write(json.dumps(record) + "\n")
         self.scalars(step, values)
         self.summary("running", step)
 
@@ -95,7 +97,8 @@ class MetricWriter:
         }
         if error is not None:
             payload["error"] = error
-        write_json_atomic(self.run_dir / "metrics.json", payload)
+        if self.write:
+            write_json_atomic(self.run_dir / "metrics.json", payload)
         return payload
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 from omegaconf import OmegaConf
 
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore
+from fixmatch.config import Config, DatasetConfig, ModelConfig, OptimConfig, SSLConfig, TrainerConfig
 from fixmatch.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ RESUMABLE_CHANGES = frozenset({
     "trainer.total_steps", "trainer.eval_every_steps", "trainer.checkpoint_every_steps",
     "trainer.keep_checkpoints", "trainer.log_every_steps", "trainer.eval_batch_size",
     "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
-    "trainer.resume",
+    "trainer.resume", "trainer.sync_bn",
 })
 
 
@@ -75,13 +76,25 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
 
 
 def experiment_differences(saved_yaml: str, current_yaml: str) -> List[str]:
-    """Keys (with old -> new values) that differ and are not allowed to change on resume."""
+    """Keys (with old -> new values) that differ and are not allowed to change on resume.
+
+    A key the saved config lacks (added to the toolkit after that run started) counts as
+    its schema default, so upgrading the toolkit does not strand a run.
+    """
     saved, current = _flatten_yaml(saved_yaml), _flatten_yaml(current_yaml)
+    defaults = _schema_defaults()
     differing = []
     for key in sorted(set(saved) | set(current)):
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
-            differing.append(f"{key} ({saved.get(key)!r} -> {current.get(key)!r})")
+        before = saved.get(key, defaults.get(key))
+        if key not in RESUMABLE_CHANGES and before != current.get(key):
+            differing.append(f"{key} ({before!r} -> {current.get(key)!r})")
     return differing
+
+
+def _schema_defaults() -> Dict[str, object]:
+    schema = Config(dataset=DatasetConfig(), model=ModelConfig(), optim=OptimConfig(),
+                    ssl=SSLConfig(), trainer=TrainerConfig())
+    return _flatten_yaml(OmegaConf.to_yaml(OmegaConf.structured(schema)))
 
 
 def _flatten_yaml(text: str) -> Dict[str, object]:

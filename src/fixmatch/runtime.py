@@ -1,6 +1,7 @@
 """The process's hardware setup: which device to use, how many CPU threads, global seeds."""
 
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -9,8 +10,12 @@ from fixmatch.config import Device, Precision
 from fixmatch.errors import UserError
 
 
-def select_device(choice: Device) -> torch.device:
+def select_device(choice: Device, local_rank: Optional[int] = None) -> torch.device:
     """CUDA when asked for or when `auto` finds it, else the CPU.
+
+    Args:
+        choice: auto, cpu or cuda.
+        local_rank: under torchrun, this process's GPU index on its node.
 
     Raises:
         UserError: when CUDA is asked for on a machine without it.
@@ -19,7 +24,13 @@ def select_device(choice: Device) -> torch.device:
         raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
     if choice is Device.cpu or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    if local_rank is None:
+        return torch.device("cuda")
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are "
+                        "visible; start at most that many processes per node")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def check_precision(precision: Precision, device: torch.device) -> None:

@@ -5,6 +5,7 @@ from typing import Dict
 
 import torch
 
+from fixmatch.distributed import DistEnv, all_reduce_sum
 from fixmatch.errors import UserError
 
 LOSS_TERMS = ("train/loss", "train/loss_x", "train/loss_u")
@@ -22,9 +23,13 @@ class RunningMeans:
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
         self.steps += 1
 
-    def means(self) -> Dict[str, float]:
-        """Per-step means since the last call; pseudo-label accuracy as correct / confident."""
-        values = {name: total.item() for name, total in self.sums.items()}
+    def means(self, env: DistEnv = DistEnv()) -> Dict[str, float]:
+        """Per-step means since the last call, averaged over ranks (equal shards, so this is
+        the global batch's mean); pseudo-label accuracy as correct / confident."""
+        names = sorted(self.sums)
+        totals = torch.stack([self.sums[name].float() for name in names]) if names else torch.zeros(0)
+        totals = all_reduce_sum(totals, env) / env.world_size
+        values = dict(zip(names, totals.tolist()))
         correct = values.pop("train/pseudo_label_correct", None)
         count = values.pop("train/pseudo_label_count", None)
         means = {name: total / max(self.steps, 1) for name, total in values.items()}

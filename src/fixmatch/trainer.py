@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointError, CheckpointStore
 from fixmatch.config import Precision, ProgressBar, TrainerConfig
+from fixmatch.distributed import DistEnv, any_rank
 from fixmatch.evaluate import evaluate
 from fixmatch.metrics import MetricWriter
 from fixmatch.models.ema import ModelEMA, unwrap_model
@@ -40,8 +41,9 @@ class TrainingParts:
     algorithm: Callable  # (model, labeled, unlabeled) -> (loss, stats)
     labeled_batches: Iterator
     unlabeled_batches: Optional[Iterator]  # None for algorithms without unlabeled data
-    test_loader: DataLoader
+    test_loader: DataLoader  # this rank's shard of the test set
     device: torch.device
+    env: DistEnv = DistEnv()  # the ranks of a torchrun job; one rank otherwise
 
 
 class Trainer:
@@ -85,15 +87,20 @@ class Trainer:
         progress = self._progress_bar()
         self._last_log = (time.monotonic(), self.step)
         with StopRequest() as stop:
-            while self.step < self.config.total_steps and not stop.requested:
+            while self.step < self.config.total_steps and not self._stop_agreed(stop):
                 self._advance(progress)
         progress.close()
-        if stop.requested:
+        if stop.requested or self.step < self.config.total_steps:
             self._save_checkpoint()
             log.warning("stopped by %s at step %d; rerun the same command to resume",
-                        stop.signal_name, self.step)
+                        stop.signal_name or "a signal to another rank", self.step)
             return self.writer.summary("preempted", self.step)
         return self.writer.summary("completed", self.step)
+
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        # Every rank must stop after the same step, or the others would wait forever in
+        # the next all-reduce: one tiny collective per step, only under torchrun.
+        return any_rank(stop.requested, self.parts.device, self.parts.env)
 
     def _advance(self, progress) -> None:
         """One optimiser step, then whatever logging, evaluation and saving falls due."""
@@ -130,7 +137,7 @@ class Trainer:
 
     def _log(self, progress) -> None:
         self._check_finite()
-        means = self.log_window.means()
+        means = self.log_window.means(self.parts.env)
         now, last_time, last_step = time.monotonic(), *self._last_log
         means["train/steps_per_s"] = (self.step - last_step) / max(now - last_time, 1e-9)
         self._last_log = (now, self.step)
@@ -149,10 +156,10 @@ class Trainer:
     def _evaluate(self, progress) -> None:
         self._check_finite()
         parts = self.parts
-        values = self.eval_window.means()
-        raw = evaluate(parts.model, parts.test_loader, parts.device)
+        values = self.eval_window.means(parts.env)
+        raw = evaluate(unwrap_model(parts.model), parts.test_loader, parts.device, parts.env)
         if parts.ema is not None:
-            ema = evaluate(parts.ema.module, parts.test_loader, parts.device)
+            ema = evaluate(parts.ema.module, parts.test_loader, parts.device, parts.env)
         else:
             ema = raw  # without an EMA the reported model is the live one
         values.update({
@@ -181,7 +188,8 @@ class Trainer:
             raise NonFiniteLossError(
                 f"training diverged: the weights are not finite at step {self.step}; the last "
                 f"good checkpoint is kept; lower optim.lr or train in trainer.precision=fp32")
-        self.checkpoints.save(self.state_dict(), self.step)
+        if self.parts.env.is_main:
+            self.checkpoints.save(self.state_dict(), self.step)
 
     def state_dict(self) -> dict:
         """Everything needed to continue this run exactly, as tensors and plain types."""
@@ -227,9 +235,9 @@ class Trainer:
         self.step = state["step"]
 
     def _progress_bar(self):
-        show_bar = self.config.progress_bar is ProgressBar.bar or (
+        show_bar = self.parts.env.is_main and (self.config.progress_bar is ProgressBar.bar or (
             self.config.progress_bar is ProgressBar.auto and sys.stderr.isatty()
-        )
+        ))
         if show_bar:
             return tqdm(total=self.config.total_steps, initial=self.step, dynamic_ncols=True)
         return _NoBar()

@@ -4,6 +4,7 @@ A source knows where the images live and how they are stored, nothing about
 augmentation, splits or models. Add a dataset by adding a function to DATASET_SOURCES.
 """
 
+import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ class DatasetArrays:
     # Images without labels beyond the training set (STL-10's 100k, a folder's
     # unlabeled/), as (N, H, W, C) uint8; None when the dataset has none.
     unlabeled: Optional[np.ndarray] = None
+    # The dataset's official labeled subsets, as indices into `train` (STL-10's 10 folds
+    # of 1000); used instead of a drawn split when ssl.num_labeled equals their size.
+    labeled_folds: Optional[List[List[int]]] = None
 
 
 def load_dataset(config: DatasetConfig) -> DatasetArrays:
@@ -59,15 +63,22 @@ def _check_matches_config(arrays: DatasetArrays, config: DatasetConfig) -> None:
             f"dataset {config.name!r} has {height}x{width}x{channels} images but the config "
             f"says dataset.image_size={config.image_size}, dataset.channels={config.channels}"
         )
-    if len(arrays.class_names) != config.num_classes:
+    for part, images in (("test", arrays.test.images), ("unlabeled", arrays.unlabeled)):
+        if images is not None and len(images) and images.shape[1:] != (height, width, channels):
+            raise UserError(f"dataset {config.name!r}: its {part} images are "
+                            f"{'x'.join(map(str, images.shape[1:]))}, its training images "
+                            f"{height}x{width}x{channels}; every image must have the same size")
+    # num_classes 0 takes the dataset's own count (an image folder's class folders).
+    if config.num_classes and len(arrays.class_names) != config.num_classes:
         raise UserError(
             f"dataset {config.name!r} has {len(arrays.class_names)} classes but the config "
             f"says dataset.num_classes={config.num_classes}"
         )
-    if len(config.mean) != channels or len(config.std) != channels:
+    given = [values for values in (config.mean, config.std) if values is not None]
+    if any(len(values) != channels for values in given):
         raise UserError(
             f"dataset.mean and dataset.std need {channels} values (one per channel), "
-            f"got {len(config.mean)} and {len(config.std)}"
+            f"got {config.mean} and {config.std}"
         )
 
 
@@ -115,12 +126,30 @@ def _download_cifar(config: DatasetConfig, layout: _CifarLayout, folder: Path) -
         f"put the extracted '{layout.folder}/' folder (torchvision's python format) "
         f"under {folder.parent} or point dataset.root at the folder that holds it"
     )
+    download_with_torchvision(config, folder, hint, layout.torchvision_class, str(folder.parent))
+
+
+def download_with_torchvision(config: DatasetConfig, folder: Path, hint: str,
+                              torchvision_class: str, root: str, **kwargs) -> None:
+    """Fetch missing files with `torchvision.datasets.<torchvision_class>(root, download=True)`.
+
+    Args:
+        config: the dataset config (its name and `download` flag).
+        folder: where the files were expected (named in the error).
+        hint: how to put the files there by hand.
+        torchvision_class: the torchvision dataset class that knows the download.
+        root: its `root` argument.
+        **kwargs: its other arguments (e.g. `split="train"`).
+
+    Raises:
+        UserError: when downloads are off or the download fails (offline, say).
+    """
     if not config.download:
         raise UserError(f"{config.name}: no dataset files in {folder} and dataset.download=false; {hint}")
     import torchvision  # only needed for the download
 
     try:
-        getattr(torchvision.datasets, layout.torchvision_class)(str(folder.parent), download=True)
+        getattr(torchvision.datasets, torchvision_class)(root, download=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{config.name}: no dataset files in {folder} and the download failed ({reason}); {hint}") from None
@@ -182,8 +211,20 @@ def load_digits(config: DatasetConfig) -> DatasetArrays:
     )
 
 
+def _source_in(module: str, function: str) -> Callable[[DatasetConfig], DatasetArrays]:
+    """A source defined in another module, imported on first use: that module imports this
+    one's types, so importing it here at load time would be circular."""
+    def load(config: DatasetConfig) -> DatasetArrays:
+        return getattr(importlib.import_module(module), function)(config)
+
+    return load
+
+
 DATASET_SOURCES: Dict[str, Callable[[DatasetConfig], DatasetArrays]] = {
     "cifar10": lambda config: load_cifar(config, _CIFAR10),
     "cifar100": lambda config: load_cifar(config, _CIFAR100),
     "digits": load_digits,
+    "svhn": _source_in("fixmatch.data.torchvision_sources", "load_svhn"),
+    "stl10": _source_in("fixmatch.data.torchvision_sources", "load_stl10"),
+    "folder": _source_in("fixmatch.data.image_folder", "load_image_folder"),
 }

@@ -69,13 +69,22 @@ class InfiniteBatchSampler(Sampler):
         seed: run seed; `stream` keeps the labeled and unlabeled streams independent.
         stream: a small integer naming this stream.
         start_batch: index of the first batch to yield (to continue a stream).
+        rank: this process's rank; with `world_size` ranks each yields its contiguous
+            share of every global batch, so together they see exactly the samples (and
+            augmentation seeds) a single process would.
+        world_size: number of ranks; must divide batch_size.
     """
 
     def __init__(
-        self, indices: Sequence[int], batch_size: int, seed: int, stream: int, start_batch: int = 0
+        self, indices: Sequence[int], batch_size: int, seed: int, stream: int, start_batch: int = 0,
+        rank: int = 0, world_size: int = 1,
     ):
         if len(indices) == 0:
             raise ValueError("cannot sample batches from an empty set of indices")
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} ranks")
+        self.rank = rank
+        self.world_size = world_size
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
@@ -92,7 +101,7 @@ class InfiniteBatchSampler(Sampler):
             batch += 1
 
     def batch(self, number: int) -> List[SampleKey]:
-        """The keys of batch `number` of this stream (a pure function of the number)."""
+        """This rank's keys of batch `number` of this stream (a pure function of the number)."""
         first = number * self.batch_size
         positions = np.arange(first, first + self.batch_size, dtype=np.int64)
         epochs, offsets = np.divmod(positions, len(self.indices))
@@ -103,7 +112,9 @@ class InfiniteBatchSampler(Sampler):
         with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
             keys = positions.astype(np.uint64) + self._stream_key
         seeds = _mix64(keys) >> np.uint64(1)  # keep seeds within int64
-        return [(int(i), int(s)) for i, s in zip(chosen, seeds)]
+        share = self.batch_size // self.world_size
+        mine = slice(self.rank * share, (self.rank + 1) * share)
+        return [(int(i), int(s)) for i, s in zip(chosen[mine], seeds[mine])]
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, self.stream, epoch]).permutation(len(self.indices))
@@ -127,10 +138,15 @@ def build_train_loader(
 
 
 def build_eval_loader(
-    dataset: AugmentedImages, batch_size: int, num_workers: int, pin_memory: bool
+    dataset: AugmentedImages, batch_size: int, num_workers: int, pin_memory: bool,
+    rank: int = 0, world_size: int = 1,
 ) -> DataLoader:
-    """All images once, in order, with the deterministic eval transform."""
-    keys = [(index, 0) for index in range(len(dataset))]
+    """All images once, in order, with the deterministic eval transform.
+
+    With several ranks each takes every world_size-th image; summing the ranks' counts
+    gives exactly the single-process figures.
+    """
+    keys = [(index, 0) for index in range(rank, len(dataset), world_size)]
     batches = [keys[start:start + batch_size] for start in range(0, len(keys), batch_size)]
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                       worker_init_fn=ignore_stop_signals_in_worker)

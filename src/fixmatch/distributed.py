@@ -1,0 +1,89 @@
+"""torchrun's environment, the process group and the few collectives the run needs.
+
+One process is one rank. Without torchrun (no WORLD_SIZE) everything here degrades to a
+single rank and every collective is the identity, so the rest of the code has one path.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+
+from fixmatch.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 owns the output folder: logs, metrics, TensorBoard, checkpoints."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def environment() -> DistEnv:
+    """Read the ranks torchrun (or srun with the same variables) put in the environment."""
+    try:
+        return DistEnv(
+            rank=int(os.environ.get("RANK", 0)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        )
+    except ValueError as error:
+        raise UserError(f"cannot read RANK/LOCAL_RANK/WORLD_SIZE from the environment ({error})") from None
+
+
+def init_process_group(env: DistEnv, device: torch.device) -> None:
+    """Join the job's process group: NCCL on CUDA, gloo on the CPU."""
+    if env.is_distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(value: Any, env: DistEnv) -> Any:
+    """Rank 0's `value` on every rank."""
+    if not env.is_distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def all_gather_objects(value: Any, env: DistEnv) -> List[Any]:
+    """Every rank's `value`, in rank order."""
+    if not env.is_distributed:
+        return [value]
+    gathered = [None] * env.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The sum of `tensor` over ranks (in place, also returned)."""
+    if env.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device, env: DistEnv) -> bool:
+    """True on every rank when `flag` is true on at least one."""
+    if not env.is_distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

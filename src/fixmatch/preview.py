@@ -1,0 +1,187 @@
+"""`python -m fixmatch.preview [run.py's overrides]`: a PNG grid of what the model sees.
+
+Rows are training images of the configured dataset; columns are the image itself, its weak
+view and several strong views, made by the training pipelines and un-normalised for display.
+"""
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, ImageDraw
+
+from fixmatch.config import Config, register_configs
+from fixmatch.data.datasets import load_dataset
+from fixmatch.data.normalization import resolve_normalization
+from fixmatch.data.randaugment import RandAugment
+from fixmatch.data.transforms import Pipeline, StrongTransform, WeakTransform
+from fixmatch.errors import UserError
+
+# The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GAP = 2  # px of background between cells
+HEADER = 16  # px of column titles above the grid
+BACKGROUND = (255, 255, 255)
+
+
+@dataclass
+class PreviewConfig:
+    """What the preview draws; set with `preview.<key>=...` on the command line."""
+
+    num_images: int = 8  # rows: training images, drawn with `seed`
+    num_strong: int = 4  # strong views per image, each a fresh RandAugment + Cutout draw
+    cell_size: int = 96  # px: images are enlarged by a whole factor (nearest) to at least this
+    file_name: str = "preview.png"  # written into Hydra's run directory
+
+
+@dataclass
+class PreviewAppConfig(Config):
+    """run.py's configuration plus the `preview` node."""
+
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+
+
+def register_preview_configs() -> None:
+    """run.py's schemas, with the root schema extended by `preview`.
+
+    conf/config.yaml names `config_schema` as its root schema; storing the extended schema
+    under that name makes every override of run.py valid here, plus `preview.*`.
+    """
+    register_configs()
+    ConfigStore.instance().store(name="config_schema", node=PreviewAppConfig)
+
+
+def grid_size(num_images: int, num_strong: int, cell: int) -> Tuple[int, int]:
+    """(width, height) in px of the grid: columns original, weak, num_strong strong views."""
+    columns = 2 + num_strong
+    return columns * cell + (columns + 1) * GAP, HEADER + num_images * cell + (num_images + 1) * GAP
+
+
+def to_display(view: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the normalisation of a (C, H, W) view: a uint8 (H, W, C) image again."""
+    mean_ = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_ = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    pixels = ((view * std_ + mean_) * 255.0).round().clamp(0, 255)
+    return pixels.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def build_views(config: Config, train_images: np.ndarray) -> Tuple[WeakTransform, StrongTransform]:
+    """The weak and strong pipelines a run of `config` trains with.
+
+    Raises:
+        UserError: for a strong augmentation or RandAugment variant that does not exist.
+    """
+    dataset, ssl = config.dataset, config.ssl
+    if ssl.strong_augment != "randaugment":
+        raise UserError(f"ssl.strong_augment={ssl.strong_augment!r} is not available; use randaugment")
+    try:
+        randaugment = RandAugment(ssl.randaugment_variant, ssl.randaugment_num_ops)
+    except ValueError as error:
+        raise UserError(f"ssl.randaugment_variant: {error}") from None
+    normalization = resolve_normalization(dataset.mean, dataset.std, train_images)
+    weak = WeakTransform(normalization.mean, normalization.std, dataset.hflip)
+    strong = StrongTransform(normalization.mean, normalization.std, dataset.hflip, randaugment,
+                             ssl.cutout_fraction)
+    return weak, strong
+
+
+def preview_grid(images: Sequence[np.ndarray], weak: Pipeline, strong: Pipeline,
+                 mean: Sequence[float], std: Sequence[float], num_strong: int, seed: int,
+                 cell_size: int) -> Image.Image:
+    """Draw the grid: one row per image; original, weak view, `num_strong` strong views.
+
+    Args:
+        images: uint8 (H, W, C) images of one size.
+        weak: the weak pipeline (returns a normalised (C, H, W) tensor).
+        strong: the strong pipeline.
+        mean: the pipelines' normalisation mean, to undo it.
+        std: the pipelines' normalisation std.
+        num_strong: strong views per image.
+        seed: seeds every view (view j of row i draws from [seed, i, j]).
+        cell_size: minimum displayed side of an image, in px.
+
+    Returns:
+        An RGB image of `grid_size(len(images), num_strong, cell)` px.
+    """
+    side = images[0].shape[0]
+    scale = max(1, math.ceil(cell_size / side))
+    cell = side * scale
+    grid = Image.new("RGB", grid_size(len(images), num_strong, cell), BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    titles = ["original", "weak"] + [f"strong {j + 1}" for j in range(num_strong)]
+    for column, title in enumerate(titles):
+        draw.text((GAP + column * (cell + GAP), 2), title, fill=(0, 0, 0))
+    for row, image in enumerate(images):
+        views = [image, to_display(weak(image, np.random.default_rng([seed, row, 1])), mean, std)]
+        views += [to_display(strong(image, np.random.default_rng([seed, row, 2 + j])), mean, std)
+                  for j in range(num_strong)]
+        for column, view in enumerate(views):
+            tile = Image.fromarray(np.ascontiguousarray(view[:, :, 0] if view.shape[2] == 1 else view))
+            tile = tile.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
+            grid.paste(tile, (GAP + column * (cell + GAP), HEADER + GAP + row * (cell + GAP)))
+    return grid
+
+
+def write_preview(config: PreviewAppConfig, path: Path) -> Path:
+    """Load the configured dataset and write the preview grid of its training images to `path`.
+
+    Raises:
+        UserError: for a dataset that cannot be loaded or a bad preview setting.
+    """
+    options = config.preview
+    if options.num_images < 1 or options.num_strong < 0 or options.cell_size < 1:
+        raise UserError(f"preview.num_images={options.num_images} must be at least 1, "
+                        f"preview.num_strong={options.num_strong} not negative and "
+                        f"preview.cell_size={options.cell_size} positive")
+    train = load_dataset(config.dataset).train
+    weak, strong = build_views(config, train.images)
+    rng = np.random.default_rng(config.seed)
+    rows = np.sort(rng.choice(len(train.images), min(options.num_images, len(train.images)),
+                              replace=False))
+    grid = preview_grid([np.asarray(train.images[i]) for i in rows], weak, strong, weak.mean,
+                        weak.std, options.num_strong, config.seed, options.cell_size)
+    grid.save(path)
+    return path
+
+
+def find_conf_dir() -> Path:
+    """The repository's conf/ folder.
+
+    Raises:
+        UserError: when the package is not run from a checkout (no conf/ next to src/).
+    """
+    if not (CONF_DIR / "config.yaml").is_file():
+        raise UserError(f"no config folder at {CONF_DIR} (expected conf/config.yaml at the "
+                        "repository root); install the package from a checkout with "
+                        "`pip install -e .` and run it there")
+    return CONF_DIR
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Compose like run.py, then write the preview into Hydra's run directory."""
+    try:
+        config: PreviewAppConfig = OmegaConf.to_object(cfg)
+        path = Path(HydraConfig.get().runtime.output_dir) / config.preview.file_name
+        print(write_preview(config, path))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    try:
+        find_conf_dir()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    register_preview_configs()
+    main()

@@ -1,0 +1,360 @@
+"""Sweep folders -> the paper's table: one row per (dataset, model, algorithm, labels) cell.
+
+Every run is read from its own `config_resolved.yaml` and `metrics.json`, never from
+folder names or logs, so any folder layout and several sweeps at once work:
+
+    python -m fixmatch.results multirun/2026-11-25_10-00-00 [more folders]
+        [--format markdown|csv|latex] [--by ssl.threshold] [--plot curves.png]
+"""
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from omegaconf import OmegaConf
+
+from fixmatch.paper import PaperResult, paper_result
+
+FIGURE = "top1_ema_median_last20"  # the paper's figure of one run
+FINAL = "top1_ema_final"
+COMPLETED = "completed"
+STARTING = "starting"  # config written, no metrics.json yet: before the first evaluation
+STATUS_ORDER = ["running", STARTING, "preempted", "failed"]
+# Keys that may differ between the runs of one cell without making them different experiments.
+# (Unlike resume, a table does mind trainer.total_steps and trainer.eval_every_steps.)
+PER_RUN_KEYS = {"seed", "ssl.split_seed", "dataset.root", "dataset.download", "trainer.device",
+                "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
+                "trainer.eval_batch_size", "trainer.log_every_steps",
+                "trainer.checkpoint_every_steps", "trainer.keep_checkpoints", "trainer.resume"}
+CELL_KEYS = ["dataset", "model", "algorithm", "labels"]
+FORMATS = ["markdown", "csv", "latex"]
+LATEX_ESCAPES = {"&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
+                 "}": "\\}", "\\": "\\textbackslash{}", "±": "$\\pm$", "–": "--"}
+
+
+class ResultsError(Exception):
+    """A mistake on the command line: a missing folder, a folder without runs, an unknown key."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder: its resolved config (flattened to dotted keys) and its metrics.json."""
+
+    path: Path
+    config: Dict[str, object]
+    metrics: Optional[dict]  # None while the run has written no metrics.json
+
+    @property
+    def status(self) -> str:
+        return STARTING if self.metrics is None else str(self.metrics.get("status", "unknown"))
+
+    def value(self, name: str) -> Optional[float]:
+        """A number from metrics.json (None when absent)."""
+        return None if self.metrics is None else self.metrics.get(name)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof=1) of n values; std is None when n < 2."""
+
+    n: int
+    mean: Optional[float]
+    std: Optional[float]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Stat":
+        if not values:
+            return cls(0, None, None)
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(len(values), statistics.fmean(values), std)
+
+    def error_rate(self) -> "Stat":
+        """The same figure as the paper writes it: 100 - accuracy, same spread."""
+        return Stat(self.n, None if self.mean is None else 100.0 - self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of the table and the runs found for it, whatever their status."""
+
+    key: Tuple  # (dataset, model, algorithm, num_labeled, *values of the --by keys)
+    runs: List[Run]
+    accuracy: Stat  # of top1_ema_median_last20 over completed runs
+    final: Stat  # of top1_ema_final over completed runs
+    paper: Optional[PaperResult]
+
+    @property
+    def done(self) -> int:
+        return sum(run.status == COMPLETED for run in self.runs)
+
+    def status_text(self) -> str:
+        """E.g. "2/3 done, 1 failed": every run found is accounted for."""
+        counts = Counter(run.status for run in self.runs if run.status != COMPLETED)
+        order = STATUS_ORDER + sorted(set(counts) - set(STATUS_ORDER))
+        others = [f"{counts[status]} {status}" for status in order if counts[status]]
+        return ", ".join([f"{self.done}/{len(self.runs)} done", *others])
+
+
+def find_runs(folders: Sequence[str]) -> List[Run]:
+    """Every run below the given folders: each folder holding a config_resolved.yaml.
+
+    Args:
+        folders: sweep folders (or single run folders); each run is read once.
+
+    Returns:
+        The runs, whatever their status.
+
+    Raises:
+        ResultsError: a folder does not exist or holds no run.
+    """
+    found: Dict[Path, Run] = {}
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise ResultsError(f"{folder}: no such folder; pass a sweep folder such as "
+                               "multirun/<timestamp>")
+        configs = sorted(folder.rglob("config_resolved.yaml"))
+        if not configs:
+            raise ResultsError(f"{folder}: no runs in it (no config_resolved.yaml below it)")
+        for config in configs:
+            if config.parent.resolve() not in found:  # a folder given twice, or nested
+                found[config.parent.resolve()] = load_run(config.parent)
+    return list(found.values())
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read one run folder; a metrics.json that cannot be parsed shows as status 'unreadable'."""
+    config = _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml")))
+    metrics = None
+    if (run_dir / "metrics.json").exists():
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except json.JSONDecodeError:
+            metrics = {"status": "unreadable"}
+    return Run(run_dir, config, metrics)
+
+
+def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
+    """Group runs into cells and summarise each over its completed runs.
+
+    Args:
+        runs: the runs to tabulate.
+        by: dotted config keys that split cells further (e.g. ssl.threshold).
+
+    Returns:
+        One row per cell, sorted by dataset, model, algorithm, labels and the --by values.
+
+    Raises:
+        ResultsError: a --by key is in no run's config.
+    """
+    for key in by:
+        if all(key not in run.config for run in runs):
+            raise ResultsError(f"--by {key}: no run's config_resolved.yaml has this key "
+                               "(keys are dotted paths such as ssl.threshold)")
+    groups: Dict[Tuple, List[Run]] = {}
+    for run in runs:
+        groups.setdefault(cell_key(run, by), []).append(run)
+    return [_row(key, groups[key]) for key in sorted(groups, key=_sortable)]
+
+
+def cell_key(run: Run, by: Sequence[str] = ()) -> Tuple:
+    """(dataset, model, algorithm, num_labeled, *by values) of one run."""
+    config = run.config
+    return (config.get("dataset.name"), model_name(config), config.get("ssl.algorithm"),
+            config.get("ssl.num_labeled"), *(config.get(key) for key in by))
+
+
+def model_name(config: Dict[str, object]) -> str:
+    """The model as papers name it, e.g. WRN-28-2."""
+    if config.get("model.name") == "wide_resnet":
+        return f"WRN-{config.get('model.depth')}-{config.get('model.widen_factor')}"
+    return str(config.get("model.name"))
+
+
+def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
+    """Cells whose runs are not seeds of one experiment: other keys differ, or a seed repeats."""
+    warnings = []
+    for row in rows:
+        label = _label(row.key, by)
+        keys = sorted({key for run in row.runs for key in run.config} - PER_RUN_KEYS - set(by))
+        differ = [key for key in keys if len({repr(run.config.get(key)) for run in row.runs}) > 1]
+        if differ:
+            warnings.append(f"{label}: its runs differ in {', '.join(differ)}; "
+                            f"split them with --by {differ[0]}")
+        seeds = Counter(run.config.get("seed") for run in row.runs)
+        repeated = sorted(str(seed) for seed, count in seeds.items() if count > 1)
+        if repeated and not differ:
+            warnings.append(f"{label}: seed {', '.join(repeated)} found more than once; "
+                            "each copy counts as a run")
+    return warnings
+
+
+def format_table(rows: Sequence[Row], by: Sequence[str] = (), style: str = "markdown") -> str:
+    """The table as text.
+
+    Args:
+        rows: from `build_rows`.
+        by: the --by keys the rows were split by (their column names).
+        style: markdown, csv (means and stds in separate numeric columns, empty where
+            undefined) or latex (a booktabs tabular).
+
+    Returns:
+        The table, ending with a newline.
+    """
+    if style == "csv":
+        return _csv(rows, by)
+    header = [*CELL_KEYS, *by, "runs", "accuracy (%)", "paper accuracy (%)",
+              "final accuracy (%)", "error rate (%)", "paper error rate (%)"]
+    body = [_display_cells(row) for row in rows]
+    if style == "latex":
+        return _latex(header, body)
+    lines = [header, ["---"] * len(header), *body]
+    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: prints the table on stdout, warnings and errors on stderr.
+
+    Args:
+        argv: the arguments (sys.argv[1:] when None).
+
+    Returns:
+        The exit status: 0, or 2 for a mistake (a missing folder, no runs, an unknown key,
+        --plot without matplotlib).
+    """
+    args = _parser().parse_args(argv)
+    try:
+        pyplot = _import_pyplot() if args.plot else None
+        rows = build_rows(find_runs(args.folders), args.by)
+        for warning in cell_warnings(rows, args.by):
+            print(f"warning: {warning}", file=sys.stderr)
+        print(format_table(rows, args.by, args.format), end="")
+        if args.plot:
+            from fixmatch.curves import plot_curves
+
+            plot_curves(pyplot, [(_label(row.key, args.by), row.runs) for row in rows],
+                        Path(args.plot))
+            print(f"wrote {args.plot}", file=sys.stderr)
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _row(key: Tuple, runs: List[Run]) -> Row:
+    completed = [run for run in runs if run.status == COMPLETED]
+    figures = [run.value(FIGURE) for run in completed if run.value(FIGURE) is not None]
+    finals = [run.value(FINAL) for run in completed if run.value(FINAL) is not None]
+    augments = {run.config.get("ssl.strong_augment") for run in runs}
+    paper = None
+    if len(augments) == 1:
+        paper = paper_result(key[0], key[3], key[2], augments.pop())
+    return Row(key, runs, Stat.of(figures), Stat.of(finals), paper)
+
+
+def _display_cells(row: Row) -> List[str]:
+    paper_accuracy = paper_error = "–"
+    if row.paper is not None:
+        paper_accuracy = _pm(row.paper.accuracy_mean, row.paper.accuracy_std)
+        paper_error = _pm(row.paper.error_mean, row.paper.error_std)
+    error = row.accuracy.error_rate()
+    return [*("–" if part is None else str(part) for part in row.key), row.status_text(),
+            _pm(row.accuracy.mean, row.accuracy.std), paper_accuracy,
+            _pm(row.final.mean, row.final.std), _pm(error.mean, error.std), paper_error]
+
+
+def _pm(mean: Optional[float], std: Optional[float]) -> str:
+    """Mean ± std at 2 decimals; "–" for what does not exist (no completed run; std of one)."""
+    if mean is None:
+        return "–"
+    return f"{mean:.2f} ± {'–' if std is None else f'{std:.2f}'}"
+
+
+def _csv(rows: Sequence[Row], by: Sequence[str]) -> str:
+    header = ["dataset", "model", "algorithm", "num_labeled", *by, "runs", "done", "status"]
+    for name in ["accuracy", "final_accuracy", "error_rate", "paper_accuracy", "paper_error_rate"]:
+        header += [f"{name}_mean", f"{name}_std"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        paper = row.paper
+        error = row.accuracy.error_rate()
+        numbers = [row.accuracy.mean, row.accuracy.std, row.final.mean, row.final.std,
+                   error.mean, error.std,
+                   *((paper.accuracy_mean, paper.accuracy_std, paper.error_mean, paper.error_std)
+                     if paper else (None,) * 4)]
+        writer.writerow([*row.key, len(row.runs), row.done, row.status_text(),
+                         *("" if number is None else round(number, 4) for number in numbers)])
+    return buffer.getvalue()
+
+
+def _latex(header: List[str], body: List[List[str]]) -> str:
+    def cell(text: str) -> str:
+        return "".join(LATEX_ESCAPES.get(char, char) for char in text)
+
+    lines = ["\\begin{tabular}{" + "l" * (len(header) - 5) + "r" * 5 + "}", "\\toprule",
+             " & ".join(map(cell, header)) + " \\\\", "\\midrule",
+             *(" & ".join(map(cell, line)) + " \\\\" for line in body),
+             "\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(node: dict, prefix: str = "") -> Dict[str, object]:
+    flat: Dict[str, object] = {}
+    for name, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        else:  # lists become tuples so that a --by value can be a dictionary key
+            flat[f"{prefix}{name}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _sortable(key: Tuple) -> Tuple:
+    # Numbers before text before missing values, so 40 < 250 < 4000 and mixed types compare.
+    return tuple((0, part, "") if isinstance(part, (int, float)) and not isinstance(part, bool)
+                 else (2, 0, "") if part is None else (1, 0, str(part)) for part in key)
+
+
+def _label(key: Tuple, by: Sequence[str]) -> str:
+    """E.g. "cifar10 WRN-28-2 fixmatch 40 labels ssl.threshold=0.8"."""
+    dataset, model, algorithm, num_labeled, *values = key
+    return " ".join([f"{dataset} {model} {algorithm} {num_labeled} labels",
+                     *(f"{name}={value}" for name, value in zip(by, values))])
+
+
+def _import_pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as pyplot
+    except ImportError:
+        raise ResultsError("--plot needs matplotlib: pip install 'fixmatch[plot]'") from None
+    return pyplot
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fixmatch-results",
+        description="Tabulate sweeps: one row per (dataset, model, algorithm, labels), mean ± "
+                    "sample std over completed runs of the median top-1 of the last 20 "
+                    "evaluations (EMA model), beside the paper's figure.")
+    parser.add_argument("folders", nargs="+", metavar="FOLDER",
+                        help="sweep folders (e.g. multirun/<timestamp>); runs are found below them")
+    parser.add_argument("--format", choices=FORMATS, default="markdown", help="default: markdown")
+    parser.add_argument("--by", action="append", default=[], metavar="KEY",
+                        help="also split rows by this config key (e.g. ssl.threshold); repeatable")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="draw test accuracy over steps per row (needs matplotlib)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

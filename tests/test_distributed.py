@@ -1,0 +1,107 @@
+"""torchrun on the CPU with gloo: one run folder, one split, the single-process batch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
+from fixmatch.app import build_training_parts
+from fixmatch.checkpoint import load_checkpoint
+from fixmatch.data.datasets import load_dataset
+from fixmatch.data.loaders import InfiniteBatchSampler
+from fixmatch.data.normalization import resolve_normalization
+from fixmatch.data.split import draw_labeled_split
+from fixmatch.distributed import DistEnv
+from fixmatch.runtime import seed_everything
+
+REPO = CONF_DIR.parent
+
+
+def torchrun(nproc: int, overrides: list, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", str(REPO / "run.py"), *overrides]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def ddp_overrides(root: Path, *extra: str) -> list:
+    # 2 ranks on 2 cores: one thread each.
+    return tiny_cifar_overrides(root, "trainer.num_threads=1", "trainer.total_steps=4",
+                                "trainer.eval_every_steps=2", *extra)
+
+
+def test_ranks_share_every_global_batch_exactly():
+    single = InfiniteBatchSampler(range(50), 8, seed=3, stream=1)
+    ranks = [InfiniteBatchSampler(range(50), 8, seed=3, stream=1, rank=r, world_size=2) for r in (0, 1)]
+    for number in range(20):
+        assert ranks[0].batch(number) + ranks[1].batch(number) == single.batch(number)
+
+
+@pytest.mark.slow
+def test_two_ranks_write_one_run_folder_with_one_split(tiny_cifar10, tmp_path):
+    result = torchrun(2, ddp_overrides(tiny_cifar10), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [path.parent for path in (tmp_path / "outputs").rglob("metrics.json")]
+    assert len(runs) == 1, runs
+    summary = json.loads((runs[0] / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 4
+    split = json.loads((runs[0] / "split.json").read_text())
+    log = (runs[0] / "run.log").read_text()
+    assert f"labeled split sha256 on ranks 0..1: ['{split['sha256']}', '{split['sha256']}']" in log
+
+
+@pytest.mark.slow
+def test_two_ranks_take_the_step_of_one_process_with_two_batchnorm_towers(tiny_cifar10, tmp_path):
+    """Each rank normalises its own half of the global batch (per-tower BN, as the paper's
+    multi-GPU code), so the exact single-process equivalent is one model that sees the two
+    halves in turn and averages their losses. The first step's loss and the updated weights
+    must match that."""
+    extra = ["trainer.total_steps=1", "trainer.eval_every_steps=1", "trainer.log_every_steps=1"]
+    result = torchrun(2, ddp_overrides(tiny_cifar10, *extra, f"hydra.run.dir={tmp_path}/ddp"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    config = OmegaConf.to_object(compose_config(ddp_overrides(tiny_cifar10, *extra)))
+    arrays = load_dataset(config.dataset)
+    split = draw_labeled_split(arrays.train.targets, config.ssl.num_labeled, 10, config.ssl.split_seed)
+    towers = []
+    for rank in (0, 1):
+        seed_everything(config.seed)  # each rank starts from the same seed
+        normalization = resolve_normalization(config.dataset.mean, config.dataset.std,
+                                              arrays.train.images, None)
+        towers.append(build_training_parts(config, arrays, split, normalization, torch.device("cpu"),
+                                           0, DistEnv(rank=rank, world_size=2)))
+    model, optimizer = towers[0].model, towers[0].optimizer
+    losses = []
+    for tower in towers:
+        loss, _ = tower.algorithm(model, next(tower.labeled_batches), next(tower.unlabeled_batches))
+        (loss / 2).backward()  # DDP averages the ranks' gradients
+        losses.append(loss.item())
+    optimizer.step()
+
+    logged = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["train/loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    saved = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(saved[name], parameter.detach(), rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_two_rank_run_resumes_and_refuses_an_indivisible_batch(tiny_cifar10, tmp_path):
+    run_dir = f"hydra.run.dir={tmp_path}/run"
+    first = torchrun(2, ddp_overrides(tiny_cifar10, run_dir), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    longer = torchrun(2, ddp_overrides(tiny_cifar10, run_dir, "trainer.total_steps=6"), cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+    odd = torchrun(2, ddp_overrides(tiny_cifar10, "ssl.batch_size=5", f"hydra.run.dir={tmp_path}/odd"),
+                   cwd=tmp_path)
+    assert odd.returncode != 0
+    assert "must be divisible by the 2 ranks" in odd.stderr

@@ -1,0 +1,264 @@
+"""The results command: run folders -> table rows, formats, merging, errors, a real sweep."""
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, compose_config
+from fixmatch.curves import mean_band, read_curve
+from fixmatch.results import build_rows, find_runs, format_table, main
+
+REPO = CONF_DIR.parent
+CIFAR10_40 = ["ssl.num_labeled=40"]
+
+
+def make_run(folder: Path, overrides, metrics=None, curve=None) -> Path:
+    """A run folder as app.py leaves it: the resolved config, and metrics files if given."""
+    folder.mkdir(parents=True)
+    cfg = compose_config(list(overrides))
+    (folder / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    if curve is not None:
+        lines = [json.dumps({"step": step, "eval/top1_ema": value}) for step, value in curve]
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def done(figure: float, final: float) -> dict:
+    return {"status": "completed", "step": 8, "total_steps": 8, "num_evaluations": 4,
+            "top1_ema_final": final, "top1_ema_median_last20": figure,
+            "top1_ema_best": max(figure, final), "wall_time_s": 1.0}
+
+
+def failed() -> dict:
+    return {"status": "failed", "step": 0, "total_steps": 8, "num_evaluations": 0,
+            "top1_ema_final": None, "top1_ema_median_last20": None, "top1_ema_best": None,
+            "wall_time_s": 0.0, "error": "UserError: boom"}
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """CIFAR-10/40: seeds 1-3 done (80, 85, 90), 4 failed, 5 running, 6 without metrics;
+    CIFAR-10/250 supervised: one run done."""
+    root = tmp_path / "sweep"
+    for seed, figure, final in [(1, 80.0, 81.0), (2, 85.0, 86.0), (3, 90.0, 88.0)]:
+        make_run(root / f"a{seed}", [*CIFAR10_40, f"seed={seed}"], done(figure, final))
+    make_run(root / "deep" / "b4", [*CIFAR10_40, "seed=4"], failed())
+    make_run(root / "b5", [*CIFAR10_40, "seed=5"], {**done(50.0, 50.0), "status": "running"})
+    make_run(root / "b6", [*CIFAR10_40, "seed=6"])
+    make_run(root / "c1", ["ssl.num_labeled=250", "ssl=supervised"], done(70.0, 71.5))
+    return root
+
+
+def test_rows_hold_hand_computed_mean_and_std(sweep):
+    fixmatch, supervised = build_rows(find_runs([str(sweep)]))
+
+    assert fixmatch.key == ("cifar10", "WRN-28-2", "fixmatch", 40)
+    assert len(fixmatch.runs) == 6 and fixmatch.done == 3
+    assert fixmatch.status_text() == "3/6 done, 1 running, 1 starting, 1 failed"
+    assert fixmatch.accuracy.n == 3
+    assert fixmatch.accuracy.mean == pytest.approx(85.0)
+    assert fixmatch.accuracy.std == pytest.approx(5.0)  # sample std: sqrt((25 + 0 + 25) / 2)
+    assert fixmatch.final.mean == pytest.approx(85.0)
+    assert fixmatch.final.std == pytest.approx(math.sqrt((16 + 1 + 9) / 2))
+    assert fixmatch.accuracy.error_rate().mean == pytest.approx(15.0)
+    assert (fixmatch.paper.accuracy_mean, fixmatch.paper.error_mean) == (86.19, 13.81)
+
+    assert supervised.key == ("cifar10", "WRN-28-2", "supervised", 250)
+    assert supervised.accuracy.n == 1 and supervised.accuracy.std is None
+    assert supervised.paper is None  # the paper's figures are FixMatch's
+
+    table = format_table([fixmatch, supervised]).splitlines()
+    assert table[2] == ("| cifar10 | WRN-28-2 | fixmatch | 40 | 3/6 done, 1 running, 1 starting, "
+                        "1 failed | 85.00 ± 5.00 | 86.19 ± 3.37 | 85.00 ± 3.61 | 15.00 ± 5.00 "
+                        "| 13.81 ± 3.37 |")
+    assert table[3] == ("| cifar10 | WRN-28-2 | supervised | 250 | 1/1 done | 70.00 ± – | – "
+                        "| 71.50 ± – | 30.00 ± – | – |")
+
+
+def test_csv_markdown_and_latex_parse(sweep):
+    rows = build_rows(find_runs([str(sweep)]))
+
+    records = list(csv.DictReader(io.StringIO(format_table(rows, style="csv"))))
+    assert [record["num_labeled"] for record in records] == ["40", "250"]
+    assert (records[0]["runs"], records[0]["done"]) == ("6", "3")
+    assert float(records[0]["accuracy_mean"]) == 85.0 and float(records[0]["accuracy_std"]) == 5.0
+    assert float(records[0]["error_rate_mean"]) == 15.0
+    assert float(records[0]["paper_error_rate_mean"]) == 13.81
+    assert records[1]["accuracy_std"] == "" and records[1]["paper_accuracy_mean"] == ""
+
+    markdown = format_table(rows, style="markdown").splitlines()
+    assert len(markdown) == 4 and set(markdown[1].replace(" ", "")) == {"|", "-"}
+    assert len({line.count("|") for line in markdown}) == 1
+
+    latex = format_table(rows, style="latex").splitlines()
+    assert latex[0].startswith("\\begin{tabular}{") and latex[-1] == "\\end{tabular}"
+    body = [line for line in latex if line.endswith("\\\\")]
+    assert len(body) == 3 and len({line.count(" & ") for line in body}) == 1
+    assert "85.00 $\\pm$ 5.00" in latex[4] and "accuracy (\\%)" in latex[2]
+
+
+def test_by_splits_rows_and_mixed_cells_are_flagged(tmp_path, capsys):
+    for threshold, figure in [(0.8, 60.0), (0.95, 70.0)]:
+        for seed in [1, 2]:
+            make_run(tmp_path / f"t{threshold}" / str(seed),
+                     [*CIFAR10_40, f"seed={seed}", f"ssl.threshold={threshold}"],
+                     done(figure + seed, figure))
+
+    assert main([str(tmp_path)]) == 0
+    output = capsys.readouterr()
+    assert "4/4 done" in output.out and "differ in ssl.threshold" in output.err
+
+    rows = build_rows(find_runs([str(tmp_path)]), by=["ssl.threshold"])
+    assert [row.key[-1] for row in rows] == [0.8, 0.95]
+    assert [row.accuracy.mean for row in rows] == [61.5, 71.5]
+    assert main([str(tmp_path), "--by", "ssl.threshold"]) == 0
+    output = capsys.readouterr()
+    assert "ssl.threshold" in output.out.splitlines()[0] and not output.err
+
+
+def test_two_sweep_folders_merge(tmp_path, capsys):
+    make_run(tmp_path / "first" / "1", [*CIFAR10_40, "seed=1"], done(80.0, 80.0))
+    make_run(tmp_path / "second" / "2", [*CIFAR10_40, "seed=2"], done(90.0, 90.0))
+
+    rows = build_rows(find_runs([str(tmp_path / "first"), str(tmp_path / "second")]))
+    assert len(rows) == 1 and rows[0].done == 2 and rows[0].accuracy.mean == 85.0
+    # The same folder given twice (or nested) is one run, not two.
+    assert len(find_runs([str(tmp_path), str(tmp_path / "first")])) == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown key"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+    make_run(tmp_path / "sweep" / "1", CIFAR10_40, done(80.0, 80.0))
+    (tmp_path / "empty").mkdir()
+    argv = {"missing": [str(tmp_path / "nowhere")], "empty": [str(tmp_path / "empty")],
+            "unknown key": [str(tmp_path / "sweep"), "--by", "ssl.treshold"]}[case]
+    assert main(argv) == 2
+    output = capsys.readouterr()
+    assert output.out == "" and len(output.err.strip().splitlines()) == 1
+    assert output.err.startswith("error: ")
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
+    make_run(tmp_path / "1", CIFAR10_40, done(80.0, 80.0))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    assert main([str(tmp_path), "--plot", str(tmp_path / "curves.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --plot needs matplotlib: pip install 'fixmatch[plot]'")
+
+
+def test_plot_draws_mean_and_band(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for seed, values in [(1, [10.0, 20.0]), (2, [20.0, 40.0])]:
+        make_run(tmp_path / str(seed), [*CIFAR10_40, f"seed={seed}"], done(30.0, 30.0),
+                 curve=list(zip([2, 4], values)))
+    image = tmp_path / "curves.png"
+    assert main([str(tmp_path), "--plot", str(image)]) == 0
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_mean_and_band_over_runs_of_different_length(tmp_path):
+    steps, means, stds = mean_band([{2: 10.0, 4: 20.0}, {2: 20.0, 4: 40.0, 6: 50.0}])
+    assert steps == [2, 4, 6] and means == [15.0, 30.0, 50.0]
+    assert stds == pytest.approx([math.sqrt(50), math.sqrt(200), 0.0])
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 2, "eval/top1_ema": 1.0}\n{"step": 2, "eval/top1_ema": 3.0}\n{"step": 4, "ev')
+    assert read_curve(tmp_path) == {2: 3.0}  # a repeated step keeps its last value
+
+
+# A real sweep: one Hydra multirun of tiny quickstart runs, then the command on its folder.
+SWEEP = ["experiment=quickstart", "ssl.num_labeled=20,40,45", "ssl=fixmatch,supervised",
+         "seed=1,2", "trainer.total_steps=4", "trainer.eval_every_steps=2",
+         "trainer.log_every_steps=2"]
+
+
+def run_sweep(sweep_dir: Path, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "run.py"), "-m", *overrides,
+                           f"hydra.sweep.dir={sweep_dir}"],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def results_csv(*folders: Path) -> list:
+    result = subprocess.run([sys.executable, "-m", "fixmatch.results", *map(str, folders),
+                             "--format", "csv"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def figures_on_disk(sweep_dir: Path, num_labeled: int, algorithm: str) -> list:
+    """The paper figures of one cell, read straight from the metrics files."""
+    folders = sorted((sweep_dir / "digits" / str(num_labeled) / algorithm).iterdir())
+    return [json.loads((folder / "metrics.json").read_text())["top1_ema_median_last20"]
+            for folder in folders]
+
+
+@pytest.mark.slow
+def test_real_sweep_feeds_the_results_command(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(sweep_dir, *SWEEP, cwd=tmp_path)
+    assert "error: ssl.num_labeled=45 must be" in result.stderr  # the only job meant to fail
+    # Each job its own folder, named from its config: <dataset>/<labels>/<ssl option>/<seed>.
+    assert (sweep_dir / "digits" / "20" / "supervised" / "2" / "metrics.json").exists()
+
+    records = {(record["num_labeled"], record["algorithm"]): record
+               for record in results_csv(sweep_dir)}
+    for num_labeled in [20, 40]:
+        for algorithm in ["fixmatch", "supervised"]:
+            record = records[(str(num_labeled), algorithm)]
+            assert (record["runs"], record["done"], record["status"]) == ("2", "2", "2/2 done")
+            figures = figures_on_disk(sweep_dir, num_labeled, algorithm)
+            assert float(record["accuracy_mean"]) == pytest.approx(sum(figures) / 2, abs=1e-4)
+            assert float(record["accuracy_std"]) == pytest.approx(
+                abs(figures[0] - figures[1]) / math.sqrt(2), abs=1e-4)
+    # 45 labels cannot split over 10 classes: the job fails and the table says so. (Today a
+    # UserError exits the whole Hydra sweep, so later jobs of the 45 cell may never start.)
+    impossible = records[("45", "fixmatch")]
+    assert impossible["done"] == "0" and "failed" in impossible["status"]
+    assert impossible["accuracy_mean"] == ""
+
+
+@pytest.mark.slow
+def test_rerunning_a_sweep_skips_completed_runs_and_adds_new_ones(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    tiny = [SWEEP[0], "ssl.num_labeled=20", *SWEEP[4:]]
+    assert run_sweep(sweep_dir, *tiny, "seed=1", cwd=tmp_path).returncode == 0
+    first = sweep_dir / "digits" / "20" / "fixmatch" / "1"
+    checkpoints = sorted((first / "checkpoints").glob("step_*.pt"))
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in checkpoints}
+    curve = (first / "metrics.jsonl").read_bytes()
+    summary = (first / "metrics.json").read_bytes()
+    figure = json.loads(summary)["top1_ema_median_last20"]
+
+    again = run_sweep(sweep_dir, *tiny, "seed=1,2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    # Seed 1 was neither trained nor evaluated again; seed 2 is new.
+    assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in checkpoints} == before
+    assert (first / "metrics.jsonl").read_bytes() == curve
+    assert (first / "metrics.json").read_bytes() == summary
+    figures = figures_on_disk(sweep_dir, 20, "fixmatch")
+    assert figures[0] == figure
+    record, = results_csv(sweep_dir)
+    assert record["status"] == "2/2 done"
+    assert float(record["accuracy_mean"]) == pytest.approx(sum(figures) / 2, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep(sweep_dir, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                       "experiment=quickstart", "ssl=fixmatch,supervised",
+                       "trainer.total_steps=2", "trainer.eval_every_steps=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = results_csv(sweep_dir)
+    assert [(record["algorithm"], record["status"]) for record in records] == [
+        ("fixmatch", "1/1 done"), ("supervised", "1/1 done")]
