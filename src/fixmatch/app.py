@@ -8,7 +8,7 @@ metric writer, trainer.
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -299,18 +299,29 @@ def _labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
-def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
-                       normalization: Normalization, device, start_batch: int, env: DistEnv):
-    dataset_config, ssl = config.dataset, config.ssl
+def build_views(config: Config, normalization: Normalization) -> Tuple[WeakTransform, StrongTransform]:
+    """The weak and strong pipelines of the unlabeled images (also what `preview` draws).
+
+    Raises:
+        UserError: for a strong augmentation or RandAugment variant that does not exist.
+    """
+    dataset, ssl = config.dataset, config.ssl
     if ssl.strong_augment != "randaugment":
         raise UserError(f"ssl.strong_augment={ssl.strong_augment!r} is not available; use randaugment")
     try:
         randaugment = RandAugment(ssl.randaugment_variant, ssl.randaugment_num_ops)
     except ValueError as error:
         raise UserError(f"ssl.randaugment_variant: {error}") from None
-    weak = WeakTransform(normalization.mean, normalization.std, dataset_config.hflip)
-    strong = StrongTransform(normalization.mean, normalization.std, dataset_config.hflip,
-                             randaugment, ssl.cutout_fraction)
+    weak = WeakTransform(normalization.mean, normalization.std, dataset.hflip)
+    strong = StrongTransform(normalization.mean, normalization.std, dataset.hflip, randaugment,
+                             ssl.cutout_fraction)
+    return weak, strong
+
+
+def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
+                       normalization: Normalization, device, start_batch: int, env: DistEnv):
+    ssl = config.ssl
+    weak, strong = build_views(config, normalization)
     # The paper's unlabeled set is the whole training set (labels dropped), plus any
     # images that never had labels; the latter carry the target -1 ("unknown").
     extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]

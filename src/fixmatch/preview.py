@@ -18,10 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
+from fixmatch import app
 from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.normalization import resolve_normalization
-from fixmatch.data.randaugment import RandAugment
 from fixmatch.data.transforms import Pipeline, StrongTransform, WeakTransform
 from fixmatch.errors import UserError
 
@@ -79,18 +79,8 @@ def build_views(config: Config, train_images: np.ndarray) -> Tuple[WeakTransform
     Raises:
         UserError: for a strong augmentation or RandAugment variant that does not exist.
     """
-    dataset, ssl = config.dataset, config.ssl
-    if ssl.strong_augment != "randaugment":
-        raise UserError(f"ssl.strong_augment={ssl.strong_augment!r} is not available; use randaugment")
-    try:
-        randaugment = RandAugment(ssl.randaugment_variant, ssl.randaugment_num_ops)
-    except ValueError as error:
-        raise UserError(f"ssl.randaugment_variant: {error}") from None
-    normalization = resolve_normalization(dataset.mean, dataset.std, train_images)
-    weak = WeakTransform(normalization.mean, normalization.std, dataset.hflip)
-    strong = StrongTransform(normalization.mean, normalization.std, dataset.hflip, randaugment,
-                             ssl.cutout_fraction)
-    return weak, strong
+    normalization = resolve_normalization(config.dataset.mean, config.dataset.std, train_images)
+    return app.build_views(config, normalization)
 
 
 def preview_grid(images: Sequence[np.ndarray], weak: Pipeline, strong: Pipeline,
