@@ -51,7 +51,7 @@ def main() -> None:
                   f"median-last-20 {summary['top1_ema_median_last20']:.2f} %  "
                   f"{summary['process_wall_s']:.0f} s", flush=True)
 
-    print(f"\n| algorithm | seeds | final EMA top-1 (%) | median last 20 (%) | wall time per run (s) |")
+    print("\n| algorithm | seeds | final EMA top-1 (%) | median last 20 (%) | wall time per run (s) |")
     print("|---|---|---|---|---|")
     for algorithm, runs in results.items():
         print(f"| {algorithm} | {len(runs)} | {mean_std([r['top1_ema_final'] for r in runs])} | "

@@ -5,7 +5,6 @@ reader would explain a run: split, datasets, loaders, model, EMA, optimiser, sch
 metric writer, trainer.
 """
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional, Tuple
@@ -19,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fixmatch.algorithms import build_algorithm
-from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore, load_checkpoint
+from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore
 from fixmatch.config import Config
 from fixmatch.data.datasets import DatasetArrays, load_dataset
 from fixmatch.data.loaders import (
@@ -50,7 +49,7 @@ from fixmatch.errors import UserError
 from fixmatch.metrics import MetricWriter
 from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.optim import build_optimizer, build_schedule
-from fixmatch.resume import StartPlan, plan_start
+from fixmatch.resume import StartPlan, finished_summary, plan_on_rank_zero
 from fixmatch.runtime import check_precision, configure_threads, select_device, seed_everything
 from fixmatch.trainer import Trainer, TrainingParts
 
@@ -102,9 +101,10 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
         UserError: for any input the user can fix (reported as one line by run.py).
     """
     device = device or select_device(config.trainer.device)
-    plan = _plan_on_rank_zero(config, run_dir, resolved_yaml, env)
+    plan = plan_on_rank_zero(run_dir, resolved_yaml, config.trainer.resume,
+                             config.trainer.keep_checkpoints, env)
     run_dir = plan.run_dir
-    finished = _finished_summary(plan, config.trainer.total_steps)
+    finished = finished_summary(plan, config.trainer.total_steps)
     if finished is not None:
         log.info("%s already completed %d steps; nothing to do", run_dir, finished["step"])
         return finished
@@ -131,41 +131,6 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
                  summary["status"], summary["step"], summary["top1_ema_final"],
                  min(20, summary["num_evaluations"]), summary["top1_ema_median_last20"])
     return summary
-
-
-def _finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
-    """The summary of a run that already reached `total_steps`, so a rerun (of a sweep,
-    say) leaves it exactly as it is; None when there is training left to do."""
-    if not plan.checkpoint or plan.checkpoint["step"] < total_steps:
-        return None
-    try:
-        summary = json.loads((plan.run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None  # recomputed (and rewritten) by resuming at the last step
-    return summary if summary.get("status") == "completed" else None
-
-
-def _plan_on_rank_zero(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv) -> StartPlan:
-    """Rank 0 decides fresh/resume/refuse (before anything is written, so a refused resume
-    leaves the old run as it was); the other ranks follow and read the same checkpoint."""
-    decision = None
-    if env.is_main:
-        try:
-            _make_writable(run_dir)
-            plan = plan_start(run_dir, resolved_yaml, config.trainer.resume,
-                              config.trainer.keep_checkpoints)
-            _make_writable(plan.run_dir)
-            decision = (plan.run_dir, plan.checkpoint_path)
-        except UserError as error:
-            decision = error
-    decision = broadcast_object(decision, env)
-    if isinstance(decision, UserError):
-        raise decision
-    if env.is_main:
-        return plan
-    folder, checkpoint_path = decision
-    return StartPlan(folder, load_checkpoint(checkpoint_path) if checkpoint_path else None,
-                     checkpoint_path)
 
 
 def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: MetricWriter,
@@ -382,14 +347,3 @@ def _check_config(config: Config, env: DistEnv) -> None:
     for key, value in not_negative.items():
         if value < 0:
             raise UserError(f"{key}={value} must not be negative")
-
-
-def _make_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"cannot write to the output folder {run_dir} ({error.strerror or error}); "
-                        "set hydra.run.dir to a writable folder") from None

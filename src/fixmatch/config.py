@@ -5,7 +5,7 @@
 at compose time. Code below the composition root only ever sees these dataclasses.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import List, Optional
 

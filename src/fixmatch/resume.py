@@ -5,6 +5,7 @@ must be the same experiment: a config that differs in anything but the keys belo
 length, cadence, hardware, where the data lives) is refused with the differing keys named.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore
+from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore, load_checkpoint
 from fixmatch.config import Config, DatasetConfig, ModelConfig, OptimConfig, SSLConfig, TrainerConfig
+from fixmatch.distributed import DistEnv, broadcast_object
 from fixmatch.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -116,3 +118,50 @@ def _free_sibling(run_dir: Path) -> Path:
     while (candidate := run_dir.with_name(f"{run_dir.name}_{number}")).exists():
         number += 1
     return candidate
+
+
+def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints: int,
+                      env: DistEnv) -> StartPlan:
+    """Rank 0 decides fresh/resume/refuse (before anything is written, so a refused resume
+    leaves the old run as it was); the other ranks follow and read the same checkpoint."""
+    decision = None
+    if env.is_main:
+        try:
+            make_writable(run_dir)
+            plan = plan_start(run_dir, resolved_yaml, resume, keep_checkpoints)
+            make_writable(plan.run_dir)
+            decision = (plan.run_dir, plan.checkpoint_path)
+        except UserError as error:
+            decision = error
+    decision = broadcast_object(decision, env)
+    if isinstance(decision, UserError):
+        raise decision
+    if env.is_main:
+        return plan
+    folder, checkpoint_path = decision
+    return StartPlan(folder, load_checkpoint(checkpoint_path) if checkpoint_path else None,
+                     checkpoint_path)
+
+
+def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
+    """The summary of a run that already reached `total_steps`, so a rerun (of a sweep,
+    say) leaves it exactly as it is; None when there is training left to do."""
+    if not plan.checkpoint or plan.checkpoint["step"] < total_steps:
+        return None
+    try:
+        summary = json.loads((plan.run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None  # recomputed (and rewritten) by resuming at the last step
+    return summary if summary.get("status") == "completed" else None
+
+
+def make_writable(run_dir: Path) -> None:
+    """Create `run_dir` and check a file can be written there."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to the output folder {run_dir} ({error.strerror or error}); "
+                        "set hydra.run.dir to a writable folder") from None

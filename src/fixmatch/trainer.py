@@ -9,7 +9,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional
 
 import torch

@@ -10,7 +10,6 @@ before it (what an exact resume needs).
 from typing import Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fixmatch.preemption import ignore_stop_signals_in_worker
