@@ -1,16 +1,26 @@
 """Test-set scoring of a model: top-1, top-5 and mean cross-entropy over a loader.
 
-DDP-aware: each rank scores its shard of the test set and the counts are summed.
+DDP-aware: each rank scores its shard of the test set and the counts are summed. Also the
+`python -m fixmatch.evaluate checkpoint=...` command: the full report of a trained run.
 """
 
-from dataclasses import dataclass
+import csv
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from fixmatch.distributed import DistEnv, all_reduce_sum
+from fixmatch.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,3 +71,150 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
         loss=loss_sum / count,
         num_images=int(count),
     )
+
+
+# --- the evaluate command --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClassificationReport:
+    top1: float  # percent
+    top5: float  # percent
+    per_class_accuracy: List[Optional[float]]  # percent (recall); None for a class without test images
+    macro_f1: float  # mean F1 over the classes that have test images, in [0, 1]
+    confusion: List[List[int]]  # [true class][predicted class] counts
+    num_images: int
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple:
+    """(logits (N, C) float32, targets (N,)) of every image of `loader`, in order, eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, targets = [], []
+    for images, labels in loader:
+        logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+        targets.append(labels)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def classification_report(logits: torch.Tensor, targets: torch.Tensor) -> ClassificationReport:
+    """Top-1/top-5, per-class accuracy, macro F1 and the confusion matrix.
+
+    Top-1 takes the first of `topk`, as `evaluate` does, so a tie breaks the same way and
+    the number equals the run's own `eval/top1_*`.
+    """
+    num_classes = logits.shape[1]
+    top = logits.topk(min(5, num_classes), dim=1).indices
+    hits = top == targets[:, None]
+    predicted = top[:, 0].numpy()
+    truth = targets.numpy()
+    confusion = np.bincount(truth * num_classes + predicted,
+                            minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    support = confusion.sum(axis=1)
+    correct = np.diag(confusion)
+    per_class = [100.0 * int(c) / int(n) if n else None for c, n in zip(correct, support)]
+    denominator = support + confusion.sum(axis=0)  # 2TP + FP + FN
+    f1 = np.divide(2.0 * correct, denominator, out=np.zeros(num_classes), where=denominator > 0)
+    count = len(targets)
+    return ClassificationReport(
+        top1=100.0 * int(hits[:, 0].sum()) / count,
+        top5=100.0 * int(hits.any(dim=1).sum()) / count,
+        per_class_accuracy=per_class,
+        macro_f1=float(f1[support > 0].mean()),
+        confusion=confusion.tolist(),
+        num_images=count,
+    )
+
+
+def write_report(report: ClassificationReport, class_names: Sequence[str], out: Path,
+                 about: dict) -> List[Path]:
+    """Write eval.json, confusion.csv and (with matplotlib) confusion.png into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**about, **asdict(report), "class_names": list(class_names),
+              "per_class_accuracy": dict(zip(class_names, report.per_class_accuracy))}
+    written = [out / "eval.json", out / "confusion.csv"]
+    written[0].write_text(json.dumps(record, indent=1) + "\n")
+    with written[1].open("w", newline="") as file:
+        rows = csv.writer(file)
+        rows.writerow(["true \\ predicted", *class_names])
+        rows.writerows([name, *counts] for name, counts in zip(class_names, report.confusion))
+    if _plot_confusion(report.confusion, class_names, out / "confusion.png"):
+        written.append(out / "confusion.png")
+    return written
+
+
+def _plot_confusion(confusion: List[List[int]], class_names: Sequence[str], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: confusion.png skipped (pip install matplotlib)")
+        return False
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(np.asarray(confusion), cmap="Blues")
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, labels=class_names, rotation=90)
+    axes.set_yticks(ticks, labels=class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    if len(class_names) <= 20:  # counts stay legible up to about this many cells a row
+        darkest = max(map(max, confusion)) or 1
+        for row, counts in enumerate(confusion):
+            for column, value in enumerate(counts):
+                axes.text(column, row, str(value), ha="center", va="center", fontsize=7,
+                          color="white" if value > darkest / 2 else "black")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def main(argv: Sequence[str]) -> dict:
+    """`checkpoint=<run dir or .pt> [model=ema|raw] [out=<dir>] [device=auto] [dataset.*=...]`.
+
+    Returns:
+        The eval.json record.
+
+    Raises:
+        UserError: for bad arguments, a bad checkpoint or data whose classes differ.
+    """
+    # Imported here: the trainer imports `evaluate` and must not pull in the app.
+    from fixmatch.app import _eval_transform
+    from fixmatch.data.datasets import load_dataset
+    from fixmatch.data.loaders import AugmentedImages, build_eval_loader
+    from fixmatch.trained_model import load_trained_model, parse_arguments
+
+    settings, overrides = parse_arguments(argv, {"model": "ema", "out": "", "device": "auto"})
+    trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
+                                 settings["device"])
+    arrays = load_dataset(trained.config.dataset)
+    if arrays.class_names != trained.class_names:
+        raise UserError(f"dataset.root={trained.config.dataset.root} has the classes "
+                        f"{arrays.class_names}, but {trained.checkpoint_path} was trained on "
+                        f"{trained.class_names}; give test data with the same class folders")
+    test_set = AugmentedImages(arrays.test.images, arrays.test.targets,
+                               _eval_transform(trained.normalization))
+    loader = build_eval_loader(test_set, trained.config.trainer.eval_batch_size, 0,
+                               trained.device.type == "cuda")
+    report = classification_report(*predict_logits(trained.model, loader, trained.device))
+    about = {"checkpoint": str(trained.checkpoint_path), "step": trained.step,
+             "weights": trained.weights, "dataset_root": trained.config.dataset.root}
+    out = Path(settings["out"]) if settings["out"] else trained.run_dir
+    written = write_report(report, trained.class_names, out, about)
+    print(f"top-1 {report.top1:.2f} %, top-5 {report.top5:.2f} %, macro F1 {report.macro_f1:.4f} "
+          f"({trained.weights} weights, step {trained.step}, {report.num_images} test images)")
+    print("wrote " + ", ".join(str(path) for path in written))
+    return json.loads(written[0].read_text())
+
+
+def console_main() -> None:
+    """The `fixmatch-evaluate` console script."""
+    from fixmatch.trained_model import run_command
+    run_command(main)
+
+
+if __name__ == "__main__":
+    console_main()

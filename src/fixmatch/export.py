@@ -1,0 +1,108 @@
+"""`python -m fixmatch.export checkpoint=<...> format=torchscript|onnx [output=...]`.
+
+Writes a trained run's model (EMA weights by default) as TorchScript or ONNX, with a
+`<name>.json` beside it that holds what a user needs to feed it: class names, image size,
+channels, resize rule and normalisation mean/std.
+"""
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fixmatch.errors import UserError
+from fixmatch.trained_model import TrainedModel, load_trained_model, parse_arguments, run_command
+
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+ONNX_OPSET = 17  # supported by onnxruntime >= 1.11 and torch >= 1.13
+
+
+def example_batch(trained: TrainedModel, batch_size: int = 2) -> torch.Tensor:
+    """A normalised-looking random batch of the model's input shape, on its device."""
+    dataset = trained.config.dataset
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, dataset.channels, dataset.image_size, dataset.image_size)
+    return torch.randn(shape, generator=generator).to(trained.device)
+
+
+def metadata(trained: TrainedModel, file_format: str) -> dict:
+    """What the exported file's `<name>.json` records about its inputs and outputs."""
+    dataset = trained.config.dataset
+    return {
+        "format": file_format,
+        "class_names": trained.class_names,
+        "image_size": dataset.image_size,
+        "channels": dataset.channels,
+        "resize": dataset.resize.value,
+        "mean": trained.normalization.mean,  # in [0, 1] pixel units: (x / 255 - mean) / std
+        "std": trained.normalization.std,
+        "input": "float32 (N, channels, image_size, image_size), normalised",
+        "output": "logits (N, classes)",
+        "weights": trained.weights,
+        "step": trained.step,
+        "checkpoint": str(trained.checkpoint_path),
+    }
+
+
+@torch.no_grad()
+def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
+    """Write the model to `output` and its metadata to `output` with suffix .json.
+
+    Raises:
+        UserError: for an unknown format, or onnx without the `onnx` package.
+    """
+    if file_format not in FORMATS:
+        raise UserError(f"format={file_format} is not known; use format=torchscript or format=onnx")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    batch = example_batch(trained)
+    if file_format == "torchscript":
+        # Tracing suffices: the WideResNet's forward has no data-dependent control flow.
+        with warnings.catch_warnings():
+            # torch >= 2.9 marks TorchScript deprecated; the file still loads in C++ and Python.
+            warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+            torch.jit.trace(trained.model, batch).save(str(output))
+    else:
+        if importlib.util.find_spec("onnx") is None:
+            raise UserError("format=onnx needs the onnx package (pip install onnx onnxscript); "
+                            "or use format=torchscript")
+        try:
+            torch.onnx.export(trained.model, batch, str(output), input_names=["images"],
+                              output_names=["logits"], opset_version=ONNX_OPSET,
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        except ImportError as error:  # torch >= 2.9 exports through onnxscript
+            raise UserError(f"format=onnx: {error} (pip install onnx onnxscript); "
+                            "or use format=torchscript") from None
+    output.with_suffix(".json").write_text(json.dumps(metadata(trained, file_format), indent=1) + "\n")
+    return output
+
+
+def main(argv: Sequence[str]) -> Path:
+    """`checkpoint=... [format=torchscript|onnx] [output=<run dir>/model.pt] [model=ema|raw]
+    [device=auto]`.
+
+    Raises:
+        UserError: for bad arguments or a bad checkpoint.
+    """
+    settings, overrides = parse_arguments(
+        argv, {"format": "torchscript", "output": "", "model": "ema", "device": "auto"})
+    if settings["format"] not in FORMATS:
+        raise UserError(f"format={settings['format']} is not known; use torchscript or onnx")
+    trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
+                                 settings["device"])
+    output = (Path(settings["output"]) if settings["output"]
+              else trained.run_dir / f"model{FORMATS[settings['format']]}")
+    export_model(trained, settings["format"], output)
+    print(f"wrote {output} and {output.with_suffix('.json')}")
+    return output
+
+
+def console_main() -> None:
+    """The `fixmatch-export` console script."""
+    run_command(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,165 @@
+"""A trained run's model, back from its checkpoint: config, weights, classes and preprocessing.
+
+Shared by the evaluate, predict and export commands, which all start from a run folder or a
+checkpoint file and must see the model exactly as training left it.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from fixmatch import app
+from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore, load_checkpoint
+from fixmatch.config import Config, Device
+from fixmatch.data.normalization import Normalization
+from fixmatch.errors import UserError
+from fixmatch.runtime import select_device
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = ("ema", "raw")  # model=ema (the averaged weights the paper reports) or raw
+
+
+@dataclass
+class TrainedModel:
+    """A model in eval mode with everything needed to feed it and name its outputs."""
+
+    model: nn.Module
+    config: Config  # the run's config, with any dataset.* overrides applied
+    class_names: List[str]
+    normalization: Normalization
+    checkpoint_path: Path
+    run_dir: Path  # the folder that holds checkpoints/
+    weights: str  # "ema" or "raw"
+    step: int
+    device: torch.device
+
+
+def resolve_checkpoint(location: str) -> Path:
+    """The checkpoint file that `checkpoint=` names: a .pt file, or a run folder's newest.
+
+    Raises:
+        CheckpointError: when nothing is there, or a run folder holds no checkpoint.
+    """
+    path = Path(location).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint={location}: no such file or folder; give a run folder "
+                              "or a checkpoints/step_*.pt file")
+    folder = path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
+    newest = CheckpointStore(folder, keep=1).newest_valid()
+    if newest is None:
+        raise CheckpointError(f"checkpoint={location}: no checkpoints/step_*.pt in {path}; "
+                              "give a run folder that has trained at least one checkpoint")
+    return newest[0]
+
+
+def rebuild_config(config_yaml: str, overrides: Sequence[str] = ()) -> Config:
+    """The run's typed config from its resolved YAML, with `dataset.*` overrides applied.
+
+    Raises:
+        UserError: for an override outside dataset.*, an unknown key or a bad value.
+    """
+    for override in overrides:
+        if not override.startswith("dataset."):
+            raise UserError(f"{override}: only dataset.* settings can be changed when using a "
+                            "trained model (the model itself comes from the checkpoint)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(config_yaml),
+                                 OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        reason = str(error).strip().splitlines()[0]
+        what = " ".join(overrides) or "the checkpoint's config"
+        raise UserError(f"cannot apply {what}: {reason}") from None
+
+
+def load_trained_model(location: str, weights: str = "ema", overrides: Sequence[str] = (),
+                       device: str = "auto") -> TrainedModel:
+    """Load the model of a run folder or checkpoint file, in eval mode, on `device`.
+
+    Args:
+        location: a run folder (its newest valid checkpoint) or a .pt file.
+        weights: "ema" (default; falls back to raw when the run had no EMA) or "raw".
+        overrides: dataset.key=value settings (another test folder with the same classes).
+        device: auto, cpu or cuda.
+
+    Raises:
+        CheckpointError: missing, corrupt, of another format or inconsistent checkpoint.
+        UserError: a bad `weights`, `device` or override.
+    """
+    if weights not in WEIGHTS:
+        raise UserError(f"model={weights} is not known; use model=ema or model=raw")
+    try:
+        choice = Device(device)
+    except ValueError:
+        raise UserError(f"device={device} is not known; use auto, cpu or cuda") from None
+    path = resolve_checkpoint(location)
+    state = load_checkpoint(path)
+    missing = [key for key in ("config_yaml", "class_names", "normalization", "model")
+               if state.get(key) is None]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by a "
+                              "fixmatch run of this version")
+    config = rebuild_config(state["config_yaml"], overrides)
+    model = app.build_model(config, len(state["class_names"]))
+    weights_used = "ema" if weights == "ema" and state.get("ema") is not None else "raw"
+    if weights_used != weights:
+        log.warning("%s has no EMA weights (optim.ema_enabled=false): using the raw model", path)
+    try:
+        model.load_state_dict(state["ema"] if weights_used == "ema" else state["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: its weights do not fit the model of its config "
+                              f"({str(error).splitlines()[0][:200]})") from None
+    selected = select_device(choice)
+    normalization = Normalization(list(state["normalization"]["mean"]),
+                                  list(state["normalization"]["std"]), "checkpoint")
+    run_dir = path.resolve().parent.parent if path.resolve().parent.name == CHECKPOINT_DIR \
+        else path.resolve().parent
+    return TrainedModel(model.to(selected).eval(), config, list(state["class_names"]),
+                        normalization, path, run_dir, weights_used, int(state["step"]), selected)
+
+
+def parse_arguments(argv: Sequence[str], defaults: Dict[str, str],
+                    required: Sequence[str] = ("checkpoint",)) -> tuple:
+    """Split `key=value` arguments into known settings and dataset.* overrides.
+
+    Returns:
+        (settings: dict of every key of `defaults` plus the given ones, dataset overrides).
+
+    Raises:
+        UserError: for an argument without '=', an unknown key or a missing required one.
+    """
+    settings, overrides = dict(defaults), []
+    for argument in argv:
+        key, equals, value = argument.partition("=")
+        if not equals:
+            raise UserError(f"{argument}: arguments are key=value (e.g. checkpoint=outputs/run)")
+        if "." in key:
+            overrides.append(argument)  # rebuild_config accepts dataset.* only
+        elif key in defaults or key in required:
+            settings[key] = value
+        else:
+            known = ", ".join(sorted(set(defaults) | set(required)))
+            raise UserError(f"{key}={value}: unknown setting; known: {known}, dataset.*")
+    for key in required:
+        if not settings.get(key):
+            raise UserError(f"{key}=... must be given")
+    return settings, overrides
+
+
+def run_command(main: Callable[[Sequence[str]], object]) -> None:
+    """Run a command's `main(argv)`; a user mistake becomes one `error: ...` line, exit 2."""
+    try:
+        main(sys.argv[1:])
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,244 @@
+"""Using a trained run: the evaluate, predict and export commands on a tiny CIFAR run."""
+
+import csv
+import importlib.util
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from fixmatch import evaluate, export, predict
+from fixmatch.app import build_model, run_experiment
+from fixmatch.checkpoint import CheckpointError
+from fixmatch.data.datasets import load_dataset
+from fixmatch.data.normalization import Normalization
+from fixmatch.data.transforms import EvalTransform
+from fixmatch.errors import UserError
+from fixmatch.trained_model import TrainedModel, load_trained_model
+
+from conftest import compose_config, tiny_cifar_overrides, write_cifar10
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_class=20, test_per_class=10)
+    run_dir = tmp_path_factory.mktemp("run")
+    # EMA warm-up makes the averaged weights follow training, so the score is not the init's.
+    overrides = tiny_cifar_overrides(root, "trainer.total_steps=4", "optim.ema_warmup=true",
+                                     "optim.lr=0.1")
+    summary = run_experiment(compose_config(overrides), run_dir)
+    last_eval = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if "eval/top1_ema" in line][-1]
+    return run_dir, root, {**summary, **last_eval}
+
+
+def test_evaluate_reproduces_the_runs_final_accuracy(trained_run, tmp_path):
+    run_dir, _, summary = trained_run
+    record = evaluate.main([f"checkpoint={run_dir}", f"out={tmp_path}"])
+    assert record["top1"] == summary["top1_ema_final"] == summary["eval/top1_ema"]
+    assert record["top5"] == summary["eval/top5_ema"]
+    assert record["weights"] == "ema" and record["step"] == 4 and record["num_images"] == 100
+    assert sum(map(sum, record["confusion"])) == 100
+    if importlib.util.find_spec("matplotlib") is not None:  # optional for users
+        assert (tmp_path / "confusion.png").stat().st_size > 0
+    with (tmp_path / "confusion.csv").open() as file:
+        rows = list(csv.reader(file))
+    assert rows[0][1:] == record["class_names"] and [row[0] for row in rows[1:]] == record["class_names"]
+    assert 0.0 <= record["macro_f1"] <= 1.0
+
+
+def test_classification_report_by_hand():
+    # true 0,0,1,2 ; predicted 0,1,1,1 (class 3 has no test images)
+    logits = torch.tensor([[9., 1, 0, 0], [0, 9, 1, 0], [0, 9, 1, 0], [0, 9, 0, 1]])
+    report = evaluate.classification_report(logits, torch.tensor([0, 0, 1, 2]))
+    assert report.top1 == 50.0 and report.top5 == 100.0
+    assert report.confusion == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert report.per_class_accuracy == [50.0, 100.0, 0.0, None]
+    # F1: class 0 2/3, class 1 2·1/(2·1+2+0) = 1/2, class 2 0; class 3 has no images
+    assert report.macro_f1 == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+
+
+def test_evaluate_skips_the_png_without_matplotlib(trained_run, tmp_path, monkeypatch, caplog):
+    run_dir, _, _ = trained_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    evaluate.main([f"checkpoint={run_dir}", f"out={tmp_path}"])
+    assert (tmp_path / "eval.json").is_file() and (tmp_path / "confusion.csv").is_file()
+    assert not (tmp_path / "confusion.png").exists() and "matplotlib is not installed" in caplog.text
+
+
+def test_evaluate_writes_next_to_the_run_and_takes_a_pt_file(trained_run):
+    run_dir, _, summary = trained_run
+    record = evaluate.main([f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}", "model=raw"])
+    assert record["weights"] == "raw" and record["top1"] == summary["eval/top1_raw"]
+    assert json.loads((run_dir / "eval.json").read_text())["weights"] == "raw"
+
+
+def _write_pngs(folder: Path, count: int) -> list:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"image_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 28, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_writes_one_row_per_image_and_lists_unreadable_ones(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    images = _write_pngs(tmp_path / "images", 5)
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    output = tmp_path / "predictions.csv"
+    predict.main([f"checkpoint={run_dir}", f"inputs={tmp_path / 'images'}", f"output={output}",
+                  "top_k=3", "batch_size=2"])
+    with output.open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 6
+    by_path = {Path(row["path"]).name: row for row in rows}
+    assert by_path["broken.png"]["error"] and not by_path["broken.png"]["predicted"]
+    for path in images:
+        row = by_path[path.name]
+        assert row["error"] == "" and row["predicted"] == row["class_1"]
+        assert float(row["confidence"]) == pytest.approx(float(row["probability_1"]))
+        assert float(row["probability_1"]) >= float(row["probability_2"]) >= float(row["probability_3"])
+
+
+def test_predict_matches_the_evaluated_model(trained_run, tmp_path):
+    """A test image written as PNG gets the class the evaluate path predicts for it."""
+    run_dir, root, _ = trained_run
+    trained = load_trained_model(str(run_dir))
+    test = load_dataset(trained.config.dataset).test
+    folder = tmp_path / "test_images"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(test.images[i]).save(folder / f"{i}.png")
+    records = predict.predict_files(trained, sorted(folder.iterdir(), key=lambda p: int(p.stem)), 1, 3)
+    transform = EvalTransform(trained.normalization.mean, trained.normalization.std)
+    with torch.no_grad():
+        logits = trained.model(torch.stack([transform(image) for image in test.images[:8]]))
+    expected = [trained.class_names[i] for i in logits.argmax(dim=1).tolist()]
+    assert [record["predicted"] for record in records] == expected
+
+
+def test_predict_decodes_files_as_image_folder_training_does(tmp_path):
+    """Grayscale, center-cropped, non-square RGB files: the same tensors as training's."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "folder"
+    for pool, count in (("labeled", 2), ("test", 3)):
+        for name in ("a", "b"):
+            (root / pool / name).mkdir(parents=True)
+            for i in range(count):
+                size = (int(rng.integers(14, 30)), int(rng.integers(14, 30)))
+                pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / pool / name / f"{i}.png")
+    config = OmegaConf.to_object(compose_config([
+        "dataset=folder", f"dataset.root={root}", "dataset.channels=1", "dataset.image_size=12",
+        "dataset.resize=center_crop", "model.depth=10", "model.widen_factor=1"]))
+    torch.manual_seed(0)
+    trained = TrainedModel(build_model(config, 2).eval(), config, ["a", "b"],
+                           Normalization([0.4], [0.2], "checkpoint"), tmp_path / "x.pt",
+                           tmp_path, "ema", 0, torch.device("cpu"))
+    arrays = load_dataset(config.dataset)
+    files = [path for name in arrays.class_names for path in sorted((root / "test" / name).iterdir())]
+    records = predict.predict_files(trained, files, 2, 4)
+    transform = EvalTransform([0.4], [0.2])
+    with torch.no_grad():
+        expected = trained.model(torch.stack([transform(image) for image in arrays.test.images]))
+    probabilities = expected.softmax(dim=1)
+    assert [record["confidence"] for record in records] == pytest.approx(
+        probabilities.max(dim=1).values.tolist(), abs=1e-6)
+
+
+def test_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fixmatch.evaluate",
+                             f"checkpoint={tmp_path / 'nowhere'}"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: checkpoint=")
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        evaluate.main([f"checkpoint={corrupt}"])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a fixmatch checkpoint"):
+        predict.main([f"checkpoint={foreign}", f"inputs={foreign}"])
+    with pytest.raises(CheckpointError, match="no checkpoints"):
+        evaluate.main([f"checkpoint={tmp_path}"])
+
+
+def test_evaluate_on_another_root_with_the_same_classes(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    other = write_cifar10(tmp_path / "other", train_per_class=2, test_per_class=3, seed=5)
+    record = evaluate.main([f"checkpoint={run_dir}", f"dataset.root={other}", f"out={tmp_path}"])
+    assert record["num_images"] == 30 and record["dataset_root"] == str(other)
+
+
+def test_predict_command_refuses_a_foreign_file_in_one_line(tmp_path):
+    foreign = tmp_path / "weights.pt"
+    torch.save({"model": {}}, foreign)
+    result = subprocess.run([sys.executable, "-m", "fixmatch.predict", f"checkpoint={foreign}",
+                             f"inputs={foreign}"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "not a fixmatch checkpoint" in result.stderr
+
+
+def test_data_with_other_classes_is_refused(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    other = write_cifar10(tmp_path, train_per_class=2, test_per_class=1)
+    meta = other / "cifar-10-batches-py" / "batches.meta"
+    names = [f"class_{i}" for i in range(10)]
+    meta.write_bytes(pickle.dumps({"label_names": names}))
+    with pytest.raises(UserError, match="was trained on"):
+        evaluate.main([f"checkpoint={run_dir}", f"dataset.root={other}", f"out={tmp_path / 'o'}"])
+
+
+def test_bad_arguments_are_one_line(trained_run):
+    run_dir, _, _ = trained_run
+    with pytest.raises(UserError, match="unknown setting"):
+        evaluate.main([f"checkpoint={run_dir}", "modle=raw"])
+    with pytest.raises(UserError, match="model=best"):
+        evaluate.main([f"checkpoint={run_dir}", "model=best"])
+    with pytest.raises(UserError, match="only dataset"):
+        evaluate.main([f"checkpoint={run_dir}", "optim.lr=1"])
+    with pytest.raises(UserError, match="inputs=... must be given"):
+        predict.main([f"checkpoint={run_dir}"])
+
+
+def test_torchscript_export_round_trips(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    output = export.main([f"checkpoint={run_dir}", "format=torchscript",
+                          f"output={tmp_path / 'model.pt'}"])
+    meta = json.loads(output.with_suffix(".json").read_text())
+    assert meta["image_size"] == 32 and meta["channels"] == 3 and len(meta["class_names"]) == 10
+    assert meta["resize"] == "resize" and len(meta["mean"]) == 3 and meta["weights"] == "ema"
+    trained = load_trained_model(str(run_dir))
+    batch = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(output))(batch), trained.model(batch))
+
+
+def test_onnx_export_round_trips_or_says_what_is_missing(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    arguments = [f"checkpoint={run_dir}", "format=onnx", f"output={tmp_path / 'model.onnx'}"]
+    if importlib.util.find_spec("onnx") is None:
+        with pytest.raises(UserError, match="needs the onnx package"):
+            export.main(arguments)
+        return
+    onnxruntime = pytest.importorskip("onnxruntime")
+    output = export.main(arguments)
+    batch = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = load_trained_model(str(run_dir)).model(batch).numpy()
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": batch.numpy()})[0], expected,
+                               rtol=1e-4, atol=1e-5)
