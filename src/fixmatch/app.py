@@ -209,7 +209,7 @@ def build_training_parts(
         _unlabeled_batches(config, arrays, split, normalization, device, start_batch, env)
         if algorithm.uses_unlabeled else None
     )
-    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, _eval_transform(normalization))
+    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform(normalization.mean, normalization.std))
     test_loader = build_eval_loader(
         test_set, config.trainer.eval_batch_size, config.trainer.num_workers, device.type == "cuda",
         env.rank, env.world_size,
@@ -304,10 +304,6 @@ def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSpli
     sampler = InfiniteBatchSampler(list(indices), batch_size, config.seed, UNLABELED_STREAM,
                                    start_batch, env.rank, env.world_size)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
-
-
-def _eval_transform(normalization: Normalization) -> EvalTransform:
-    return EvalTransform(normalization.mean, normalization.std)
 
 
 def _normalization(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Normalization:

@@ -182,9 +182,9 @@ def main(argv: Sequence[str]) -> dict:
         UserError: for bad arguments, a bad checkpoint or data whose classes differ.
     """
     # Imported here: the trainer imports `evaluate` and must not pull in the app.
-    from fixmatch.app import _eval_transform
     from fixmatch.data.datasets import load_dataset
     from fixmatch.data.loaders import AugmentedImages, build_eval_loader
+    from fixmatch.data.transforms import EvalTransform
     from fixmatch.trained_model import load_trained_model, parse_arguments
 
     settings, overrides = parse_arguments(argv, {"model": "ema", "out": "", "device": "auto"})
@@ -196,7 +196,7 @@ def main(argv: Sequence[str]) -> dict:
                         f"{arrays.class_names}, but {trained.checkpoint_path} was trained on "
                         f"{trained.class_names}; give test data with the same class folders")
     test_set = AugmentedImages(arrays.test.images, arrays.test.targets,
-                               _eval_transform(trained.normalization))
+                               EvalTransform(trained.normalization.mean, trained.normalization.std))
     loader = build_eval_loader(test_set, trained.config.trainer.eval_batch_size, 0,
                                trained.device.type == "cuda")
     report = classification_report(*predict_logits(trained.model, loader, trained.device))

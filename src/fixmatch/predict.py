@@ -14,7 +14,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from fixmatch.data.image_folder import IMAGE_EXTENSIONS, Preprocessing, decode_image
-from fixmatch.data.image_folder import _UNREADABLE as UNREADABLE_IMAGE  # what Pillow raises
+from fixmatch.data.image_folder import UNREADABLE_IMAGE_ERRORS as UNREADABLE_IMAGE  # what Pillow raises
 from fixmatch.data.transforms import EvalTransform
 from fixmatch.errors import UserError
 from fixmatch.trained_model import TrainedModel, load_trained_model, parse_arguments, run_command

@@ -31,7 +31,7 @@ CHUNK_FILES = 500
 MAX_DECODER_PROCESSES = 8
 # What Pillow raises on a corrupt, truncated or unsupported file (UnidentifiedImageError
 # is an OSError; some format plugins raise SyntaxError, struct.error or EOFError).
-_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error,
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
                Image.DecompressionBombError)
 
 
@@ -236,7 +236,7 @@ def decode_image(path: Path, prep: Preprocessing) -> np.ndarray:
 
     Raises:
         OSError: the file is corrupt, truncated or not an image (or another exception of
-            _UNREADABLE, depending on the format's plugin).
+            UNREADABLE_IMAGE_ERRORS, depending on the format's plugin).
         UserError: with dataset.resize=none, an image that is not image_size square.
     """
     with Image.open(path) as opened:
@@ -292,7 +292,7 @@ def _decode_chunk(root: Path, paths: Sequence[str], prep: Preprocessing
             images[position] = decode_image(root / path, prep)
         except UnidentifiedImageError:
             bad.append((position, "not an image file that Pillow can identify"))
-        except _UNREADABLE as error:
+        except UNREADABLE_IMAGE_ERRORS as error:
             bad.append((position, f"{type(error).__name__}: {error}"))
     return images, bad
 
