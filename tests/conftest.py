@@ -6,6 +6,7 @@ from typing import List
 
 import numpy as np
 import pytest
+import torchvision
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -66,6 +67,16 @@ def tiny_cifar_overrides(root: Path, *extra: str) -> list:
 @pytest.fixture(scope="session")
 def tiny_cifar10(tmp_path_factory) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("cifar"), train_per_class=20, test_per_class=10)
+
+
+@pytest.fixture
+def forbid_download(monkeypatch):
+    """Fail the test if anything asks torchvision to fetch a dataset."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args} {kwargs}")
+
+    for name in ("CIFAR10", "CIFAR100", "SVHN", "STL10"):
+        monkeypatch.setattr(torchvision.datasets, name, refuse)
 
 
 @pytest.fixture(autouse=True)

@@ -43,16 +43,6 @@ def _square(label: int) -> tuple[slice, slice]:
     return slice(4 + row * 14, 4 + row * 14 + 10), slice(1 + col * 6, 1 + col * 6 + 6)
 
 
-@pytest.fixture
-def forbid_download(monkeypatch):
-    """Fail the test if anything asks torchvision to fetch CIFAR."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a download was attempted: {args} {kwargs}")
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", refuse)
-    monkeypatch.setattr(torchvision.datasets, "CIFAR100", refuse)
-
-
 # --- CIFAR-10 ------------------------------------------------------------------------
 
 def test_cifar10_loads_arrays_with_the_right_shapes_types_and_counts(tiny_cifar10, forbid_download):

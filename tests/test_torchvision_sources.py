@@ -80,15 +80,6 @@ def _config(name: str, root: Path, **overrides) -> DatasetConfig:
     return DatasetConfig(**values)
 
 
-@pytest.fixture
-def forbid_download(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a download was attempted: {args} {kwargs}")
-
-    monkeypatch.setattr(torchvision.datasets, "SVHN", refuse)
-    monkeypatch.setattr(torchvision.datasets, "STL10", refuse)
-
-
 # --- SVHN ------------------------------------------------------------------------------
 
 def test_svhn_reads_both_mat_files_with_hwc_pixels_and_digit_labels(tmp_path, forbid_download):
