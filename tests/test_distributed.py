@@ -78,7 +78,8 @@ def test_two_ranks_take_the_step_of_one_process_with_two_batchnorm_towers(tiny_c
     model, optimizer = towers[0].model, towers[0].optimizer
     losses = []
     for tower in towers:
-        loss, _ = tower.algorithm(model, next(tower.labeled_batches), next(tower.unlabeled_batches))
+        loss, _ = tower.algorithm(model, tower.inputs.labeled(next(tower.labeled_batches)),
+                                  tower.inputs.unlabeled(next(tower.unlabeled_batches)))
         (loss / 2).backward()  # DDP averages the ranks' gradients
         losses.append(loss.item())
     optimizer.step()

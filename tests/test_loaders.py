@@ -11,7 +11,6 @@ from fixmatch.data.loaders import (
 )
 from fixmatch.data.transforms import EvalTransform, WeakTransform
 
-RGB_STATS = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 
 
 def _indices(sampler: InfiniteBatchSampler, num_batches: int) -> list[int]:
@@ -111,7 +110,7 @@ def images():
 
 def _weak_dataset(images) -> AugmentedImages:
     pixels, targets = images
-    return AugmentedImages(pixels, targets, WeakTransform(hflip=True, **RGB_STATS))
+    return AugmentedImages(pixels, targets, WeakTransform(hflip=True))
 
 
 def _train_batches(images, num_workers: int, seed: int = 1, start_batch: int = 0,
@@ -133,7 +132,7 @@ def test_a_sample_is_the_same_view_for_the_same_key_and_carries_its_label(images
     dataset = _weak_dataset(images)
     view, label = dataset[(5, 1234)]
     again, _ = dataset[(5, 1234)]
-    assert view.shape == (3, 32, 32) and view.dtype == torch.float32
+    assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
     assert torch.equal(view, again)
     assert label == int(images[1][5]) and isinstance(label, int)
     assert len(dataset) == 24
@@ -171,7 +170,7 @@ def test_a_resumed_loader_continues_the_batches(images):
 def test_each_sample_gets_its_own_augmentation():
     # One image drawn 16 times in a row: the views differ because every position has its seed.
     image = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
-    dataset = AugmentedImages(image, np.array([3]), WeakTransform(hflip=True, **RGB_STATS))
+    dataset = AugmentedImages(image, np.array([3]), WeakTransform(hflip=True))
     sampler = InfiniteBatchSampler([0], 16, seed=1, stream=0)
     views, labels = next(build_train_loader(dataset, sampler, num_workers=0, pin_memory=False))
     assert labels.tolist() == [3] * 16
@@ -184,7 +183,7 @@ def test_each_sample_gets_its_own_augmentation():
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_eval_loader_visits_every_image_once_in_order(images, num_workers):
     pixels, targets = images  # 24 images: batches of 10, 10 and a partial 4
-    transform = EvalTransform(**RGB_STATS)
+    transform = EvalTransform()
     loader = build_eval_loader(AugmentedImages(pixels, targets, transform), batch_size=10,
                                num_workers=num_workers, pin_memory=False)
     batches = list(loader)

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 
 from fixmatch.data.randaugment import (
-    OP_NAMES, RANDAUGMENT_VARIANTS, RandAugment, apply_op, cutout, op_magnitude, rotate,
+    OP_NAMES, RANDAUGMENT_VARIANTS, RandAugment, apply_op, contrast, cutout, op_magnitude,
+    posterize, rotate, solarize,
 )
 
 # PROTOCOL.md, official code, level L = 1..9, written out by hand.
@@ -221,3 +222,60 @@ def test_cutout_square_is_half_the_side_when_inside_and_clipped_at_borders():
 def test_cutout_uses_the_fill_value_on_grayscale():
     out = cutout(np.zeros((8, 8, 1), dtype=np.uint8), 4, np.random.default_rng(3), fill=77)
     assert out.shape == (8, 8, 1) and set(np.unique(out)) <= {0, 77} and (out == 77).any()
+
+
+def _test_images():
+    """Noise, a narrow-range image, a constant one, a gradient: in RGB and in L."""
+    rng = np.random.default_rng(5)
+    arrays = [
+        rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+        rng.integers(90, 140, (32, 32, 3), dtype=np.uint8),
+        np.full((32, 32, 3), 77, dtype=np.uint8),
+        np.stack([np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))] * 3, axis=2),
+    ]
+    return [Image.fromarray(a) for a in arrays] + [Image.fromarray(a[:, :, 0]) for a in arrays]
+
+
+@pytest.mark.parametrize(("ours", "reference"), [
+    (lambda img, m: apply_op(img, "AutoContrast", 5, np.random.default_rng(0)),
+     lambda img, m: ImageOps.autocontrast(img)),
+    (lambda img, m: apply_op(img, "Equalize", 5, np.random.default_rng(0)),
+     lambda img, m: ImageOps.equalize(img)),
+    (solarize, lambda img, m: ImageOps.solarize(img, m)),
+    (posterize, lambda img, m: ImageOps.posterize(img, m)),
+    (contrast, lambda img, m: ImageEnhance.Contrast(img).enhance(m)),
+], ids=["autocontrast", "equalize", "solarize", "posterize", "contrast"])
+def test_numpy_table_ops_give_exactly_the_pil_pixels(ours, reference):
+    magnitudes = {solarize: (0, 26, 128, 231, 256), posterize: (1, 2, 4, 7, 8),
+                  contrast: (0.28, 0.9, 1.72)}.get(ours, (0,))
+    for img in _test_images():
+        for magnitude in magnitudes:
+            assert np.array_equal(np.asarray(ours(img, magnitude)),
+                                  np.asarray(reference(img, magnitude)))
+
+
+# PROTOCOL.md's table: |magnitude| at levels 1 and 9 for every op of every variant.
+MAGNITUDES_AT_1_AND_9 = {
+    "official": {"Rotate": (3, 27), "ShearX": (0.03, 0.27), "ShearY": (0.03, 0.27),
+                 "TranslateX": (1 / 32, 9 / 32), "TranslateY": (1 / 32, 9 / 32),
+                 "Solarize": (231, 26), "Posterize": (4, 1), "Color": (0.28, 1.72),
+                 "Contrast": (0.28, 1.72), "Brightness": (0.28, 1.72), "Sharpness": (0.28, 1.72)},
+    "paper": {"Rotate": (3, 27), "ShearX": (0.03, 0.27), "ShearY": (0.03, 0.27),
+              "TranslateX": (0.03, 0.27), "TranslateY": (0.03, 0.27), "Solarize": (231, 26),
+              "Posterize": (4, 8), "Color": (0.14, 0.86), "Contrast": (0.14, 0.86),
+              "Brightness": (0.14, 0.86), "Sharpness": (0.14, 0.86)},
+    "port": {"Rotate": (3, 27), "ShearX": (0.03, 0.27), "ShearY": (0.03, 0.27),
+             "TranslateX": (0.03, 0.27), "TranslateY": (0.03, 0.27), "Solarize": (231, 26),
+             "Posterize": (4, 7), "Color": (0.14, 0.86), "Contrast": (0.14, 0.86),
+             "Brightness": (0.14, 0.86), "Sharpness": (0.14, 0.86)},
+}
+
+
+@pytest.mark.parametrize("variant", RANDAUGMENT_VARIANTS)
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_every_op_magnitude_at_levels_1_and_9(variant, name):
+    expected = MAGNITUDES_AT_1_AND_9[variant].get(name, (0.0, 0.0))
+    for level, value in zip((1, 9), expected):
+        magnitudes = [abs(op_magnitude(name, level, np.random.default_rng(seed), variant))
+                      for seed in range(8)]
+        assert magnitudes == pytest.approx([value] * 8), (variant, name, level)

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from fixmatch.data.device_inputs import DeviceInputs
+from fixmatch.data.normalization import Normalization
 from fixmatch.data.randaugment import RandAugment
 from fixmatch.data.transforms import (
-    EvalTransform, StrongTransform, WeakStrongTransform, WeakTransform, to_normalized_tensor,
-    weak_augment,
+    EvalTransform, StrongTransform, WeakStrongTransform, WeakTransform, weak_augment,
 )
-
-RGB_STATS = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 
 
 def _noise(side: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -73,48 +72,58 @@ def test_weak_augment_is_deterministic_for_a_seed():
     assert np.array_equal(first, again)
 
 
-def test_normalisation_of_a_constant_image():
+def test_normalisation_of_a_constant_image_on_the_device_side():
     image = np.full((4, 4, 3), 51, dtype=np.uint8)  # 0.2 in [0, 1] units
-    out = EvalTransform(mean=(0.2, 0.4, 0.6), std=(0.5, 0.5, 0.25))(image)
-    assert out.shape == (3, 4, 4) and out.dtype == torch.float32
-    expected = torch.tensor([0.0, -0.4, -1.6]).view(3, 1, 1).expand(3, 4, 4)
+    view = EvalTransform()(image)
+    assert view.dtype == torch.uint8 and torch.equal(view, torch.full((3, 4, 4), 51, dtype=torch.uint8))
+    inputs = DeviceInputs(Normalization([0.2, 0.4, 0.6], [0.5, 0.5, 0.25], "config"), torch.device("cpu"))
+    out = inputs.images(view[None])
+    assert out.shape == (1, 3, 4, 4) and out.dtype == torch.float32
+    expected = torch.tensor([0.0, -0.4, -1.6]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     assert torch.allclose(out, expected, atol=1e-6)
 
 
+def test_device_inputs_match_the_float_formula_and_keep_channels_last():
+    images = torch.from_numpy(_noise(8, 3)).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)
+    normalization = Normalization([0.49, 0.48, 0.45], [0.25, 0.24, 0.26], "config")
+    out = DeviceInputs(normalization, torch.device("cpu"), channels_last=True).images(images)
+    mean = torch.tensor(normalization.mean).view(1, 3, 1, 1)
+    std = torch.tensor(normalization.std).view(1, 3, 1, 1)
+    assert torch.allclose(out, (images.float() / 255 - mean) / std, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize(("side", "channels"), [(8, 1), (32, 3), (96, 1)])
-def test_pipelines_give_float_chw_tensors(side, channels):
-    stats = {"mean": (0.5,) * channels, "std": (0.25,) * channels}
+def test_pipelines_give_uint8_chw_tensors(side, channels):
     image = _noise(side, channels)
     pipelines = [
-        EvalTransform(**stats), WeakTransform(**stats, hflip=True),
-        StrongTransform(**stats, hflip=True, randaugment=RandAugment("official")),
+        EvalTransform(), WeakTransform(hflip=True),
+        StrongTransform(hflip=True, randaugment=RandAugment("official")),
     ]
     for pipeline in pipelines:
         out = pipeline(image, np.random.default_rng(0))
-        assert out.shape == (channels, side, side) and out.dtype == torch.float32
+        assert out.shape == (channels, side, side) and out.dtype == torch.uint8
 
 
 def test_strong_view_has_a_mid_gray_cutout_of_at_most_half_the_side():
-    # std = 1/255 and mean 0 keep raw pixel values, so the Cutout square reads 128.
-    strong = StrongTransform(mean=(0.0,) * 3, std=(1 / 255,) * 3, hflip=False,
-                             randaugment=RandAugment(num_ops=0))
+    strong = StrongTransform(hflip=False, randaugment=RandAugment(num_ops=0))
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     for seed in range(20):
         out = strong(image, np.random.default_rng(seed))
-        filled = torch.isclose(out, torch.tensor(128.0)).all(dim=0)
+        filled = (out == 128).all(dim=0)
         rows, cols = filled.any(dim=1).sum(), filled.any(dim=0).sum()
         assert 8 <= rows <= 16 and 8 <= cols <= 16 and filled.sum() == rows * cols
 
 
 def test_strong_transform_is_deterministic_for_a_seed():
-    strong = StrongTransform(**RGB_STATS, hflip=True)
+    strong = StrongTransform(hflip=True)
     image = _noise(32, 3)
     assert torch.equal(strong(image, np.random.default_rng(3)),
                        strong(image, np.random.default_rng(3)))
 
 
 def test_weak_strong_returns_a_weak_then_a_strong_view():
-    weak, strong = WeakTransform(**RGB_STATS, hflip=True), StrongTransform(**RGB_STATS, hflip=True)
+    weak, strong = WeakTransform(hflip=True), StrongTransform(hflip=True)
     image = _noise(32, 3)
     weak_view, strong_view = WeakStrongTransform(weak, strong)(image, np.random.default_rng(0))
     assert weak_view.shape == strong_view.shape == (3, 32, 32)
@@ -124,14 +133,12 @@ def test_weak_strong_returns_a_weak_then_a_strong_view():
     assert torch.equal(strong_view, strong(image, rng))
 
 
-def test_mean_std_length_must_match_the_channels():
-    with pytest.raises(ValueError, match="need 1 values"):
-        to_normalized_tensor(_noise(8, 1), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
-    with pytest.raises(ValueError, match="need 3 values"):
-        WeakTransform(mean=(0.5,) * 3, std=(0.2,), hflip=False)(_noise(8, 3),
-                                                                np.random.default_rng(0))
+def test_normalisation_channels_must_match_the_images():
+    inputs = DeviceInputs(Normalization([0.5] * 3, [0.2] * 3, "config"), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"expected \(N, 3, H, W\) images"):
+        inputs.images(torch.zeros((2, 1, 8, 8), dtype=torch.uint8))
 
 
 def test_images_without_a_channel_axis_are_rejected():
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
-        to_normalized_tensor(np.zeros((8, 8), dtype=np.uint8), mean=(0.5,), std=(0.2,))
+        EvalTransform()(np.zeros((8, 8), dtype=np.uint8))

@@ -120,9 +120,9 @@ def test_predict_matches_the_evaluated_model(trained_run, tmp_path):
     for i in range(8):
         Image.fromarray(test.images[i]).save(folder / f"{i}.png")
     records = predict.predict_files(trained, sorted(folder.iterdir(), key=lambda p: int(p.stem)), 1, 3)
-    transform = EvalTransform(trained.normalization.mean, trained.normalization.std)
+    transform = EvalTransform()
     with torch.no_grad():
-        logits = trained.model(torch.stack([transform(image) for image in test.images[:8]]))
+        logits = trained.model(trained.inputs.images(torch.stack([transform(image) for image in test.images[:8]])))
     expected = [trained.class_names[i] for i in logits.argmax(dim=1).tolist()]
     assert [record["predicted"] for record in records] == expected
 
@@ -148,9 +148,10 @@ def test_predict_decodes_files_as_image_folder_training_does(tmp_path):
     arrays = load_dataset(config.dataset)
     files = [path for name in arrays.class_names for path in sorted((root / "test" / name).iterdir())]
     records = predict.predict_files(trained, files, 2, 4)
-    transform = EvalTransform([0.4], [0.2])
+    transform = EvalTransform()
     with torch.no_grad():
-        expected = trained.model(torch.stack([transform(image) for image in arrays.test.images]))
+        expected = trained.model(trained.inputs.images(
+            torch.stack([transform(image) for image in arrays.test.images])))
     probabilities = expected.softmax(dim=1)
     assert [record["confidence"] for record in records] == pytest.approx(
         probabilities.max(dim=1).values.tolist(), abs=1e-6)

@@ -21,6 +21,7 @@ from fixmatch.algorithms import build_algorithm
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore
 from fixmatch.config import Config
 from fixmatch.data.datasets import DatasetArrays, load_dataset
+from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.data.loaders import (
     AugmentedImages,
     InfiniteBatchSampler,
@@ -204,12 +205,12 @@ def build_training_parts(
     """Datasets, loaders (this rank's share, from batch `start_batch` on), model, EMA,
     optimiser and schedule."""
     algorithm = build_algorithm(config.ssl)
-    labeled_batches = _labeled_batches(config, arrays, split, normalization, device, start_batch, env)
+    labeled_batches = _labeled_batches(config, arrays, split, device, start_batch, env)
     unlabeled_batches = (
-        _unlabeled_batches(config, arrays, split, normalization, device, start_batch, env)
+        _unlabeled_batches(config, arrays, split, device, start_batch, env)
         if algorithm.uses_unlabeled else None
     )
-    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform(normalization.mean, normalization.std))
+    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform())
     test_loader = build_eval_loader(
         test_set, config.trainer.eval_batch_size, config.trainer.num_workers, device.type == "cuda",
         env.rank, env.world_size,
@@ -221,7 +222,7 @@ def build_training_parts(
     optimizer = build_optimizer(model, config.optim)
     schedule = build_schedule(optimizer, config.trainer.total_steps, config.optim.cosine_fraction)
     return TrainingParts(model, ema, optimizer, schedule, algorithm, labeled_batches,
-                         unlabeled_batches, test_loader, device, env)
+                         unlabeled_batches, test_loader, DeviceInputs(normalization, device), env)
 
 
 def _distribute(model: nn.Module, sync_bn: bool, device: torch.device, env: DistEnv) -> nn.Module:
@@ -256,15 +257,15 @@ def build_model(config: Config, num_classes: int) -> WideResNet:
 
 
 def _labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
-                     normalization: Normalization, device, start_batch: int, env: DistEnv):
-    transform = WeakTransform(normalization.mean, normalization.std, config.dataset.hflip)
+                     device: torch.device, start_batch: int, env: DistEnv):
+    transform = WeakTransform(config.dataset.hflip)
     dataset = AugmentedImages(arrays.train.images, arrays.train.targets, transform)
     sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
                                    LABELED_STREAM, start_batch, env.rank, env.world_size)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
-def build_views(config: Config, normalization: Normalization) -> Tuple[WeakTransform, StrongTransform]:
+def build_views(config: Config) -> Tuple[WeakTransform, StrongTransform]:
     """The weak and strong pipelines of the unlabeled images (also what `preview` draws).
 
     Raises:
@@ -277,16 +278,15 @@ def build_views(config: Config, normalization: Normalization) -> Tuple[WeakTrans
         randaugment = RandAugment(ssl.randaugment_variant, ssl.randaugment_num_ops)
     except ValueError as error:
         raise UserError(f"ssl.randaugment_variant: {error}") from None
-    weak = WeakTransform(normalization.mean, normalization.std, dataset.hflip)
-    strong = StrongTransform(normalization.mean, normalization.std, dataset.hflip, randaugment,
-                             ssl.cutout_fraction)
+    weak = WeakTransform(dataset.hflip)
+    strong = StrongTransform(dataset.hflip, randaugment, ssl.cutout_fraction)
     return weak, strong
 
 
 def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
-                       normalization: Normalization, device, start_batch: int, env: DistEnv):
+                       device: torch.device, start_batch: int, env: DistEnv):
     ssl = config.ssl
-    weak, strong = build_views(config, normalization)
+    weak, strong = build_views(config)
     # The paper's unlabeled set is the whole training set (labels dropped), plus any
     # images that never had labels; the latter carry the target -1 ("unknown").
     extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]

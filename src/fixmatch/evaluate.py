@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.distributed import DistEnv, all_reduce_sum
 from fixmatch.errors import UserError
 
@@ -32,14 +33,14 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+def evaluate(model: nn.Module, loader: DataLoader, inputs: DeviceInputs,
              env: DistEnv = DistEnv()) -> EvalResult:
     """Score `model` on every image of `loader` in eval mode, then restore its mode.
 
     Args:
         model: the classifier (the EMA copy or the live model, unwrapped from DDP).
-        loader: yields (images, labels); with several ranks, this rank's shard.
-        device: where the model lives.
+        loader: yields (uint8 images, labels); with several ranks, this rank's shard.
+        inputs: moves batches to the model's device and normalises them.
         env: the ranks whose shards are summed.
 
     Returns:
@@ -47,14 +48,14 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     """
     was_training = model.training
     model.eval()
+    device = inputs.device
     correct1 = torch.zeros((), device=device)
     correct5 = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
     for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        logits = model(images).float()
+        logits = model(inputs.images(images)).float()
+        targets = inputs.targets(targets)
         loss_sum += F.cross_entropy(logits, targets, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == targets[:, None]
@@ -86,13 +87,13 @@ class ClassificationReport:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple:
+def predict_logits(model: nn.Module, loader: DataLoader, inputs: DeviceInputs) -> tuple:
     """(logits (N, C) float32, targets (N,)) of every image of `loader`, in order, eval mode."""
     was_training = model.training
     model.eval()
     logits, targets = [], []
     for images, labels in loader:
-        logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+        logits.append(model(inputs.images(images)).float().cpu())
         targets.append(labels)
     model.train(was_training)
     return torch.cat(logits), torch.cat(targets)
@@ -195,11 +196,10 @@ def main(argv: Sequence[str]) -> dict:
         raise UserError(f"dataset.root={trained.config.dataset.root} has the classes "
                         f"{arrays.class_names}, but {trained.checkpoint_path} was trained on "
                         f"{trained.class_names}; give test data with the same class folders")
-    test_set = AugmentedImages(arrays.test.images, arrays.test.targets,
-                               EvalTransform(trained.normalization.mean, trained.normalization.std))
+    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform())
     loader = build_eval_loader(test_set, trained.config.trainer.eval_batch_size, 0,
                                trained.device.type == "cuda")
-    report = classification_report(*predict_logits(trained.model, loader, trained.device))
+    report = classification_report(*predict_logits(trained.model, loader, trained.inputs))
     about = {"checkpoint": str(trained.checkpoint_path), "step": trained.step,
              "weights": trained.weights, "dataset_root": trained.config.dataset.root}
     out = Path(settings["out"]) if settings["out"] else trained.run_dir

@@ -77,7 +77,7 @@ def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
     """
     dataset = trained.config.dataset
     prep = Preprocessing(dataset.image_size, dataset.channels, dataset.resize)
-    transform = EvalTransform(trained.normalization.mean, trained.normalization.std)
+    transform, inputs = EvalTransform(), trained.inputs
     top_k = min(top_k, len(trained.class_names))
     records = []
     for start in range(0, len(paths), batch_size):
@@ -85,7 +85,7 @@ def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
         images, errors = _decode(chunk, prep)
         readable = [image for image in images if image is not None]
         if readable:
-            batch = torch.stack([transform(image) for image in readable]).to(trained.device)
+            batch = inputs.images(torch.stack([transform(image) for image in readable]))
             probabilities = trained.model(batch).float().softmax(dim=1).cpu()
             values, indices = probabilities.topk(top_k, dim=1)
         row = 0

@@ -21,8 +21,7 @@ from PIL import Image, ImageDraw
 from fixmatch import app
 from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
-from fixmatch.data.normalization import resolve_normalization
-from fixmatch.data.transforms import Pipeline, StrongTransform, WeakTransform
+from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
 
 # The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
@@ -65,35 +64,19 @@ def grid_size(num_images: int, num_strong: int, cell: int) -> Tuple[int, int]:
     return columns * cell + (columns + 1) * GAP, HEADER + num_images * cell + (num_images + 1) * GAP
 
 
-def to_display(view: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo the normalisation of a (C, H, W) view: a uint8 (H, W, C) image again."""
-    mean_ = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    std_ = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    pixels = ((view * std_ + mean_) * 255.0).round().clamp(0, 255)
-    return pixels.to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def build_views(config: Config, train_images: np.ndarray) -> Tuple[WeakTransform, StrongTransform]:
-    """The weak and strong pipelines a run of `config` trains with.
-
-    Raises:
-        UserError: for a strong augmentation or RandAugment variant that does not exist.
-    """
-    normalization = resolve_normalization(config.dataset.mean, config.dataset.std, train_images)
-    return app.build_views(config, normalization)
+def to_display(view: torch.Tensor) -> np.ndarray:
+    """A uint8 (C, H, W) view as a uint8 (H, W, C) image."""
+    return view.permute(1, 2, 0).numpy()
 
 
 def preview_grid(images: Sequence[np.ndarray], weak: Pipeline, strong: Pipeline,
-                 mean: Sequence[float], std: Sequence[float], num_strong: int, seed: int,
-                 cell_size: int) -> Image.Image:
+                 num_strong: int, seed: int, cell_size: int) -> Image.Image:
     """Draw the grid: one row per image; original, weak view, `num_strong` strong views.
 
     Args:
         images: uint8 (H, W, C) images of one size.
-        weak: the weak pipeline (returns a normalised (C, H, W) tensor).
+        weak: the weak pipeline (returns a uint8 (C, H, W) tensor).
         strong: the strong pipeline.
-        mean: the pipelines' normalisation mean, to undo it.
-        std: the pipelines' normalisation std.
         num_strong: strong views per image.
         seed: seeds every view (view j of row i draws from [seed, i, j]).
         cell_size: minimum displayed side of an image, in px.
@@ -110,8 +93,8 @@ def preview_grid(images: Sequence[np.ndarray], weak: Pipeline, strong: Pipeline,
     for column, title in enumerate(titles):
         draw.text((GAP + column * (cell + GAP), 2), title, fill=(0, 0, 0))
     for row, image in enumerate(images):
-        views = [image, to_display(weak(image, np.random.default_rng([seed, row, 1])), mean, std)]
-        views += [to_display(strong(image, np.random.default_rng([seed, row, 2 + j])), mean, std)
+        views = [image, to_display(weak(image, np.random.default_rng([seed, row, 1])))]
+        views += [to_display(strong(image, np.random.default_rng([seed, row, 2 + j])))
                   for j in range(num_strong)]
         for column, view in enumerate(views):
             tile = Image.fromarray(np.ascontiguousarray(view[:, :, 0] if view.shape[2] == 1 else view))
@@ -132,12 +115,12 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
                         f"preview.num_strong={options.num_strong} not negative and "
                         f"preview.cell_size={options.cell_size} positive")
     train = load_dataset(config.dataset).train
-    weak, strong = build_views(config, train.images)
+    weak, strong = app.build_views(config)
     rng = np.random.default_rng(config.seed)
     rows = np.sort(rng.choice(len(train.images), min(options.num_images, len(train.images)),
                               replace=False))
-    grid = preview_grid([np.asarray(train.images[i]) for i in rows], weak, strong, weak.mean,
-                        weak.std, options.num_strong, config.seed, options.cell_size)
+    grid = preview_grid([np.asarray(train.images[i]) for i in rows], weak, strong,
+                        options.num_strong, config.seed, options.cell_size)
     grid.save(path)
     return path
 

@@ -18,6 +18,7 @@ from torch import nn
 from fixmatch import app
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore, load_checkpoint
 from fixmatch.config import Config, Device
+from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.data.normalization import Normalization
 from fixmatch.errors import UserError
 from fixmatch.runtime import select_device
@@ -40,6 +41,11 @@ class TrainedModel:
     weights: str  # "ema" or "raw"
     step: int
     device: torch.device
+
+    @property
+    def inputs(self) -> DeviceInputs:
+        """Turns uint8 image batches into this model's normalised input on its device."""
+        return DeviceInputs(self.normalization, self.device)
 
 
 def resolve_checkpoint(location: str) -> Path:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointError, CheckpointStore
 from fixmatch.config import Precision, ProgressBar, TrainerConfig
+from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.distributed import DistEnv, any_rank
 from fixmatch.evaluate import evaluate
 from fixmatch.metrics import MetricWriter
@@ -41,8 +42,12 @@ class TrainingParts:
     labeled_batches: Iterator
     unlabeled_batches: Optional[Iterator]  # None for algorithms without unlabeled data
     test_loader: DataLoader  # this rank's shard of the test set
-    device: torch.device
+    inputs: DeviceInputs  # uint8 loader batches -> normalised model input on the device
     env: DistEnv = DistEnv()  # the ranks of a torchrun job; one rank otherwise
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
 
 
 class Trainer:
@@ -118,10 +123,10 @@ class Trainer:
 
     def _train_step(self) -> Dict[str, torch.Tensor]:
         parts = self.parts
-        labeled = _to_device(next(parts.labeled_batches), parts.device)
+        labeled = parts.inputs.labeled(next(parts.labeled_batches))
         unlabeled = None
         if parts.unlabeled_batches is not None:
-            unlabeled = _to_device(next(parts.unlabeled_batches), parts.device)
+            unlabeled = parts.inputs.unlabeled(next(parts.unlabeled_batches))
         with self.autocast:
             loss, stats = parts.algorithm(parts.model, labeled, unlabeled)
         parts.optimizer.zero_grad(set_to_none=True)
@@ -156,9 +161,9 @@ class Trainer:
         self._check_finite()
         parts = self.parts
         values = self.eval_window.means(parts.env)
-        raw = evaluate(unwrap_model(parts.model), parts.test_loader, parts.device, parts.env)
+        raw = evaluate(unwrap_model(parts.model), parts.test_loader, parts.inputs, parts.env)
         if parts.ema is not None:
-            ema = evaluate(parts.ema.module, parts.test_loader, parts.device, parts.env)
+            ema = evaluate(parts.ema.module, parts.test_loader, parts.inputs, parts.env)
         else:
             ema = raw  # without an EMA the reported model is the live one
         values.update({
@@ -258,8 +263,3 @@ def _autocast(precision: Precision, device_type: str):
     dtype = torch.bfloat16 if precision is Precision.bf16 else torch.float16
     return torch.autocast(device_type=device_type, dtype=dtype)
 
-
-def _to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    return type(batch)(_to_device(item, device) for item in batch)

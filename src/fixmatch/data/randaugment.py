@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
 
 # An op maps (image, magnitude in the op's own unit, fill gray level) to a new image.
 Op = Callable[[Image.Image, float, int], Image.Image]
@@ -33,13 +33,56 @@ def identity(img: Image.Image, magnitude: float = 0.0, fill: int = 128) -> Image
 
 
 def auto_contrast(img: Image.Image, magnitude: float = 0.0, fill: int = 128) -> Image.Image:
-    """Stretch each channel to the full 0..255 range."""
-    return ImageOps.autocontrast(img)
+    """Stretch each channel to the full 0..255 range (PIL's ImageOps.autocontrast, cutoff 0)."""
+    return _apply_luts(img, _autocontrast_luts(_histograms(img)))
 
 
 def equalize(img: Image.Image, magnitude: float = 0.0, fill: int = 128) -> Image.Image:
-    """Equalize the histogram of each channel."""
-    return ImageOps.equalize(img)
+    """Equalize the histogram of each channel (PIL's ImageOps.equalize)."""
+    return _apply_luts(img, _equalize_luts(_histograms(img)))
+
+
+# PIL builds the look-up tables of autocontrast, equalize, solarize and posterize in
+# Python loops (~100 us per 32 px image); the same tables from numpy give the same
+# pixels several times faster, which is most of what a loader worker spends on them.
+_VALUES = np.arange(256)
+
+
+def _histograms(img: Image.Image) -> np.ndarray:
+    """(channels, 256) pixel counts."""
+    return np.asarray(img.histogram(), dtype=np.int64).reshape(-1, 256)
+
+
+def _apply_luts(img: Image.Image, luts: np.ndarray) -> Image.Image:
+    # One gather from the concatenated tables (Image.point with a list is slower: it
+    # rounds every entry in Python).
+    pixels = np.asarray(img)
+    if pixels.ndim == 2:
+        return Image.fromarray(luts[0].astype(np.uint8)[pixels])
+    offsets = np.arange(pixels.shape[2]) * 256
+    return Image.fromarray(np.take(luts.astype(np.uint8).ravel(), pixels + offsets))
+
+
+def _autocontrast_luts(histograms: np.ndarray) -> np.ndarray:
+    luts = np.tile(_VALUES, (len(histograms), 1))
+    for channel, histogram in enumerate(histograms):
+        present = np.flatnonzero(histogram)
+        low, high = present[0], present[-1]
+        if high > low:  # a constant channel is left as it is
+            scale = 255.0 / (high - low)
+            luts[channel] = np.clip((_VALUES * scale - low * scale).astype(np.int64), 0, 255)
+    return luts
+
+
+def _equalize_luts(histograms: np.ndarray) -> np.ndarray:
+    luts = np.tile(_VALUES, (len(histograms), 1))
+    for channel, histogram in enumerate(histograms):
+        present = histogram[histogram > 0]
+        step = (present.sum() - present[-1]) // 255 if len(present) > 1 else 0
+        if step:
+            before = np.concatenate([[0], np.cumsum(histogram)[:-1]])
+            luts[channel] = np.clip((step // 2 + before) // step, 0, 255)
+    return luts
 
 
 def rotate(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
@@ -73,12 +116,14 @@ def translate_y(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Im
 
 def solarize(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
     """Invert every pixel value >= `magnitude` (the threshold; 256 leaves the image as is)."""
-    return ImageOps.solarize(img, int(magnitude))
+    lut = np.where(_VALUES < int(magnitude), _VALUES, 255 - _VALUES)
+    return _apply_luts(img, np.tile(lut, (len(img.getbands()), 1)))
 
 
 def posterize(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
     """Keep the `magnitude` most significant bits of every pixel value."""
-    return ImageOps.posterize(img, int(magnitude))
+    lut = _VALUES & ~(2 ** (8 - int(magnitude)) - 1)
+    return _apply_luts(img, np.tile(lut, (len(img.getbands()), 1)))
 
 
 def color(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
@@ -89,8 +134,13 @@ def color(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
 
 
 def contrast(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
-    """Blend with the mean gray by factor `magnitude` (1 = unchanged)."""
-    return ImageEnhance.Contrast(img).enhance(magnitude)
+    """Blend with the mean gray by factor `magnitude` (1 = unchanged).
+
+    The gray is PIL's (ImageEnhance.Contrast): the rounded mean of the grayscale image.
+    """
+    histogram = np.asarray(img.convert("L").histogram(), dtype=np.int64)
+    mean_gray = int(histogram @ _VALUES / histogram.sum() + 0.5)
+    return Image.blend(Image.new(img.mode, img.size, _fill_color(img, mean_gray)), img, magnitude)
 
 
 def brightness(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:

@@ -4,7 +4,8 @@ Each pipeline is called as `pipeline(image, rng)` and draws only from `rng`.
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,33 +16,29 @@ from fixmatch.data.randaugment import RandAugment, cutout
 Pipeline = Callable[[np.ndarray, np.random.Generator], torch.Tensor]
 
 
-def to_normalized_tensor(image: np.ndarray, mean: Sequence[float],
-                         std: Sequence[float]) -> torch.Tensor:
-    """Turn a uint8 (H, W, C) image into a float32 (C, H, W) tensor, (x / 255 - mean) / std.
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """Turn a uint8 (H, W, C) image into a uint8 (C, H, W) tensor.
 
-    Args:
-        image: a uint8 array of shape (H, W, C).
-        mean: per-channel mean, in [0, 1] pixel units.
-        std: per-channel standard deviation, in [0, 1] pixel units.
-
-    Returns:
-        The normalised tensor.
+    Views stay uint8 until they reach the device, which normalises whole batches
+    (`fixmatch.data.device_inputs.DeviceInputs`): a quarter of the bytes
+    through the loader queues and no per-image float arithmetic in the workers.
 
     Raises:
-        ValueError: `image` is not (H, W, C), or `mean`/`std` do not have C values.
+        ValueError: `image` is not (H, W, C).
     """
     if image.ndim != 3:
         raise ValueError(f"expected an (H, W, C) image array, got shape {image.shape}")
-    channels = image.shape[2]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(
-            f"mean and std need {channels} values (one per image channel), "
-            f"got {len(mean)} and {len(std)}"
-        )
-    mean_ = np.asarray(mean, dtype=np.float32)
-    std_ = np.asarray(std, dtype=np.float32)
-    normalized = (image.astype(np.float32) / 255.0 - mean_) / std_
-    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+@lru_cache(maxsize=64)
+def _reflect_positions(side: int, pad: int) -> np.ndarray:
+    """Source index of every position of a side-long axis reflect-padded by `pad` (numpy's
+    "reflect": the edge pixel is not repeated)."""
+    positions = np.abs(np.arange(-pad, side + pad))
+    period = max(2 * (side - 1), 1)
+    positions %= period
+    return np.where(positions >= side, period - positions, positions)
 
 
 def weak_augment(image: np.ndarray, rng: np.random.Generator, hflip: bool,
@@ -59,14 +56,17 @@ def weak_augment(image: np.ndarray, rng: np.random.Generator, hflip: bool,
         A new array of the same shape.
     """
     height, width = image.shape[:2]
-    if hflip and rng.random() < 0.5:
-        image = image[:, ::-1]
+    flip = hflip and rng.random() < 0.5
     pad_y, pad_x = round(pad_fraction * height), round(pad_fraction * width)
-    # Reflect (not zero) padding, as in the official code: crops never show a black band.
-    padded = np.pad(image, ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="reflect")
     top = int(rng.integers(2 * pad_y + 1))
     left = int(rng.integers(2 * pad_x + 1))
-    return np.ascontiguousarray(padded[top:top + height, left:left + width])
+    # Reflect (not zero) padding, as in the official code: crops never show a black band.
+    # The padded image is never built: one gather reads the crop's pixels directly.
+    rows = _reflect_positions(height, pad_y)[top:top + height]
+    columns = _reflect_positions(width, pad_x)[left:left + width]
+    if flip:
+        columns = width - 1 - columns
+    return image.take(rows, axis=0).take(columns, axis=1)
 
 
 def _to_pil(image: np.ndarray) -> Image.Image:
@@ -81,66 +81,51 @@ def _from_pil(img: Image.Image) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """Evaluation view: normalisation only.
-
-    Args:
-        mean: per-channel mean, in [0, 1] pixel units.
-        std: per-channel standard deviation, in [0, 1] pixel units.
-    """
-
-    mean: Sequence[float]
-    std: Sequence[float]
+    """Evaluation view: the image as it is."""
 
     def __call__(self, image: np.ndarray,
                  rng: np.random.Generator | None = None) -> torch.Tensor:
-        """Normalise `image`; `rng` is accepted for a signature shared with the other views."""
-        return to_normalized_tensor(image, self.mean, self.std)
+        """`image` as a uint8 (C, H, W) tensor; `rng` is accepted for a signature shared
+        with the other views."""
+        return to_chw_tensor(image)
 
 
 @dataclass(frozen=True)
 class WeakTransform:
-    """Weak view (labeled images and pseudo-labels): `weak_augment`, then normalise.
+    """Weak view (labeled images and pseudo-labels): `weak_augment`.
 
     Args:
-        mean: per-channel mean, in [0, 1] pixel units.
-        std: per-channel standard deviation, in [0, 1] pixel units.
         hflip: random horizontal flip (False for SVHN).
     """
 
-    mean: Sequence[float]
-    std: Sequence[float]
     hflip: bool
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """Return the weak view of a uint8 (H, W, C) image as a (C, H, W) float32 tensor."""
-        return to_normalized_tensor(weak_augment(image, rng, self.hflip), self.mean, self.std)
+        """Return the weak view of a uint8 (H, W, C) image as a uint8 (C, H, W) tensor."""
+        return to_chw_tensor(weak_augment(image, rng, self.hflip))
 
 
 @dataclass(frozen=True)
 class StrongTransform:
-    """Strong view: `weak_augment`, RandAugment, Cutout, normalise (Sohn et al. 2020, Sec. 2.3).
+    """Strong view: `weak_augment`, RandAugment, Cutout (Sohn et al. 2020, Sec. 2.3).
 
     Args:
-        mean: per-channel mean, in [0, 1] pixel units.
-        std: per-channel standard deviation, in [0, 1] pixel units.
         hflip: random horizontal flip (False for SVHN).
         randaugment: the RandAugment to apply (the official variant by default).
         cutout_fraction: Cutout side as a fraction of the image side (16 px at 32 px).
     """
 
-    mean: Sequence[float]
-    std: Sequence[float]
     hflip: bool
     randaugment: RandAugment = field(default_factory=RandAugment)
     cutout_fraction: float = 0.5
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """Return the strong view of a uint8 (H, W, C) image as a (C, H, W) float32 tensor."""
+        """Return the strong view of a uint8 (H, W, C) image as a uint8 (C, H, W) tensor."""
         image = weak_augment(image, rng, self.hflip)
         image = _from_pil(self.randaugment(_to_pil(image), rng))
         side = round(self.cutout_fraction * min(image.shape[:2]))
         image = cutout(image, side, rng, fill=128)
-        return to_normalized_tensor(image, self.mean, self.std)
+        return to_chw_tensor(image)
 
 
 @dataclass(frozen=True)
