@@ -324,22 +324,29 @@ class RandAugment:
             `num_ops` draws, in the order they apply.
         """
         spec = _VARIANTS[self.variant]
+        # One vectorised draw of uniforms, turned into op, level and coin: numpy's scalar
+        # (and sized integer) draws cost microseconds each, a visible share of a loader
+        # worker's time per image.
+        uniforms = rng.random((self.num_ops, 3)).tolist()
         draws = []
-        for _ in range(self.num_ops):
-            name = OP_NAMES[rng.integers(len(OP_NAMES))]
+        for u_op, u_level, u_apply in uniforms:
             if spec.continuous_level:
-                level = float(rng.uniform(0, MAX_LEVEL))
+                level = u_level * MAX_LEVEL
             else:
-                level = float(rng.integers(1, MAX_LEVEL))
-            draws.append(OpDraw(name, level, bool(rng.random() < spec.apply_prob)))
+                level = float(1 + int(u_level * (MAX_LEVEL - 1)))  # uniform on 1..9
+            draws.append(OpDraw(OP_NAMES[int(u_op * len(OP_NAMES))], level, u_apply < spec.apply_prob))
         return tuple(draws)
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """Augment `img` (mode "L" or "RGB") with ops drawn from `rng`; returns a new image."""
-        for draw in self.sample(rng):
+    def apply(self, img: Image.Image, draws: tuple[OpDraw, ...], rng: np.random.Generator) -> Image.Image:
+        """Apply the applied ones of `draws` (from `sample`) in order; `rng` gives the signs."""
+        for draw in draws:
             if draw.applied:
                 img = apply_op(img, draw.name, draw.level, rng, self.variant)
         return img
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Augment `img` (mode "L" or "RGB") with ops drawn from `rng`; returns a new image."""
+        return self.apply(img, self.sample(rng), rng)
 
 
 def cutout(img: np.ndarray, size: int, rng: np.random.Generator, fill: int = 128) -> np.ndarray:
@@ -359,7 +366,8 @@ def cutout(img: np.ndarray, size: int, rng: np.random.Generator, fill: int = 128
         A new array; `img` is left untouched.
     """
     height, width = img.shape[:2]
-    centre_y, centre_x = int(rng.integers(height)), int(rng.integers(width))
+    u_y, u_x = rng.random(2).tolist()  # one draw: scalar draws cost microseconds each
+    centre_y, centre_x = int(u_y * height), int(u_x * width)
     top, left = centre_y - size // 2, centre_x - size // 2
     out = img.copy()
     out[max(0, top):top + size, max(0, left):left + size] = fill

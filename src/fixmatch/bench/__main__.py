@@ -1,0 +1,134 @@
+"""python -m fixmatch.bench data|step|train [--synthetic] [options] [run.py overrides ...]
+
+    data   augmentation pairs/s on one core and loader steps/s for N workers
+    step   the training step split into forward, backward, optimiser and EMA
+    train  end-to-end steps/s of the real trainer and the fraction spent waiting for data
+
+Each prints a table next to a straightforward implementation (fixmatch.bench.port), measured
+in the same run, and writes the figures as JSON (--json).
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from fixmatch.config import Config, register_configs
+from fixmatch.errors import UserError
+from fixmatch.preview import find_conf_dir
+
+
+def compose_config(overrides: List[str]) -> Config:
+    """The typed config `python run.py <overrides>` would train with.
+
+    Raises:
+        UserError: for an override Hydra rejects.
+    """
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(find_conf_dir()), version_base="1.3"):
+            return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
+    except HydraException as error:
+        raise UserError(str(error).splitlines()[0]) from None
+
+
+def training_images(config: Config, synthetic: int) -> np.ndarray:
+    """The configured dataset's training images, or `synthetic` random ones of its shape."""
+    if synthetic:
+        shape = (synthetic, config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
+        return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    from fixmatch.data.datasets import load_dataset
+    return load_dataset(config.dataset).train.images
+
+
+def machine() -> dict:
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": torch.get_num_threads(),
+            "platform": platform.platform(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def print_table(title: str, header: List[str], rows: List[List[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    print(f"\n{title}")
+    for row in [header, ["-" * width for width in widths], *rows]:
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
+
+
+def bench_data(args, config: Config) -> dict:
+    from fixmatch import app
+    from fixmatch.bench import data
+    from fixmatch.bench.port import PortWeakStrong
+    from fixmatch.data.transforms import WeakStrongTransform
+
+    images = np.asarray(training_images(config, args.synthetic)[:args.max_images])
+    ours = WeakStrongTransform(*app.build_views(config))
+    channels = config.dataset.channels
+    port = PortWeakStrong(config.dataset.image_size, [0.5] * channels, [0.25] * channels, config.dataset.hflip)
+    pairs = data.augmentation_rates(images, ours, port, args.seconds)
+    rows = [["augmentation pairs/s, one core", f"{data.median(pairs['ours']):.0f}",
+             f"{data.median(pairs['port']):.0f}",
+             f"{data.median(pairs['ours']) / data.median(pairs['port']):.2f}x"]]
+    loader = {}
+    for workers in args.workers:
+        rates = data.loader_rates(images, ours, port, config.dataset.hflip, config.ssl.batch_size,
+                                  config.ssl.unlabeled_ratio, workers, args.steps)
+        loader[workers] = rates
+        rows.append([f"loader steps/s, {workers} workers", f"{data.median(rates['ours']):.2f}",
+                     f"{data.median(rates['port']):.2f}",
+                     f"{data.median(rates['ours']) / data.median(rates['port']):.2f}x"])
+    print_table(f"data pipeline: {config.dataset.name} {images.shape[1]}x{images.shape[2]}x"
+                f"{images.shape[3]}, B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio} "
+                f"(median of {data.ROUNDS} alternating rounds)",
+                ["", "ours", "port", "speed-up"], rows)
+    return {"augmentation_pairs_per_s": pairs, "loader_steps_per_s": loader,
+            "batch_size": config.ssl.batch_size, "unlabeled_ratio": config.ssl.unlabeled_ratio,
+            "images": list(images.shape)}
+
+
+COMMANDS = {"data": bench_data}
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fixmatch.bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="use N random images of the configured shape instead of the dataset")
+    parser.add_argument("--max-images", type=int, default=10_000, help="images to draw from (data)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per round of pairs/s (data)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="loader workers (data)")
+    parser.add_argument("--steps", type=int, default=30, help="steps timed per round")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the figures "
+                        "(default bench-<command>.json in the current folder)")
+    return parser.parse_args(argv)
+
+
+def main(argv: List[str] = None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    config = compose_config(args.overrides)
+    figures = {"command": args.command, "overrides": args.overrides, "machine": machine(),
+               **COMMANDS[args.command](args, config)}
+    path = args.json or Path(f"bench-{args.command}.json")
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"\nwrote {path}")
+    return figures
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,43 @@
+"""`python -m fixmatch.bench`: runs on a tiny synthetic set, prints both pipelines, writes JSON."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fixmatch.bench.port import PortWeakStrong
+
+
+def _bench(tmp_path, *args):
+    result = subprocess.run([sys.executable, "-m", "fixmatch.bench", *args, "--json",
+                             str(tmp_path / "bench.json")], capture_output=True, text=True,
+                            cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, json.loads((tmp_path / "bench.json").read_text())
+
+
+def test_data_bench_prints_ours_and_the_port_side_by_side(tmp_path):
+    out, figures = _bench(tmp_path, "data", "experiment=quickstart", "--synthetic", "64",
+                          "--seconds", "0.05", "--steps", "2", "--workers", "0")
+    assert "augmentation pairs/s, one core" in out and "loader steps/s, 0 workers" in out
+    for key in ("ours", "port"):
+        assert len(figures["augmentation_pairs_per_s"][key]) == 3
+        assert all(rate > 0 for rate in figures["loader_steps_per_s"]["0"][key])
+    assert figures["images"] == [64, 8, 8, 1]
+
+
+def test_port_pipeline_gives_normalised_float_views_of_the_image():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    weak, strong = PortWeakStrong(32, [0.5] * 3, [0.25] * 3)(image)
+    assert weak.shape == strong.shape == (3, 32, 32) and weak.dtype == torch.float32
+    assert weak.min() >= -2.0 and weak.max() <= 2.0
+
+
+def test_a_bad_override_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fixmatch.bench", "data", "ssl.nope=1"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
