@@ -19,9 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fixmatch.algorithms import build_algorithm
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore
-from fixmatch.config import Config
+from fixmatch.config import AugmentOn, Config
 from fixmatch.data.datasets import DatasetArrays, load_dataset
-from fixmatch.data.device_inputs import DeviceInputs
+from fixmatch.data.device_augment import DeviceAugment
+from fixmatch.data.device_inputs import DeviceInputs, DeviceViews
 from fixmatch.data.loaders import (
     AugmentedImages,
     InfiniteBatchSampler,
@@ -49,9 +50,10 @@ from fixmatch.distributed import (
 from fixmatch.errors import UserError
 from fixmatch.metrics import MetricWriter
 from fixmatch.models import ModelEMA, WideResNet
+from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
 from fixmatch.resume import StartPlan, finished_summary, plan_on_rank_zero
-from fixmatch.runtime import check_precision, configure_threads, select_device, seed_everything
+from fixmatch.runtime import configure_threads, resolve_precision, select_device, seed_everything
 from fixmatch.trainer import Trainer, TrainingParts
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
 
 def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: MetricWriter,
                    plan: StartPlan, env: DistEnv, device: torch.device) -> Trainer:
-    check_precision(config.trainer.precision, device)
+    resolve_precision(config.trainer.precision, device)  # refuses fp16 off CUDA before any loading
     configure_threads(config.trainer.num_threads)
     seed_everything(config.seed)
 
@@ -154,6 +156,9 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
     start_batch = plan.checkpoint["loader_position"]["labeled_batches"] if plan.checkpoint else 0
     parts = build_training_parts(config, arrays, split, normalization, device, start_batch, env)
     parts.model = _distribute(parts.model, config.trainer.sync_bn, device, env)
+    if config.trainer.compile:
+        # In place, so state dicts keep their keys; DDP's hooks stay on the parameters.
+        unwrap_model(parts.model).compile()
     trainer = Trainer(
         parts,
         config.trainer,
@@ -216,13 +221,36 @@ def build_training_parts(
         env.rank, env.world_size,
     )
     model = build_model(config, len(arrays.class_names)).to(device)
+    if _channels_last(config, device, env):
+        model = model.to(memory_format=torch.channels_last)
     ema = None
     if config.optim.ema_enabled:
         ema = ModelEMA(model, config.optim.ema_decay, warmup=config.optim.ema_warmup)
     optimizer = build_optimizer(model, config.optim)
     schedule = build_schedule(optimizer, config.trainer.total_steps, config.optim.cosine_fraction)
     return TrainingParts(model, ema, optimizer, schedule, algorithm, labeled_batches,
-                         unlabeled_batches, test_loader, DeviceInputs(normalization, device), env)
+                         unlabeled_batches, test_loader, _device_inputs(config, normalization, device,
+                                                                        start_batch, env), env)
+
+
+def _device_inputs(config: Config, normalization: Normalization, device: torch.device,
+                   start_batch: int, env: DistEnv) -> DeviceInputs:
+    views = None
+    if config.trainer.augment_on is AugmentOn.device:
+        ssl = config.ssl
+        try:
+            augment = DeviceAugment(ssl.randaugment_variant, ssl.randaugment_num_ops,
+                                    config.dataset.hflip, ssl.cutout_fraction)
+        except ValueError as error:
+            raise UserError(f"trainer.augment_on=device: {error}") from None
+        views = DeviceViews(augment, config.seed, start_batch, env.rank)
+    return DeviceInputs(normalization, device, _channels_last(config, device, env), views)
+
+
+def _channels_last(config: Config, device: torch.device, env: DistEnv) -> bool:
+    # gloo DDP on the CPU with channels_last weights gives updates that differ from the
+    # single-process step (tests/test_distributed.py); the CPU ranks keep NCHW.
+    return config.trainer.channels_last and not (env.is_distributed and device.type == "cpu")
 
 
 def _distribute(model: nn.Module, sync_bn: bool, device: torch.device, env: DistEnv) -> nn.Module:
@@ -258,7 +286,8 @@ def build_model(config: Config, num_classes: int) -> WideResNet:
 
 def _labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
                      device: torch.device, start_batch: int, env: DistEnv):
-    transform = WeakTransform(config.dataset.hflip)
+    on_cpu = config.trainer.augment_on is AugmentOn.cpu
+    transform = WeakTransform(config.dataset.hflip) if on_cpu else EvalTransform()
     dataset = AugmentedImages(arrays.train.images, arrays.train.targets, transform)
     sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
                                    LABELED_STREAM, start_batch, env.rank, env.world_size)
@@ -292,7 +321,10 @@ def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSpli
     extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]
     images = StackedImages(arrays.train.images, extra)
     targets = np.concatenate([arrays.train.targets, np.full(len(extra), -1, dtype=np.int64)])
-    dataset = AugmentedImages(images, targets, WeakStrongTransform(weak, strong))
+    on_cpu = config.trainer.augment_on is AugmentOn.cpu
+    # Device augmentation: the loaders ship each image once, as it is (DeviceInputs draws both views).
+    transform = WeakStrongTransform(weak, strong) if on_cpu else EvalTransform()
+    dataset = AugmentedImages(images, targets, transform)
     indices = range(len(targets))
     if not ssl.include_labeled_in_unlabeled:
         labeled = set(split.indices)

@@ -25,9 +25,17 @@ class Device(Enum):
 
 
 class Precision(Enum):
+    auto = "auto"  # bf16 on CUDA devices that support it, fp32 elsewhere
     fp32 = "fp32"
     bf16 = "bf16"  # torch.autocast with bfloat16 (no loss scaling needed)
     fp16 = "fp16"  # torch.autocast with float16 and a gradient scaler (CUDA only)
+
+
+class AugmentOn(Enum):
+    """Where the weak and strong views are computed."""
+
+    cpu = "cpu"  # per image in the loader workers (PIL/numpy)
+    device = "device"  # in batches on the training device; the loaders ship raw uint8 images
 
 
 class ProgressBar(Enum):
@@ -132,6 +140,9 @@ class TrainerConfig:
     eval_batch_size: int = 1024
     device: Device = Device.auto
     precision: Precision = Precision.fp32
+    channels_last: bool = True  # NHWC activations: faster convolutions on CPUs and tensor cores
+    compile: bool = False  # torch.compile the model (compiles once per shape/mode, not per step)
+    augment_on: AugmentOn = AugmentOn.cpu
     num_workers: int = 4  # loader processes; 0 loads in the main process
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     progress_bar: ProgressBar = ProgressBar.auto

@@ -26,7 +26,7 @@ RESUMABLE_CHANGES = frozenset({
     "trainer.total_steps", "trainer.eval_every_steps", "trainer.checkpoint_every_steps",
     "trainer.keep_checkpoints", "trainer.log_every_steps", "trainer.eval_batch_size",
     "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
-    "trainer.resume", "trainer.sync_bn",
+    "trainer.resume", "trainer.sync_bn", "trainer.channels_last", "trainer.compile",
 })
 
 

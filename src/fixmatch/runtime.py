@@ -33,10 +33,18 @@ def select_device(choice: Device, local_rank: Optional[int] = None) -> torch.dev
     return torch.device("cuda", local_rank)
 
 
-def check_precision(precision: Precision, device: torch.device) -> None:
-    """fp16 needs a gradient scaler and CUDA kernels; refuse it elsewhere."""
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    """`auto` as bf16 or fp32 for `device`; fp16 refused where it cannot run.
+
+    fp16 needs a gradient scaler and CUDA kernels; `auto` takes bf16 only on CUDA devices
+    with bf16 support (on CPUs without bf16 instructions it would be emulated, and slow).
+    """
     if precision is Precision.fp16 and device.type != "cuda":
         raise UserError("trainer.precision=fp16 needs a CUDA device; use trainer.precision=bf16 or fp32 on the CPU")
+    if precision is Precision.auto:
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return Precision.bf16 if bf16 else Precision.fp32
+    return precision
 
 
 def configure_threads(num_threads: int) -> None:

@@ -24,10 +24,12 @@ from fixmatch.evaluate import evaluate
 from fixmatch.metrics import MetricWriter
 from fixmatch.models.ema import ModelEMA, unwrap_model
 from fixmatch.preemption import StopRequest
-from fixmatch.runtime import capture_rng_state, restore_rng_state
+from fixmatch.runtime import capture_rng_state, resolve_precision, restore_rng_state
 from fixmatch.step_stats import NonFiniteGuard, NonFiniteLossError, RunningMeans
 
 log = logging.getLogger(__name__)
+
+STOP_CHECK_EVERY = 8  # steps between the ranks' agreement on a stop signal (torchrun)
 
 
 @dataclass
@@ -75,9 +77,11 @@ class Trainer:
         self.checkpoints = checkpoints
         self.checkpoint_extras = checkpoint_extras
         self.step = 0
+        self._last_lr = 0.0
         device_type = parts.device.type
-        self.autocast = _autocast(config.precision, device_type)
-        self.scaler = torch.amp.GradScaler(device_type, enabled=config.precision is Precision.fp16)
+        self.precision = resolve_precision(config.precision, parts.device)
+        self.autocast = _autocast(self.precision, device_type)
+        self.scaler = torch.amp.GradScaler(device_type, enabled=self.precision is Precision.fp16)
         self.log_window = RunningMeans()
         self.eval_window = RunningMeans()
         self.guard = NonFiniteGuard(parts.device)
@@ -89,7 +93,7 @@ class Trainer:
         (after a checkpoint of the last finished step).
         """
         progress = self._progress_bar()
-        self._last_log = (time.monotonic(), self.step)
+        self._last_log, self._data_wait_s = (time.monotonic(), self.step), 0.0
         with StopRequest() as stop:
             while self.step < self.config.total_steps and not self._stop_agreed(stop):
                 self._advance(progress)
@@ -103,7 +107,10 @@ class Trainer:
 
     def _stop_agreed(self, stop: StopRequest) -> bool:
         # Every rank must stop after the same step, or the others would wait forever in
-        # the next all-reduce: one tiny collective per step, only under torchrun.
+        # the next all-reduce. Under torchrun the ranks agree every STOP_CHECK_EVERY steps
+        # (a collective read on the host is a device sync); alone, at every step for free.
+        if self.parts.env.is_distributed and self.step % STOP_CHECK_EVERY:
+            return False
         return any_rank(stop.requested, self.parts.device, self.parts.env)
 
     def _advance(self, progress) -> None:
@@ -121,19 +128,26 @@ class Trainer:
         if self._checkpoint_due():
             self._save_checkpoint()
 
+    def _next_batches(self):
+        """The step's loader batches; the time spent waiting for them is the data wait."""
+        started = time.perf_counter()
+        labeled = next(self.parts.labeled_batches)
+        unlabeled = next(self.parts.unlabeled_batches) if self.parts.unlabeled_batches is not None else None
+        self._data_wait_s += time.perf_counter() - started
+        return labeled, unlabeled
+
     def _train_step(self) -> Dict[str, torch.Tensor]:
         parts = self.parts
-        labeled = parts.inputs.labeled(next(parts.labeled_batches))
-        unlabeled = None
-        if parts.unlabeled_batches is not None:
-            unlabeled = parts.inputs.unlabeled(next(parts.unlabeled_batches))
+        labeled_batch, unlabeled_batch = self._next_batches()
+        labeled = parts.inputs.labeled(labeled_batch)
+        unlabeled = parts.inputs.unlabeled(unlabeled_batch) if unlabeled_batch is not None else None
         with self.autocast:
             loss, stats = parts.algorithm(parts.model, labeled, unlabeled)
         parts.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(parts.optimizer)
         self.scaler.update()
-        stats["lr"] = torch.tensor(parts.schedule.get_last_lr()[0])
+        self._last_lr = parts.schedule.get_last_lr()[0]  # a host float: logging it costs no sync
         parts.schedule.step()
         if parts.ema is not None:
             parts.ema.update(parts.model, self.step)
@@ -143,24 +157,30 @@ class Trainer:
         self._check_finite()
         means = self.log_window.means(self.parts.env)
         now, last_time, last_step = time.monotonic(), *self._last_log
-        means["train/steps_per_s"] = (self.step - last_step) / max(now - last_time, 1e-9)
-        self._last_log = (now, self.step)
+        elapsed = max(now - last_time, 1e-9)
+        means["lr"] = self._last_lr
+        means["train/steps_per_s"] = (self.step - last_step) / elapsed
+        # Share of the wall time the loop sat in next(loader): > 0 means the data starves it.
+        means["train/data_wait_fraction"] = min(self._data_wait_s / elapsed, 1.0)
+        means["train/eta_s"] = (self.config.total_steps - self.step) / max(means["train/steps_per_s"], 1e-9)
+        self._last_log, self._data_wait_s = (now, self.step), 0.0
         self.writer.scalars(self.step, means)
         summary = (
             f"loss {means['train/loss']:.4f} "
             + (f"mask {means['train/mask_rate']:.2f} " if "train/mask_rate" in means else "")
-            + f"lr {means['lr']:.4g}"
+            + f"lr {means['lr']:.4g} data wait {100 * means['train/data_wait_fraction']:.0f}%"
         )
         if isinstance(progress, tqdm):
             progress.set_postfix_str(summary)
         else:
-            log.info("step %d/%d  %s  %.2f steps/s", self.step, self.config.total_steps,
-                     summary, means["train/steps_per_s"])
+            log.info("step %d/%d  %s  %.2f steps/s  ETA %s", self.step, self.config.total_steps,
+                     summary, means["train/steps_per_s"], _duration(means["train/eta_s"]))
 
     def _evaluate(self, progress) -> None:
         self._check_finite()
         parts = self.parts
         values = self.eval_window.means(parts.env)
+        values["lr"] = self._last_lr
         raw = evaluate(unwrap_model(parts.model), parts.test_loader, parts.inputs, parts.env)
         if parts.ema is not None:
             ema = evaluate(parts.ema.module, parts.test_loader, parts.inputs, parts.env)
@@ -255,6 +275,12 @@ class _NoBar:
 
     def close(self) -> None:
         pass
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def _autocast(precision: Precision, device_type: str):

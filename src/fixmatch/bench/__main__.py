@@ -11,6 +11,7 @@ in the same run, and writes the figures as JSON (--json).
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,66 @@ def bench_data(args, config: Config) -> dict:
             "images": list(images.shape)}
 
 
-COMMANDS = {"data": bench_data}
+def bench_step(args, config: Config) -> dict:
+    from fixmatch.bench import step
+    from fixmatch.runtime import resolve_precision, select_device
+
+    device = select_device(config.trainer.device)
+    threads = args.threads or torch.get_num_threads()
+    rounds = {"ours": [], "port": []}
+    for _ in range(args.rounds):  # alternating, each in a fresh process
+        for which in rounds:
+            rounds[which].append(step.run_isolated(which, config, device, args.steps, threads))
+    ours, port = step.summarize(rounds["ours"]), step.summarize(rounds["port"])
+    trainer = config.trainer
+    setting = (f"{resolve_precision(trainer.precision, device).value}, "
+               f"{'channels_last' if trainer.channels_last else 'NCHW'}"
+               f"{', compiled' if trainer.compile else ''}")
+    rows = [[f"{phase} (ms)", f"{1000 * ours['phases_s'][phase]:.1f}", ""] for phase in step.PHASES]
+    rows += [["step (ms)", f"{1000 * ours['step_s']:.1f}", f"{1000 * port['step_s']:.1f}"],
+             ["steps/s", f"{1 / ours['step_s']:.2f}", f"{1 / port['step_s']:.2f}"],
+             ["peak memory (GiB)", f"{ours['peak_memory_gb']:.2f}", f"{port['peak_memory_gb']:.2f}"],
+             ["ours / port step time", f"{ours['step_s'] / port['step_s']:.2f}", ""]]
+    model = f"WRN-{config.model.depth}-{config.model.widen_factor}"
+    print_table(f"training step: {model}, B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio}, "
+                f"{device}, {threads} threads; ours {setting}; port fp32 NCHW "
+                f"(median over {args.rounds} x {args.steps} steps)", ["", "ours", "port"], rows)
+    return {"ours": ours, "port": port, "setting": setting, "device": str(device), "threads": threads,
+            "rounds": rounds}
+
+
+def bench_train(args, config: Config) -> dict:
+    import tempfile
+
+    from omegaconf import OmegaConf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fixmatch.app import train
+
+    config.trainer.total_steps = args.steps
+    config.trainer.eval_every_steps = args.steps
+    config.trainer.log_every_steps = max(1, args.steps // 4)
+    config.trainer.progress_bar = type(config.trainer.progress_bar).log
+    with tempfile.TemporaryDirectory() as folder:
+        train(config, Path(folder), OmegaConf.to_yaml(OmegaConf.structured(config)))
+        events = EventAccumulator(str(Path(folder) / "tensorboard"))
+        events.Reload()
+        series = {tag: [event.value for event in events.Scalars(tag)]
+                  for tag in ("train/steps_per_s", "train/data_wait_fraction")}
+    # The first window holds worker start-up and the first steps' allocations.
+    steady = {tag: values[1:] or values for tag, values in series.items()}
+    steps_per_s = statistics.median(steady["train/steps_per_s"])
+    wait = statistics.median(steady["train/data_wait_fraction"])
+    print_table(f"end to end: {config.dataset.name}, WRN-{config.model.depth}-{config.model.widen_factor}, "
+                f"B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio}, {config.trainer.num_workers} "
+                f"workers, augment on {config.trainer.augment_on.value} (median of the log windows "
+                f"after the first)", ["", "value"],
+                [["steps/s", f"{steps_per_s:.2f}"], ["data-wait fraction", f"{wait:.3f}"],
+                 ["projected 2^20 steps (h)", f"{2**20 / steps_per_s / 3600:.1f}"]])
+    return {"steps_per_s": steps_per_s, "data_wait_fraction": wait, "windows": series}
+
+
+COMMANDS = {"data": bench_data, "step": bench_step, "train": bench_train}
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -109,7 +169,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=10_000, help="images to draw from (data)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per round of pairs/s (data)")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="loader workers (data)")
-    parser.add_argument("--steps", type=int, default=30, help="steps timed per round")
+    parser.add_argument("--steps", type=int, default=30, help="steps timed per round (train: steps run)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (step)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (step; 0: torch's default)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures "
                         "(default bench-<command>.json in the current folder)")
     return parser.parse_args(argv)

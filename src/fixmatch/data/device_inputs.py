@@ -2,16 +2,46 @@
 
 Loaders ship uint8 images (a quarter of the bytes of float32, and no float arithmetic in
 the workers); here whole batches are copied to the device and normalised there, in the
-memory format the model runs in.
+memory format the model runs in. With device augmentation the loaders ship the images as
+they are and the weak and strong views are drawn here, in batches.
 """
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
+from fixmatch.data.device_augment import DeviceAugment
 from fixmatch.data.normalization import Normalization
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+class DeviceViews:
+    """Weak and strong views drawn on the device, batch k of a stream from its own generator.
+
+    The generator of batch k is seeded from (run seed, stream, k, rank), so a resumed run
+    draws the same views as an uninterrupted one.
+
+    Args:
+        augment: the batched augmentation.
+        seed: the run seed.
+        start_batch: the first batch number of both streams (a resumed run's step).
+        rank: this process's rank (each rank augments its own share).
+    """
+
+    def __init__(self, augment: DeviceAugment, seed: int, start_batch: int = 0, rank: int = 0):
+        self.augment = augment
+        self.seed = seed
+        self.rank = rank
+        self.next_batch = {"labeled": start_batch, "unlabeled": start_batch}
+
+    def generator(self, stream: str, device: torch.device) -> torch.Generator:
+        number = self.next_batch[stream]
+        self.next_batch[stream] += 1
+        key = [self.seed, 0 if stream == "labeled" else 1, number, self.rank]
+        seed = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        return torch.Generator(device).manual_seed(seed)
 
 
 class DeviceInputs:
@@ -21,12 +51,16 @@ class DeviceInputs:
         normalization: per-channel mean and std, in [0, 1] pixel units.
         device: where the model runs.
         channels_last: give images in the channels-last memory format (faster convolutions
-            on tensor cores; the model must be converted too).
+            on CPUs and tensor cores; the model must be converted too).
+        views: draw the training views here (the loaders then ship raw images); None when
+            the loaders augment.
     """
 
-    def __init__(self, normalization: Normalization, device: torch.device, channels_last: bool = False):
+    def __init__(self, normalization: Normalization, device: torch.device, channels_last: bool = False,
+                 views: Optional[DeviceViews] = None):
         self.device = device
         self.channels_last = channels_last
+        self.views = views
         mean = torch.tensor(normalization.mean, dtype=torch.float32)
         std = torch.tensor(normalization.std, dtype=torch.float32)
         # (x / 255 - mean) / std as one multiply-add; built once, so no per-step host copy.
@@ -52,11 +86,21 @@ class DeviceInputs:
         return targets.to(self.device, non_blocking=True)
 
     def labeled(self, batch: Sequence) -> Batch:
-        """(images, labels) of a labeled batch."""
+        """(images, labels) of a labeled batch (weak views, or raw images to augment here)."""
         images, targets = batch
+        if self.views is not None:
+            images = images.to(self.device, non_blocking=True)
+            images = self.views.augment.weak(images, self.views.generator("labeled", self.device))
         return self.images(images), self.targets(targets)
 
     def unlabeled(self, batch: Sequence) -> Tuple[Batch, torch.Tensor]:
         """((weak views, strong views), true labels or -1) of an unlabeled batch."""
-        (weak, strong), targets = batch
+        if self.views is None:
+            (weak, strong), targets = batch
+        else:
+            raw, targets = batch
+            raw = raw.to(self.device, non_blocking=True)
+            generator = self.views.generator("unlabeled", self.device)
+            weak = self.views.augment.weak(raw, generator)
+            strong = self.views.augment.strong(raw, generator)
         return (self.images(weak), self.images(strong)), self.targets(targets)

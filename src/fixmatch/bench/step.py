@@ -1,0 +1,130 @@
+"""Training-step time, split into forward (with the loss), backward, optimiser and EMA, for
+ours and the port's straightforward step; each variant runs in its own process so that its
+peak memory is its own."""
+
+import multiprocessing
+import resource
+import statistics
+import time
+from copy import deepcopy
+from typing import Dict, List
+
+import torch
+
+from fixmatch.algorithms import FixMatch
+from fixmatch.bench.port import PortStep
+from fixmatch.config import Config
+from fixmatch.models import ModelEMA
+from fixmatch.optim import build_optimizer
+from fixmatch.runtime import resolve_precision
+
+PHASES = ("forward", "backward", "optimizer", "ema")
+
+
+def _synchronize(device: torch.device) -> None:
+    # Only the benchmark waits for the device, to attribute time to each phase.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batches(config: Config, device: torch.device, channels_last: bool):
+    ssl, data = config.ssl, config.dataset
+    shape = (data.channels, data.image_size, data.image_size)
+    generator = torch.Generator().manual_seed(0)
+    num_classes = data.num_classes or 10
+    x = torch.randn(ssl.batch_size, *shape, generator=generator)
+    u_weak = torch.randn(ssl.batch_size * ssl.unlabeled_ratio, *shape, generator=generator)
+    u_strong = torch.randn(ssl.batch_size * ssl.unlabeled_ratio, *shape, generator=generator)
+    targets = torch.randint(num_classes, (ssl.batch_size,), generator=generator)
+    images = [t.to(device) for t in (x, u_weak, u_strong)]
+    if channels_last:
+        images = [t.contiguous(memory_format=torch.channels_last) for t in images]
+    return images[0], targets.to(device), images[1], images[2]
+
+
+def time_ours(config: Config, device: torch.device, steps: int) -> Dict[str, List[float]]:
+    """Seconds per phase of our step, for `steps` steps after two warm-up steps."""
+    from fixmatch.app import build_model
+    trainer = config.trainer
+    model = build_model(config, config.dataset.num_classes or 10).to(device)
+    if trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEMA(model, config.optim.ema_decay)
+    if trainer.compile:
+        model.compile()
+    optimizer = build_optimizer(model, config.optim)
+    algorithm = FixMatch(config.ssl.threshold, config.ssl.lambda_u)
+    precision = resolve_precision(trainer.precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.value)
+    x, targets, u_weak, u_strong = _batches(config, device, trainer.channels_last)
+    unknown = torch.full((len(u_weak),), -1, device=device)
+    times = {phase: [] for phase in PHASES}
+    for step in range(steps + 2):
+        marks = [time.perf_counter()]
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, _ = algorithm(model, (x, targets), ((u_weak, u_strong), unknown))
+        for action in (lambda: loss.backward(),
+                       lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)),
+                       lambda: ema.update(model, step)):
+            _synchronize(device)
+            marks.append(time.perf_counter())
+            action()
+        _synchronize(device)
+        marks.append(time.perf_counter())
+        if step >= 2:
+            for phase, start, end in zip(PHASES, marks, marks[1:]):
+                times[phase].append(end - start)
+    return times
+
+
+def time_port(config: Config, device: torch.device, steps: int) -> Dict[str, List[float]]:
+    """Seconds per step of the port's step (fp32, NCHW, per-parameter EMA, .item() per step)."""
+    from fixmatch.app import build_model
+    torch.manual_seed(0)
+    model = build_model(config, config.dataset.num_classes or 10).to(device)
+    ema_model = deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=0.9, nesterov=True,
+                                weight_decay=config.optim.weight_decay)
+    step_fn = PortStep(model, ema_model, optimizer, config.ssl.unlabeled_ratio)
+    x, targets, u_weak, u_strong = _batches(config, device, channels_last=False)
+    times = []
+    for step in range(steps + 2):
+        started = time.perf_counter()
+        step_fn(x, targets, u_weak, u_strong)
+        _synchronize(device)
+        if step >= 2:
+            times.append(time.perf_counter() - started)
+    return {"step": times}
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+def _child(which: str, config: Config, device: str, steps: int, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    device_ = torch.device(device)
+    times = (time_ours if which == "ours" else time_port)(config, device_, steps)
+    queue.put({"times": times, "peak_memory_gb": _peak_memory_gb(device_)})
+
+
+def run_isolated(which: str, config: Config, device: torch.device, steps: int, threads: int) -> dict:
+    """`time_ours` or `time_port` in a fresh process (its own peak memory)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(which, config, str(device), steps, threads, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def summarize(rounds: List[dict]) -> dict:
+    """Median seconds per phase over all rounds' steps, the total, and the largest peak memory."""
+    phases = rounds[0]["times"].keys()
+    medians = {phase: statistics.median([t for r in rounds for t in r["times"][phase]]) for phase in phases}
+    totals = [sum(values) for r in rounds for values in zip(*r["times"].values())]
+    return {"phases_s": medians, "step_s": statistics.median(totals),
+            "peak_memory_gb": max(r["peak_memory_gb"] for r in rounds)}
