@@ -41,3 +41,18 @@ def test_a_bad_override_is_one_line(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_step_bench_splits_our_step_and_times_the_port(tmp_path):
+    out, figures = _bench(tmp_path, "step", "experiment=quickstart", "trainer.num_threads=1",
+                          "--steps", "1", "--rounds", "1")
+    assert "ours / port step time" in out
+    assert set(figures["ours"]["phases_s"]) == {"forward", "backward", "optimizer", "ema"}
+    assert figures["ours"]["step_s"] > 0 and figures["port"]["step_s"] > 0
+    assert figures["port"]["peak_memory_gb"] > 0
+
+
+def test_train_bench_reports_steps_per_second_and_data_wait(tmp_path):
+    out, figures = _bench(tmp_path, "train", "experiment=quickstart", "--steps", "8")
+    assert "data-wait fraction" in out
+    assert figures["steps_per_s"] > 0 and 0 <= figures["data_wait_fraction"] <= 1
