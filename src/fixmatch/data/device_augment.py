@@ -114,15 +114,20 @@ def cutout_batch(images: Tensor, size: int, generator: torch.Generator,
     return torch.where(square.unsqueeze(1), fill, images)
 
 
+@functools.lru_cache(maxsize=16)
+def _table_on(device: torch.device, table: tuple) -> Tensor:
+    # Copied to the device once per variant: a copy from pageable host memory every step
+    # would make the host wait for the device.
+    return torch.tensor(table, dtype=torch.float64).to(device)
+
+
 def _magnitudes(ops: Tensor, levels: Tensor, signs: Tensor, spec: _Variant) -> Tensor:
     """`randaugment.op_magnitude` per image, in float64 so that it rounds like Python."""
-    table = [[spec.ranges.get(name, (0.0, 0.0))[0] for name in OP_NAMES],
-             [spec.ranges.get(name, (0.0, 0.0))[1] for name in OP_NAMES],
-             [float(name in _INTEGER_OPS) for name in OP_NAMES],
-             [float(name in _SIGNED_OPS) for name in OP_NAMES]]
-    # A non-blocking copy from pageable memory is staged at once and never waits on the GPU.
-    table = torch.tensor(table, dtype=torch.float64).to(ops.device, non_blocking=True)
-    start, end, integer, signed = table[:, ops]
+    table = (tuple(float(spec.ranges.get(name, (0.0, 0.0))[0]) for name in OP_NAMES),
+             tuple(float(spec.ranges.get(name, (0.0, 0.0))[1]) for name in OP_NAMES),
+             tuple(float(name in _INTEGER_OPS) for name in OP_NAMES),
+             tuple(float(name in _SIGNED_OPS) for name in OP_NAMES))
+    start, end, integer, signed = _table_on(ops.device, table)[:, ops]
     # A true division: torch turns `tensor / scalar` into a product by the reciprocal on
     # CUDA, which can round differently from Python (and truncate to another integer).
     offset = (end - start) * levels.double() / torch.full_like(start, MAX_LEVEL)
