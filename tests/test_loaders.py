@@ -100,6 +100,24 @@ def test_empty_indices_are_rejected():
         InfiniteBatchSampler([], 4, seed=1, stream=0)
 
 
+
+def test_keys_carry_the_policy_source_gives_each_sample_on_every_rank():
+    def policies(number: int, seeds: np.ndarray) -> np.ndarray:  # stand-in: from seed and batch
+        return np.stack([(seeds % 1000).astype(np.float64), np.full(len(seeds), float(number))], axis=1)
+
+    plain = InfiniteBatchSampler(range(50), 8, seed=3, stream=1)
+    single = InfiniteBatchSampler(range(50), 8, seed=3, stream=1, policies=policies)
+    ranks = [InfiniteBatchSampler(range(50), 8, seed=3, stream=1, rank=rank, world_size=2,
+                                  policies=policies) for rank in (0, 1)]
+    for number in range(5):
+        keys = single.batch(number)
+        assert [key[:2] for key in keys] == plain.batch(number)
+        assert ranks[0].batch(number) + ranks[1].batch(number) == keys
+        assert all(key[2] == (float(key[1] % 1000), float(number)) for key in keys)
+    images, targets = np.zeros((50, 4, 4, 1), np.uint8), np.arange(50)
+    dataset = AugmentedImages(images, targets, lambda image, rng, policy: policy)
+    assert dataset[keys[0]] == (keys[0][2], keys[0][0])
+
 # --- AugmentedImages + build_train_loader --------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The paper presets (conf/experiment/<dataset>_<labels>.yaml) each equal PROTOCOL.md."""
+"""The paper presets (conf/experiment/<dataset>_<labels>[_cta].yaml) each equal PROTOCOL.md."""
 
 import pytest
 from omegaconf import OmegaConf
@@ -20,11 +20,17 @@ PAPER_PRESETS = {
     "svhn_1000": ("svhn", 1000, 28, 2, 3, 5e-4, False, "proportional"),
     "stl10_1000": ("stl10", 1000, 37, 2, 4, 5e-4, True, "balanced"),
 }
+# The same cells with CTAugment (Table 2's "FixMatch (CTA)" rows): preset -> (RA preset, augment)
+AUGMENTED_PRESETS = {
+    **{name: (name, "randaugment") for name in PAPER_PRESETS},
+    **{f"{name}_cta": (name, "ctaugment") for name in PAPER_PRESETS},
+}
 
 
-@pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
+@pytest.mark.parametrize("preset", sorted(AUGMENTED_PRESETS))
 def test_paper_preset_equals_protocol(preset):
-    dataset, num_labeled, depth, width, stages, weight_decay, hflip, rule = PAPER_PRESETS[preset]
+    cell, strong_augment = AUGMENTED_PRESETS[preset]
+    dataset, num_labeled, depth, width, stages, weight_decay, hflip, rule = PAPER_PRESETS[cell]
     config: Config = OmegaConf.to_object(compose_config([f"experiment={preset}"]))
 
     assert config.dataset.name == dataset and config.dataset.hflip == hflip
@@ -42,7 +48,8 @@ def test_paper_preset_equals_protocol(preset):
     assert config.ssl.algorithm is Algorithm.fixmatch
     assert (config.ssl.batch_size, config.ssl.unlabeled_ratio) == (64, 7)
     assert (config.ssl.threshold, config.ssl.lambda_u) == (0.95, 1.0)
-    assert (config.ssl.strong_augment, config.ssl.randaugment_variant) == ("randaugment", "official")
+    assert (config.ssl.strong_augment.value, config.ssl.randaugment_variant) == (strong_augment, "official")
+    assert (config.ssl.cta_depth, config.ssl.cta_threshold, config.ssl.cta_decay) == (2, 0.8, 0.99)
     assert (config.ssl.randaugment_num_ops, config.ssl.cutout_fraction) == (2, 0.5)
     assert config.ssl.include_labeled_in_unlabeled
     assert config.ssl.split_seed == config.seed
@@ -52,7 +59,7 @@ def test_paper_preset_equals_protocol(preset):
 
 def test_every_paper_preset_is_tested():
     presets = {path.stem for path in (CONF_DIR / "experiment").glob("*.yaml")}
-    assert presets - {"quickstart"} == set(PAPER_PRESETS)
+    assert presets - {"quickstart"} == set(AUGMENTED_PRESETS)
 
 
 def test_preset_takes_a_seed_and_other_algorithm():

@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
 from fixmatch.curves import mean_band, read_curve
-from fixmatch.results import build_rows, find_runs, format_table, main
+from fixmatch.config import register_configs
+from fixmatch.results import build_rows, cell_warnings, find_runs, format_table, main
 
 REPO = CONF_DIR.parent
 CIFAR10_40 = ["ssl.num_labeled=40"]
@@ -83,6 +87,37 @@ def test_rows_hold_hand_computed_mean_and_std(sweep):
     assert table[3] == ("| cifar10 | WRN-28-2 | supervised | 250 | 1/1 done | 70.00 ± – | – "
                         "| 71.50 ± – | 30.00 ± – | – |")
 
+
+
+def test_randaugment_and_ctaugment_runs_get_rows_and_paper_figures_of_their_own(tmp_path):
+    for seed, figure in [(1, 80.0), (2, 82.0)]:
+        make_run(tmp_path / "ra" / str(seed), [*CIFAR10_40, f"seed={seed}"], done(figure, figure))
+        make_run(tmp_path / "cta" / str(seed), ["experiment=cifar10_40_cta", f"seed={seed}"],
+                 done(figure + 5, figure))
+    randaugment, ctaugment = build_rows(find_runs([str(tmp_path)]))
+    assert randaugment.key == ("cifar10", "WRN-28-2", "fixmatch", 40)
+    assert ctaugment.key == ("cifar10", "WRN-28-2", "fixmatch_cta", 40)
+    assert (randaugment.accuracy.mean, ctaugment.accuracy.mean) == (81.0, 86.0)
+    assert (randaugment.paper.error_mean, randaugment.paper.error_std) == (13.81, 3.37)
+    assert (ctaugment.paper.error_mean, ctaugment.paper.error_std) == (11.39, 3.35)
+    assert not cell_warnings([randaugment, ctaugment])
+
+
+@pytest.mark.parametrize("overrides,folder", [
+    (["experiment=cifar10_40", "seed=3"], "cifar10/40/fixmatch/3"),
+    (["experiment=cifar10_40_cta", "seed=3"], "cifar10/40/fixmatch_cta/3"),
+    (["experiment=cifar10_40_cta", "ssl=supervised", "seed=3"], "cifar10/40/supervised/3"),
+])
+def test_sweep_job_folders_keep_the_strong_augmentations_apart(overrides, folder):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # what ${hydra:runtime.choices.ssl} reads
+    try:
+        assert cfg.hydra.sweep.subdir == folder
+    finally:
+        HydraConfig.instance().cfg = None
 
 def test_csv_markdown_and_latex_parse(sweep):
     rows = build_rows(find_runs([str(sweep)]))

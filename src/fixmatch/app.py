@@ -19,7 +19,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fixmatch.algorithms import build_algorithm
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore
-from fixmatch.config import AugmentOn, Config
+from fixmatch.config import AugmentOn, Config, StrongAugment
+from fixmatch.cta_probe import CTAProbe, build_cta_probe
+from fixmatch.data.cta_views import (
+    CTASampledStrongTransform,
+    CTAStrongTransform,
+    CTAWeakStrongTransform,
+    WeakProbeTransform,
+)
+from fixmatch.data.ctaugment import CTAugment
 from fixmatch.data.datasets import DatasetArrays, load_dataset
 from fixmatch.data.device_augment import DeviceAugment
 from fixmatch.data.device_inputs import DeviceInputs, DeviceViews
@@ -27,6 +35,7 @@ from fixmatch.data.loaders import (
     AugmentedImages,
     InfiniteBatchSampler,
     StackedImages,
+    batches_ahead,
     build_eval_loader,
     build_train_loader,
 )
@@ -35,6 +44,7 @@ from fixmatch.data.randaugment import RandAugment
 from fixmatch.data.split import LabeledSplit, draw_split, indices_sha256
 from fixmatch.data.transforms import (
     EvalTransform,
+    Pipeline,
     StrongTransform,
     WeakStrongTransform,
     WeakTransform,
@@ -154,7 +164,9 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
              split.num_per_class, len(arrays.test.targets), device,
              f", {env.world_size} ranks" if env.is_distributed else "")
     start_batch = plan.checkpoint["loader_position"]["labeled_batches"] if plan.checkpoint else 0
-    parts = build_training_parts(config, arrays, split, normalization, device, start_batch, env)
+    cta_state = plan.checkpoint.get("ctaugment") if plan.checkpoint else None
+    parts = build_training_parts(config, arrays, split, normalization, device, start_batch, env,
+                                 cta_state)
     parts.model = _distribute(parts.model, config.trainer.sync_bn, device, env)
     if config.trainer.compile:
         # In place, so state dicts keep their keys; DDP's hooks stay on the parameters.
@@ -206,13 +218,19 @@ def _labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> La
 def build_training_parts(
     config: Config, arrays: DatasetArrays, split: LabeledSplit, normalization: Normalization,
     device: torch.device, start_batch: int = 0, env: DistEnv = DistEnv(),
+    cta_state: Optional[dict] = None,
 ) -> TrainingParts:
     """Datasets, loaders (this rank's share, from batch `start_batch` on), model, EMA,
-    optimiser and schedule."""
+    optimiser and schedule; with CTAugment its probes, resumed from `cta_state` (the
+    checkpoint's "ctaugment") when `start_batch` > 0."""
     algorithm = build_algorithm(config.ssl)
-    labeled_batches = _labeled_batches(config, arrays, split, device, start_batch, env)
+    inputs = _device_inputs(config, normalization, device, start_batch, env)
+    cta_probe = None
+    if algorithm.uses_unlabeled and config.ssl.strong_augment is StrongAugment.ctaugment:
+        cta_probe = build_cta_probe(config.ssl, inputs, start_batch, cta_state, env)
+    labeled_batches = _labeled_batches(config, arrays, split, device, start_batch, env, cta_probe)
     unlabeled_batches = (
-        _unlabeled_batches(config, arrays, split, device, start_batch, env)
+        _unlabeled_batches(config, arrays, split, device, start_batch, env, cta_probe)
         if algorithm.uses_unlabeled else None
     )
     test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform())
@@ -229,8 +247,7 @@ def build_training_parts(
     optimizer = build_optimizer(model, config.optim)
     schedule = build_schedule(optimizer, config.trainer.total_steps, config.optim.cosine_fraction)
     return TrainingParts(model, ema, optimizer, schedule, algorithm, labeled_batches,
-                         unlabeled_batches, test_loader, _device_inputs(config, normalization, device,
-                                                                        start_batch, env), env)
+                         unlabeled_batches, test_loader, inputs, env, cta_probe)
 
 
 def _device_inputs(config: Config, normalization: Normalization, device: torch.device,
@@ -285,24 +302,33 @@ def build_model(config: Config, num_classes: int) -> WideResNet:
 
 
 def _labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
-                     device: torch.device, start_batch: int, env: DistEnv):
+                     device: torch.device, start_batch: int, env: DistEnv,
+                     cta_probe: Optional[CTAProbe]):
     on_cpu = config.trainer.augment_on is AugmentOn.cpu
     transform = WeakTransform(config.dataset.hflip) if on_cpu else EvalTransform()
+    if cta_probe is not None:
+        # Each labeled image also yields a probe view and its policy (CTAProbe.split).
+        transform = WeakProbeTransform(config.dataset.hflip, CTAugment(config.ssl.cta_depth))
     dataset = AugmentedImages(arrays.train.images, arrays.train.targets, transform)
     sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
                                    LABELED_STREAM, start_batch, env.rank, env.world_size)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
-def build_views(config: Config) -> Tuple[WeakTransform, StrongTransform]:
+def build_views(config: Config) -> Tuple[WeakTransform, Pipeline]:
     """The weak and strong pipelines of the unlabeled images (also what `preview` draws).
 
+    With CTAugment the strong pipeline draws its policy from the initial rates; training
+    passes policies from the main process instead (`_unlabeled_batches`).
+
     Raises:
-        UserError: for a strong augmentation or RandAugment variant that does not exist.
+        UserError: for a RandAugment variant that does not exist.
     """
     dataset, ssl = config.dataset, config.ssl
-    if ssl.strong_augment != "randaugment":
-        raise UserError(f"ssl.strong_augment={ssl.strong_augment!r} is not available; use randaugment")
+    if ssl.strong_augment is StrongAugment.ctaugment:
+        return WeakTransform(dataset.hflip), CTASampledStrongTransform(
+            CTAStrongTransform(dataset.hflip, ssl.cutout_fraction),
+            CTAugment(ssl.cta_depth, ssl.cta_threshold, ssl.cta_decay))
     try:
         randaugment = RandAugment(ssl.randaugment_variant, ssl.randaugment_num_ops)
     except ValueError as error:
@@ -313,9 +339,16 @@ def build_views(config: Config) -> Tuple[WeakTransform, StrongTransform]:
 
 
 def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
-                       device: torch.device, start_batch: int, env: DistEnv):
+                       device: torch.device, start_batch: int, env: DistEnv,
+                       cta_probe: Optional[CTAProbe]):
     ssl = config.ssl
     weak, strong = build_views(config)
+    policies = None
+    if cta_probe is not None:
+        # CTAugment: the sampler draws each sample's policy in this process, from the rates of
+        # `ssl.cta_policy_lag` steps ago (cta_policies explains why); the workers apply it.
+        strong = CTAStrongTransform(config.dataset.hflip, ssl.cutout_fraction)
+        policies = cta_probe.schedule.policies
     # The paper's unlabeled set is the whole training set (labels dropped), plus any
     # images that never had labels; the latter carry the target -1 ("unknown").
     extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]
@@ -323,7 +356,8 @@ def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSpli
     targets = np.concatenate([arrays.train.targets, np.full(len(extra), -1, dtype=np.int64)])
     on_cpu = config.trainer.augment_on is AugmentOn.cpu
     # Device augmentation: the loaders ship each image once, as it is (DeviceInputs draws both views).
-    transform = WeakStrongTransform(weak, strong) if on_cpu else EvalTransform()
+    pair = CTAWeakStrongTransform if cta_probe is not None else WeakStrongTransform
+    transform = pair(weak, strong) if on_cpu else EvalTransform()
     dataset = AugmentedImages(images, targets, transform)
     indices = range(len(targets))
     if not ssl.include_labeled_in_unlabeled:
@@ -334,7 +368,7 @@ def _unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSpli
                         "ssl.include_labeled_in_unlabeled=false; add unlabeled images or set it true")
     batch_size = ssl.batch_size * ssl.unlabeled_ratio
     sampler = InfiniteBatchSampler(list(indices), batch_size, config.seed, UNLABELED_STREAM,
-                                   start_batch, env.rank, env.world_size)
+                                   start_batch, env.rank, env.world_size, policies)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
@@ -375,3 +409,19 @@ def _check_config(config: Config, env: DistEnv) -> None:
     for key, value in not_negative.items():
         if value < 0:
             raise UserError(f"{key}={value} must not be negative")
+    if config.ssl.strong_augment is StrongAugment.ctaugment and build_algorithm(config.ssl).uses_unlabeled:
+        _check_ctaugment(config)
+
+
+def _check_ctaugment(config: Config) -> None:
+    ssl, trainer = config.ssl, config.trainer
+    if trainer.augment_on is AugmentOn.device:
+        raise UserError("trainer.augment_on=device has no CTAugment (the batched ops are "
+                        "RandAugment's); use trainer.augment_on=cpu with ssl=fixmatch_cta")
+    ahead = batches_ahead(trainer.num_workers)
+    if ssl.cta_policy_lag < ahead:
+        # Batch k samples from the rates after step k - lag; a loader asks for batch k while
+        # training is only at step k - ahead, so a shorter lag needs rates not yet learned.
+        raise UserError(f"ssl.cta_policy_lag={ssl.cta_policy_lag} must be at least 2 x "
+                        f"trainer.num_workers={trainer.num_workers} (= {ahead}, the batches the "
+                        "loader prepares ahead); raise ssl.cta_policy_lag or lower trainer.num_workers")

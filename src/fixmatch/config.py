@@ -31,6 +31,13 @@ class Precision(Enum):
     fp16 = "fp16"  # torch.autocast with float16 and a gradient scaler (CUDA only)
 
 
+class StrongAugment(Enum):
+    """The augmentation of FixMatch's strong views (Sohn et al. 2020, Sec. 2.3)."""
+
+    randaugment = "randaugment"  # RandAugment as ssl.randaugment_variant says
+    ctaugment = "ctaugment"  # CTAugment: bin rates learned from labeled probes (ssl.cta_*)
+
+
 class AugmentOn(Enum):
     """Where the weak and strong views are computed."""
 
@@ -120,11 +127,18 @@ class SSLConfig:
     unlabeled_ratio: int = 7  # μ: μB unlabeled images per step
     threshold: float = 0.95  # τ, confidence needed to keep a pseudo-label
     lambda_u: float = 1.0  # λu, weight of the unlabeled loss
-    strong_augment: str = "randaugment"  # the only one so far; CTAugment is planned
+    strong_augment: StrongAugment = StrongAugment.randaugment  # ctaugment: ssl=fixmatch_cta
     randaugment_variant: str = "official"  # official | paper | port (PROTOCOL.md)
     randaugment_num_ops: int = 2
     cutout_fraction: float = 0.5  # Cutout side as a fraction of the image side
     include_labeled_in_unlabeled: bool = True  # the paper: the unlabeled set is all of train
+    # CTAugment (official FixMatch flags; Berthelot et al. 2020, Sec. 3.2.2)
+    cta_depth: int = 2  # ops per policy
+    cta_threshold: float = 0.8  # bins whose normalised weight is below it are never drawn
+    cta_decay: float = 0.99  # rate <- decay * rate + (1 - decay) * probe proximity
+    # Batch k samples its policies from the rates after step k - lag (exact resume with any
+    # number of workers); at least 2 x trainer.num_workers.
+    cta_policy_lag: int = 64
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The paper's reference figures (Sohn et al. 2020, Table 2, the "FixMatch (RA)" rows), so a
-results table can print them beside a sweep's own numbers."""
+"""The paper's reference figures (Sohn et al. 2020, Table 2, the "FixMatch (RA)" and
+"FixMatch (CTA)" rows), so a results table can print them beside a sweep's own numbers."""
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -37,6 +37,22 @@ PAPER_ERROR_RATES: Dict[Tuple[str, int], PaperResult] = {
     ("stl10", 1000): PaperResult(7.98, 1.50),
 }
 
+# The CTAugment rows of the same table (ssl.strong_augment=ctaugment), same keys.
+PAPER_CTA_ERROR_RATES: Dict[Tuple[str, int], PaperResult] = {
+    ("cifar10", 40): PaperResult(11.39, 3.35),
+    ("cifar10", 250): PaperResult(5.07, 0.33),
+    ("cifar10", 4000): PaperResult(4.31, 0.15),
+    ("cifar100", 400): PaperResult(49.95, 3.01),
+    ("cifar100", 2500): PaperResult(28.64, 0.24),
+    ("cifar100", 10000): PaperResult(23.18, 0.11),
+    ("svhn", 40): PaperResult(7.65, 7.65),
+    ("svhn", 250): PaperResult(2.64, 0.64),
+    ("svhn", 1000): PaperResult(2.36, 0.19),
+    ("stl10", 1000): PaperResult(5.17, 0.63),
+}
+
+_BY_STRONG_AUGMENT = {"randaugment": PAPER_ERROR_RATES, "ctaugment": PAPER_CTA_ERROR_RATES}
+
 
 def paper_result(
     dataset: str, num_labeled: int, algorithm: str, strong_augment: str
@@ -47,11 +63,11 @@ def paper_result(
         dataset: `dataset.name` of the runs (cifar10, cifar100, svhn, stl10).
         num_labeled: `ssl.num_labeled`.
         algorithm: `ssl.algorithm`; only FixMatch has a paper figure here.
-        strong_augment: `ssl.strong_augment`; the figures are the RandAugment ones.
+        strong_augment: `ssl.strong_augment`: randaugment or ctaugment pick the row.
 
     Returns:
         The paper's error rate (and accuracy) or None when the paper has no such cell.
     """
-    if algorithm != "fixmatch" or strong_augment != "randaugment":
+    if algorithm != "fixmatch" or strong_augment not in _BY_STRONG_AUGMENT:
         return None
-    return PAPER_ERROR_RATES.get((dataset, num_labeled))
+    return _BY_STRONG_AUGMENT[strong_augment].get((dataset, num_labeled))

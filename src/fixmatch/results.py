@@ -34,6 +34,8 @@ PER_RUN_KEYS = {"seed", "ssl.split_seed", "dataset.root", "dataset.download", "t
                 "trainer.eval_batch_size", "trainer.log_every_steps",
                 "trainer.checkpoint_every_steps", "trainer.keep_checkpoints", "trainer.resume"}
 CELL_KEYS = ["dataset", "model", "algorithm", "labels"]
+# How `algorithm_label` names FixMatch per ssl.strong_augment (the ssl option's name, too).
+STRONG_AUGMENT_SUFFIX = {"randaugment": "", "ctaugment": "_cta"}
 FORMATS = ["markdown", "csv", "latex"]
 LATEX_ESCAPES = {"&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
                  "}": "\\}", "\\": "\\textbackslash{}", "±": "$\\pm$", "–": "--"}
@@ -164,10 +166,21 @@ def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
 
 
 def cell_key(run: Run, by: Sequence[str] = ()) -> Tuple:
-    """(dataset, model, algorithm, num_labeled, *by values) of one run."""
+    """(dataset, model, algorithm label, num_labeled, *by values) of one run."""
     config = run.config
-    return (config.get("dataset.name"), model_name(config), config.get("ssl.algorithm"),
+    return (config.get("dataset.name"), model_name(config), algorithm_label(config),
             config.get("ssl.num_labeled"), *(config.get(key) for key in by))
+
+
+def algorithm_label(config: Dict[str, object]) -> Optional[str]:
+    """The algorithm as the table names it: FixMatch with CTAugment is `fixmatch_cta` (a row
+    of its own, as in the paper's Table 2 and in the sweep folders of `ssl=fixmatch_cta`);
+    with RandAugment, the default, plain `fixmatch`. Other algorithms have no strong views."""
+    algorithm = config.get("ssl.algorithm")
+    if algorithm != "fixmatch":
+        return algorithm
+    augment = config.get("ssl.strong_augment")
+    return f"fixmatch{STRONG_AUGMENT_SUFFIX.get(augment, f'_{augment}')}"
 
 
 def model_name(config: Dict[str, object]) -> str:
@@ -251,10 +264,11 @@ def _row(key: Tuple, runs: List[Run]) -> Row:
     completed = [run for run in runs if run.status == COMPLETED]
     figures = [run.value(FIGURE) for run in completed if run.value(FIGURE) is not None]
     finals = [run.value(FINAL) for run in completed if run.value(FINAL) is not None]
-    augments = {run.config.get("ssl.strong_augment") for run in runs}
+    variants = {(run.config.get("ssl.algorithm"), run.config.get("ssl.strong_augment"))
+                for run in runs}
     paper = None
-    if len(augments) == 1:
-        paper = paper_result(key[0], key[3], key[2], augments.pop())
+    if len(variants) == 1:
+        paper = paper_result(key[0], key[3], *variants.pop())
     return Row(key, runs, Stat.of(figures), Stat.of(finals), paper)
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointError, CheckpointStore
 from fixmatch.config import Precision, ProgressBar, TrainerConfig
+from fixmatch.cta_probe import CTAProbe
 from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.distributed import DistEnv, any_rank
 from fixmatch.evaluate import evaluate
@@ -46,6 +47,7 @@ class TrainingParts:
     test_loader: DataLoader  # this rank's shard of the test set
     inputs: DeviceInputs  # uint8 loader batches -> normalised model input on the device
     env: DistEnv = DistEnv()  # the ranks of a torchrun job; one rank otherwise
+    cta_probe: Optional[CTAProbe] = None  # CTAugment's rates and probes; None without CTAugment
 
     @property
     def device(self) -> torch.device:
@@ -139,6 +141,8 @@ class Trainer:
     def _train_step(self) -> Dict[str, torch.Tensor]:
         parts = self.parts
         labeled_batch, unlabeled_batch = self._next_batches()
+        if parts.cta_probe is not None:
+            labeled_batch, probe_batch = parts.cta_probe.split(labeled_batch)
         labeled = parts.inputs.labeled(labeled_batch)
         unlabeled = parts.inputs.unlabeled(unlabeled_batch) if unlabeled_batch is not None else None
         with self.autocast:
@@ -151,6 +155,9 @@ class Trainer:
         parts.schedule.step()
         if parts.ema is not None:
             parts.ema.update(parts.model, self.step)
+        if parts.cta_probe is not None:
+            with self.autocast:  # the probe forward never touches BN statistics or gradients
+                parts.cta_probe.update(parts.model, parts.ema, probe_batch, self.step + 1)
         return stats
 
     def _log(self, progress) -> None:
@@ -192,6 +199,8 @@ class Trainer:
             "eval/loss_ema": ema.loss,
             "eval/top1_raw": raw.top1,
         })
+        if parts.cta_probe is not None:
+            values.update(parts.cta_probe.op_weights())
         self.writer.evaluation(self.step, values)
         message = f"step {self.step}: top-1 {ema.top1:.2f} % (EMA), {raw.top1:.2f} % (raw)"
         progress.write(message) if isinstance(progress, tqdm) else log.info(message)
@@ -234,6 +243,9 @@ class Trainer:
             # needs only how many batches each loader has handed out.
             "loader_position": {"labeled_batches": self.step,
                                 "unlabeled_batches": self.step if parts.unlabeled_batches is not None else 0},
+            # Read back by the composition root, before the loaders start: their samplers
+            # draw CTAugment policies from these snapshots at once.
+            "ctaugment": parts.cta_probe.state_dict() if parts.cta_probe is not None else None,
             **self.checkpoint_extras,
         }
 

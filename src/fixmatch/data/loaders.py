@@ -4,22 +4,35 @@ Every sample in a training batch carries its own seed, derived from the run seed
 its position in the stream, and is augmented with a generator made from that seed.
 Augmentations therefore do not depend on the number of loader workers or on which
 worker handles a batch, and batch k of a stream can be recomputed without the k - 1
-before it (what an exact resume needs).
+before it (what an exact resume needs). A stream may also give each sample a policy
+(CTAugment's, drawn in the main process from the sample's seed, see `cta_policies`): the
+sample's key then carries it to the worker.
 """
 
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fixmatch.preemption import ignore_stop_signals_in_worker
 
-Transform = Callable[[np.ndarray, np.random.Generator], object]
-SampleKey = Tuple[int, int]  # (image index, augmentation seed)
+Transform = Callable[..., object]  # (image, rng[, policy]) -> view(s)
+# (image index, augmentation seed[, encoded augmentation policy, flattened])
+SampleKey = Union[Tuple[int, int], Tuple[int, int, Tuple[float, ...]]]
+# (batch number, the samples' seeds) -> one encoded policy per sample
+PolicySource = Callable[[int, np.ndarray], np.ndarray]
+PREFETCH_FACTOR = 2  # batches each loader worker prepares ahead (DataLoader's default)
+
+
+def batches_ahead(num_workers: int) -> int:
+    """How many batches past the one training consumes a loader may already have asked its
+    sampler for: PREFETCH_FACTOR per worker, none without workers."""
+    return PREFETCH_FACTOR * num_workers
 
 
 class AugmentedImages(Dataset):
-    """Images and labels whose transform draws from a per-sample seeded generator."""
+    """Images and labels whose transform draws from a per-sample seeded generator (and gets
+    the sample's policy too when the key carries one)."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Transform):
         self.images = images
@@ -30,8 +43,8 @@ class AugmentedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, key: SampleKey):
-        index, seed = key
-        view = self.transform(self.images[index], np.random.default_rng(seed))
+        index, seed, *policy = key
+        view = self.transform(self.images[index], np.random.default_rng(seed), *policy)
         return view, int(self.targets[index])
 
 
@@ -50,7 +63,7 @@ class StackedImages:
         return self.parts[part][index - self.starts[part]]
 
 
-def _mix64(values: np.ndarray) -> np.ndarray:
+def mix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser: spreads consecutive integers into unrelated 64-bit seeds."""
     with np.errstate(over="ignore"):
         z = values + np.uint64(0x9E3779B97F4A7C15)
@@ -72,11 +85,13 @@ class InfiniteBatchSampler(Sampler):
             share of every global batch, so together they see exactly the samples (and
             augmentation seeds) a single process would.
         world_size: number of ranks; must divide batch_size.
+        policies: when given, each key also carries the policy this returns for the sample
+            (from the batch number and the samples' seeds, so ranks agree with one process).
     """
 
     def __init__(
         self, indices: Sequence[int], batch_size: int, seed: int, stream: int, start_batch: int = 0,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, policies: Optional[PolicySource] = None,
     ):
         if len(indices) == 0:
             raise ValueError("cannot sample batches from an empty set of indices")
@@ -89,6 +104,7 @@ class InfiniteBatchSampler(Sampler):
         self.seed = seed
         self.stream = stream
         self.start_batch = start_batch
+        self.policies = policies
         # One 64-bit key per (seed, stream), so every seed value (any size) and every
         # stream gets its own unrelated sequence of per-sample seeds.
         self._stream_key = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
@@ -110,10 +126,14 @@ class InfiniteBatchSampler(Sampler):
             chosen[in_epoch] = self.indices[self._permutation(int(epoch))[offsets[in_epoch]]]
         with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
             keys = positions.astype(np.uint64) + self._stream_key
-        seeds = _mix64(keys) >> np.uint64(1)  # keep seeds within int64
+        seeds = mix64(keys) >> np.uint64(1)  # keep seeds within int64
         share = self.batch_size // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
-        return [(int(i), int(s)) for i, s in zip(chosen[mine], seeds[mine])]
+        keys = [(int(i), int(s)) for i, s in zip(chosen[mine], seeds[mine])]
+        if self.policies is None:
+            return keys
+        encoded = self.policies(number, seeds[mine]).reshape(len(keys), -1)
+        return [(*key, tuple(row)) for key, row in zip(keys, encoded.tolist())]
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, self.stream, epoch]).permutation(len(self.indices))
@@ -132,6 +152,7 @@ def build_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=ignore_stop_signals_in_worker,
+        prefetch_factor=PREFETCH_FACTOR if num_workers else None,
     )
     return iter(loader)
 
