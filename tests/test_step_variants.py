@@ -11,11 +11,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_config, tiny_cifar_overrides
 from fixmatch.app import build_training_parts, train
-from fixmatch.checkpoint import load_checkpoint
+from fixmatch.checkpoint import CheckpointStore, load_checkpoint
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.normalization import resolve_normalization
 from fixmatch.data.split import draw_split
+from fixmatch.metrics import MetricWriter
 from fixmatch.runtime import seed_everything
+from fixmatch.trainer import Trainer, _NoBar
 
 
 def _first_step(root, *overrides, autocast=None):
@@ -96,3 +98,26 @@ def test_trainer_logs_throughput_data_wait_and_eta_to_tensorboard(tiny_cifar10, 
     assert all(0 <= value <= 1 for _, value in series["train/data_wait_fraction"])
     assert series["train/eta_s"][-1][1] == 0 and series["train/eta_s"][0][1] > 0
     assert 0 < series["lr"][-1][1] < series["lr"][0][1] <= 0.03  # the cosine decay
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_a_cuda_training_step_never_waits_for_the_device(tiny_cifar10, tmp_path, augment_on):
+    """No host-device synchronisation inside a step (statistics stay on the device until a
+    log step): CUDA's sync debug mode turns any synchronising call into an error."""
+    config = OmegaConf.to_object(compose_config(tiny_cifar_overrides(
+        tiny_cifar10, "trainer.device=cuda", f"trainer.augment_on={augment_on}")))
+    arrays = load_dataset(config.dataset)
+    split = draw_split(arrays.train.targets, config.ssl.num_labeled, 10, config.ssl.split_seed)
+    normalization = resolve_normalization(None, None, arrays.train.images)
+    parts = build_training_parts(config, arrays, split, normalization, torch.device("cuda"))
+    trainer = Trainer(parts, config.trainer, MetricWriter(tmp_path, config.trainer.total_steps, write=False),
+                      CheckpointStore(tmp_path / "checkpoints", 1), {})
+    trainer._advance(_NoBar())  # first step: allocations, cuDNN autotuning
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = trainer._train_step()
+        trainer.guard.observe(2, stats)
+        trainer.log_window.add(stats)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
