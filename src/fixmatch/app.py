@@ -91,9 +91,12 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     init_process_group(env, device)
     try:
         run_dir = broadcast_object(Path(run_dir or HydraConfig.get().runtime.output_dir), env)
-        return train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True), env, device)
-    finally:
-        destroy_process_group()
+        summary = train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True), env, device)
+    except BaseException:
+        destroy_process_group()  # no barrier: the other ranks may never get there
+        raise
+    destroy_process_group(finished=True)
+    return summary
 
 
 def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = DistEnv(),

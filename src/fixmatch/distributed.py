@@ -50,8 +50,15 @@ def init_process_group(env: DistEnv, device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def destroy_process_group() -> None:
+def destroy_process_group(finished: bool = False) -> None:
+    """Leave the process group; after a finished run, only once every rank has finished.
+
+    A rank that tears its connections down while a peer still completes the last collective
+    makes gloo abort that peer ("terminate called without an active exception").
+    """
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
