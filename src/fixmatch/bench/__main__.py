@@ -9,10 +9,10 @@ in the same run, and writes the figures as JSON (--json).
 """
 
 import argparse
+import os
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import List
@@ -41,7 +41,9 @@ def compose_config(overrides: List[str]) -> Config:
         with initialize_config_dir(config_dir=str(find_conf_dir()), version_base="1.3"):
             return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
     except HydraException as error:
-        raise UserError(str(error).splitlines()[0]) from None
+        # Hydra says what failed; its cause says why (e.g. "Key 'nope' not in 'SSLConfig'").
+        parts = str(error).splitlines()[:1] + str(error.__cause__ or "").splitlines()[:1]
+        raise UserError(" ".join(part.strip() for part in parts if part.strip())) from None
 
 
 def training_images(config: Config, synthetic: int) -> np.ndarray:
@@ -54,7 +56,8 @@ def training_images(config: Config, synthetic: int) -> np.ndarray:
 
 
 def machine() -> dict:
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": torch.get_num_threads(),
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
@@ -77,17 +80,17 @@ def bench_data(args, config: Config) -> dict:
     channels = config.dataset.channels
     port = PortWeakStrong(config.dataset.image_size, [0.5] * channels, [0.25] * channels, config.dataset.hflip)
     pairs = data.augmentation_rates(images, ours, port, args.seconds)
-    rows = [["augmentation pairs/s, one core", f"{data.median(pairs['ours']):.0f}",
-             f"{data.median(pairs['port']):.0f}",
-             f"{data.median(pairs['ours']) / data.median(pairs['port']):.2f}x"]]
+    rows = [["augmentation pairs/s, one core", f"{statistics.median(pairs['ours']):.0f}",
+             f"{statistics.median(pairs['port']):.0f}",
+             f"{statistics.median(pairs['ours']) / statistics.median(pairs['port']):.2f}x"]]
     loader = {}
     for workers in args.workers:
         rates = data.loader_rates(images, ours, port, config.dataset.hflip, config.ssl.batch_size,
                                   config.ssl.unlabeled_ratio, workers, args.steps)
         loader[workers] = rates
-        rows.append([f"loader steps/s, {workers} workers", f"{data.median(rates['ours']):.2f}",
-                     f"{data.median(rates['port']):.2f}",
-                     f"{data.median(rates['ours']) / data.median(rates['port']):.2f}x"])
+        rows.append([f"loader steps/s, {workers} workers", f"{statistics.median(rates['ours']):.2f}",
+                     f"{statistics.median(rates['port']):.2f}",
+                     f"{statistics.median(rates['ours']) / statistics.median(rates['port']):.2f}x"])
     print_table(f"data pipeline: {config.dataset.name} {images.shape[1]}x{images.shape[2]}x"
                 f"{images.shape[3]}, B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio} "
                 f"(median of {data.ROUNDS} alternating rounds)",
@@ -177,8 +180,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: List[str] = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: List[str]) -> dict:
+    args = parse_args(argv)
     config = compose_config(args.overrides)
     figures = {"command": args.command, "overrides": args.overrides, "machine": machine(),
                **COMMANDS[args.command](args, config)}
@@ -189,8 +192,5 @@ def main(argv: List[str] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from fixmatch.trained_model import run_command
+    run_command(main)

@@ -1,7 +1,6 @@
 """Data-pipeline throughput: augmentation pairs/s on one core and loader steps/s, ours and
 the port's, measured alternately in one process so that both see the same machine."""
 
-import statistics
 import time
 from typing import Callable, Dict, List
 
@@ -87,7 +86,3 @@ def _endless(loader: DataLoader):
     # The port restarts its loaders at every epoch end; its workers start again then.
     while True:
         yield from loader
-
-
-def median(values: List[float]) -> float:
-    return statistics.median(values)

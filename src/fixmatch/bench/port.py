@@ -25,13 +25,6 @@ def _enhance(enhancer):
     return lambda img, v: enhancer(img).enhance(0.1 + 0.18 * v)
 
 
-def _affine(coefficients):
-    def op(img, v):
-        magnitude = coefficients(img, v) * (1 if random.random() < 0.5 else -1)
-        return img.transform(img.size, Image.AFFINE, magnitude, fillcolor=(128,) * len(img.getbands()))
-    return op
-
-
 # The official magnitudes (PROTOCOL.md), written as the port writes its pool.
 POOL = [
     lambda img, v: ImageOps.autocontrast(img),
