@@ -6,9 +6,13 @@ import sys
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from fixmatch.bench.port import PortWeakStrong
+from fixmatch.bench.step import matmul_flops_per_s, step_flops
+
+from conftest import compose_config
 
 
 def _bench(tmp_path, *args):
@@ -50,6 +54,35 @@ def test_step_bench_splits_our_step_and_times_the_port(tmp_path):
     assert set(figures["ours"]["phases_s"]) == {"forward", "backward", "optimizer", "ema"}
     assert figures["ours"]["step_s"] > 0 and figures["port"]["step_s"] > 0
     assert figures["port"]["peak_memory_gb"] > 0
+    assert figures["step_flops"] > 0 and "achieved / ceiling" in out
+    for key in ("ours", "port"):
+        assert figures[key]["achieved_flops_per_s"] == figures["step_flops"] / figures[key]["step_s"]
+        assert figures[key]["matmul_flops_per_s"] > 0
+
+
+def _conv_flops(c_in, c_out, kernel, side):
+    return 2 * c_in * c_out * kernel * kernel * side * side
+
+
+def test_step_flops_of_the_paper_config_are_three_forward_passes_less_the_stem_input_gradient():
+    """WRN-28-2, B 64, mu 7 on 32 px: the issue's ~1.2 TFLOP per step, counted by hand here."""
+    config = OmegaConf.to_object(compose_config(["dataset=cifar10"]))
+    stem = _conv_flops(3, 16, 3, 32)
+    blocks = 0
+    for c_in, width, side in ((16, 32, 32), (32, 64, 16), (64, 128, 8)):
+        blocks += _conv_flops(c_in, width, 3, side) + _conv_flops(width, width, 3, side)  # block 1
+        blocks += _conv_flops(c_in, width, 1, side)  # its projection shortcut
+        blocks += 3 * 2 * _conv_flops(width, width, 3, side)  # blocks 2-4
+    head = 2 * 128 * 10
+    images = 64 * (1 + 2 * 7)
+    # Backward: input and weight gradients (2x forward), but the stem's input needs no gradient.
+    expected = images * (3 * (stem + blocks + head) - stem)
+    assert step_flops(config) == expected
+    assert 1.2e12 < expected < 1.25e12
+
+
+def test_matmul_ceiling_is_a_positive_rate_on_the_cpu():
+    assert matmul_flops_per_s(torch.device("cpu"), torch.float32, seconds=0.01) > 1e6
 
 
 def test_train_bench_reports_steps_per_second_and_data_wait(tmp_path):

@@ -111,6 +111,7 @@ def bench_step(args, config: Config) -> dict:
         for which in rounds:
             rounds[which].append(step.run_isolated(which, config, device, args.steps, threads))
     ours, port = step.summarize(rounds["ours"]), step.summarize(rounds["port"])
+    flops = step.step_flops(config)
     trainer = config.trainer
     setting = (f"{resolve_precision(trainer.precision, device).value}, "
                f"{'channels_last' if trainer.channels_last else 'NCHW'}"
@@ -119,13 +120,20 @@ def bench_step(args, config: Config) -> dict:
     rows += [["step (ms)", f"{1000 * ours['step_s']:.1f}", f"{1000 * port['step_s']:.1f}"],
              ["steps/s", f"{1 / ours['step_s']:.2f}", f"{1 / port['step_s']:.2f}"],
              ["peak memory (GiB)", f"{ours['peak_memory_gb']:.2f}", f"{port['peak_memory_gb']:.2f}"],
-             ["ours / port step time", f"{ours['step_s'] / port['step_s']:.2f}", ""]]
+             ["ours / port step time", f"{ours['step_s'] / port['step_s']:.2f}", ""],
+             ["model TFLOP per step (fwd + bwd)", f"{flops / 1e12:.3g}", f"{flops / 1e12:.3g}"]]
+    for result in (ours, port):
+        result["achieved_flops_per_s"] = flops / result["step_s"]
+    rows += [["achieved TFLOP/s", *(f"{r['achieved_flops_per_s'] / 1e12:.3g}" for r in (ours, port))],
+             ["dense matmul TFLOP/s (ceiling)", *(f"{r['matmul_flops_per_s'] / 1e12:.3g}" for r in (ours, port))],
+             ["achieved / ceiling", *(f"{r['achieved_flops_per_s'] / r['matmul_flops_per_s']:.2f}"
+                                      for r in (ours, port))]]
     model = f"WRN-{config.model.depth}-{config.model.widen_factor}"
     print_table(f"training step: {model}, B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio}, "
                 f"{device}, {threads} threads; ours {setting}; port fp32 NCHW "
                 f"(median over {args.rounds} x {args.steps} steps)", ["", "ours", "port"], rows)
     return {"ours": ours, "port": port, "setting": setting, "device": str(device), "threads": threads,
-            "rounds": rounds}
+            "step_flops": flops, "rounds": rounds}
 
 
 def bench_train(args, config: Config) -> dict:

@@ -19,6 +19,7 @@ from fixmatch.optim import build_optimizer
 from fixmatch.runtime import resolve_precision
 
 PHASES = ("forward", "backward", "optimizer", "ema")
+MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}  # square operands: large enough to run at the peak rate
 
 
 def _synchronize(device: torch.device) -> None:
@@ -97,6 +98,39 @@ def time_port(config: Config, device: torch.device, steps: int) -> Dict[str, Lis
     return {"step": times}
 
 
+def step_flops(config: Config) -> float:
+    """Floating-point operations of one step's forward and backward pass (convolutions and the
+    head; element-wise work is not counted), counted on the meta device: no memory, no compute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fixmatch.app import build_model
+    ssl, data = config.ssl, config.dataset
+    images = ssl.batch_size * (1 + 2 * ssl.unlabeled_ratio)
+    with torch.device("meta"):
+        model = build_model(config, data.num_classes or 10)
+        batch = torch.empty(images, data.channels, data.image_size, data.image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(batch).float().logsumexp(1).mean().backward()
+    return float(counter.get_total_flops())
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """Dense square matmul throughput in `dtype`: a practical ceiling for the step's convolutions,
+    which lower to the same kind of kernels."""
+    n = MATMUL_SIZE.get(device.type, 1024)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    _synchronize(device)
+    count, started = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+        if count % 8 == 0:
+            _synchronize(device)
+    _synchronize(device)
+    return 2 * n**3 * count / (time.perf_counter() - started)
+
+
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -107,7 +141,13 @@ def _child(which: str, config: Config, device: str, steps: int, threads: int, qu
     torch.set_num_threads(threads)
     device_ = torch.device(device)
     times = (time_ours if which == "ours" else time_port)(config, device_, steps)
-    queue.put({"times": times, "peak_memory_gb": _peak_memory_gb(device_)})
+    peak_memory_gb = _peak_memory_gb(device_)
+    dtype = torch.float32
+    if which == "ours":
+        precision = resolve_precision(config.trainer.precision, device_)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.value, torch.float32)
+    queue.put({"times": times, "peak_memory_gb": peak_memory_gb,
+               "matmul_flops_per_s": matmul_flops_per_s(device_, dtype)})
 
 
 def run_isolated(which: str, config: Config, device: torch.device, steps: int, threads: int) -> dict:
@@ -127,4 +167,5 @@ def summarize(rounds: List[dict]) -> dict:
     medians = {phase: statistics.median([t for r in rounds for t in r["times"][phase]]) for phase in phases}
     totals = [sum(values) for r in rounds for values in zip(*r["times"].values())]
     return {"phases_s": medians, "step_s": statistics.median(totals),
-            "peak_memory_gb": max(r["peak_memory_gb"] for r in rounds)}
+            "peak_memory_gb": max(r["peak_memory_gb"] for r in rounds),
+            "matmul_flops_per_s": statistics.median(r["matmul_flops_per_s"] for r in rounds)}
