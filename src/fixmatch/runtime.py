@@ -1,5 +1,7 @@
 """The process's hardware setup: which device to use, how many CPU threads, global seeds."""
 
+import ctypes
+import ctypes.util
 import random
 from typing import Optional
 
@@ -53,6 +55,33 @@ def configure_threads(num_threads: int) -> None:
         raise UserError(f"trainer.num_threads={num_threads} must be 0 (torch's default) or positive")
     if num_threads:
         torch.set_num_threads(num_threads)
+
+
+# mallopt() parameters from glibc's malloc.h.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+INT_MAX = 2**31 - 1
+
+
+def reuse_freed_host_memory() -> bool:
+    """Have glibc keep freed memory in the process for the next allocation (CPU training).
+
+    A CPU training step allocates and frees the same multi-megabyte activations every step.
+    glibc serves blocks that large with a fresh mmap() and unmaps them when freed, so every
+    step the kernel faults in and zeroes every page again: ~120,000 page faults per step of
+    WRN-28-2 at B 16, mu 7. With mmap off and trimming off, freed blocks stay in the heap
+    and the next step reuses them. Memory is then not handed back to the system until the
+    process ends, which is why only CPU training does this.
+
+    Returns:
+        Whether the allocator took the settings (False off glibc, e.g. macOS or musl).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, INT_MAX))
 
 
 def seed_everything(seed: int) -> None:

@@ -16,7 +16,7 @@ from fixmatch.bench.port import PortStep
 from fixmatch.config import Config
 from fixmatch.models import ModelEMA
 from fixmatch.optim import build_optimizer
-from fixmatch.runtime import resolve_precision
+from fixmatch.runtime import resolve_precision, reuse_freed_host_memory
 
 PHASES = ("forward", "backward", "optimizer", "ema")
 MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}  # square operands: large enough to run at the peak rate
@@ -140,6 +140,8 @@ def _peak_memory_gb(device: torch.device) -> float:
 def _child(which: str, config: Config, device: str, steps: int, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     device_ = torch.device(device)
+    if which == "ours" and device_.type == "cpu":
+        reuse_freed_host_memory()  # as training on the CPU does
     times = (time_ours if which == "ours" else time_port)(config, device_, steps)
     peak_memory_gb = _peak_memory_gb(device_)
     dtype = torch.float32
