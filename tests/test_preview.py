@@ -12,9 +12,9 @@ from PIL import Image
 
 import fixmatch.preview as preview
 from conftest import CONF_DIR
-from fixmatch import app
 from fixmatch.data.transforms import EvalTransform, StrongTransform, WeakTransform
 from fixmatch.errors import UserError
+from fixmatch.pipeline import build_views
 
 
 def _compose(overrides):
@@ -63,7 +63,7 @@ def test_grid_starts_with_the_enlarged_original_and_uses_the_run_pipelines(tmp_p
     config = OmegaConf.to_object(_compose(["experiment=quickstart", "preview.num_images=2",
                                            "preview.num_strong=1", "preview.cell_size=16"]))
     path = preview.write_preview(config, tmp_path / "grid.png")
-    weak, strong = app.build_views(config)
+    weak, strong = build_views(config)
     assert isinstance(weak, WeakTransform) and isinstance(strong, StrongTransform)
     assert weak.hflip is False and strong.randaugment.variant == "official"
     with Image.open(path) as grid:

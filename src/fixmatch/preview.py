@@ -18,11 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
-from fixmatch import app
 from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
+from fixmatch.pipeline import build_views
 
 # The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -115,7 +115,7 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
                         f"preview.num_strong={options.num_strong} not negative and "
                         f"preview.cell_size={options.cell_size} positive")
     train = load_dataset(config.dataset).train
-    weak, strong = app.build_views(config)
+    weak, strong = build_views(config)
     rng = np.random.default_rng(config.seed)
     rows = np.sort(rng.choice(len(train.images), min(options.num_images, len(train.images)),
                               replace=False))

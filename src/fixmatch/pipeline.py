@@ -1,0 +1,212 @@
+"""The data half of the composition root: the labeled split, the normalisation, the input
+stage on the device and the train/test batch streams, wired from the typed config.
+
+app.py calls these in construction order; like it, this module reads several config nodes.
+"""
+
+import logging
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fixmatch.checkpoint import CheckpointError
+from fixmatch.config import AugmentOn, Config, StrongAugment
+from fixmatch.cta_probe import CTAProbe
+from fixmatch.data.cta_views import (
+    CTASampledStrongTransform,
+    CTAStrongTransform,
+    CTAWeakStrongTransform,
+    WeakProbeTransform,
+)
+from fixmatch.data.ctaugment import CTAugment
+from fixmatch.data.datasets import DatasetArrays
+from fixmatch.data.device_augment import DeviceAugment
+from fixmatch.data.device_inputs import DeviceInputs, DeviceViews
+from fixmatch.data.loaders import (
+    AugmentedImages,
+    InfiniteBatchSampler,
+    StackedImages,
+    build_eval_loader,
+    build_train_loader,
+)
+from fixmatch.data.normalization import Normalization, resolve_normalization
+from fixmatch.data.randaugment import RandAugment
+from fixmatch.data.split import LabeledSplit, draw_split, indices_sha256
+from fixmatch.data.transforms import (
+    EvalTransform,
+    Pipeline,
+    StrongTransform,
+    WeakStrongTransform,
+    WeakTransform,
+)
+from fixmatch.distributed import DistEnv, all_gather_objects
+from fixmatch.errors import UserError
+from fixmatch.resume import StartPlan
+
+log = logging.getLogger(__name__)
+
+LABELED_STREAM, UNLABELED_STREAM = 0, 1  # keep the two sample streams' seeds apart
+
+
+def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> LabeledSplit:
+    """Draw the split, or take it from the checkpoint when resuming (never re-drawn).
+
+    Raises:
+        CheckpointError: the checkpoint's split indexes past this dataset's training images.
+    """
+    if not plan.checkpoint:
+        return draw_split(arrays.train.targets, config.ssl.num_labeled, len(arrays.class_names),
+                          config.ssl.split_seed, config.dataset.labeled_split.value,
+                          arrays.labeled_folds, class_names=arrays.class_names)
+    indices = list(plan.checkpoint["labeled_indices"])
+    if max(indices) >= len(arrays.train.targets):
+        raise CheckpointError(
+            f"cannot resume from {plan.checkpoint_path}: its labeled split indexes past the "
+            f"{len(arrays.train.targets)} training images of dataset.root={config.dataset.root}"
+        )
+    per_class = np.bincount(arrays.train.targets[indices], minlength=len(arrays.class_names))
+    return LabeledSplit(indices=indices, num_per_class=per_class.tolist(),
+                        seed=config.ssl.split_seed, sha256=indices_sha256(indices))
+
+
+def check_same_split_on_all_ranks(split: LabeledSplit, env: DistEnv) -> None:
+    """Refuse a job whose ranks drew different labeled splits.
+
+    Raises:
+        UserError: the ranks' split fingerprints differ (they read different data).
+    """
+    # The popular port drew a split per rank: a "40-label" run saw up to 40 x world labels.
+    fingerprints = all_gather_objects(split.sha256, env)
+    if env.is_distributed:
+        log.info("labeled split sha256 on ranks 0..%d: %s", env.world_size - 1, fingerprints)
+    if len(set(fingerprints)) != 1:
+        raise UserError(f"the ranks drew different labeled splits ({fingerprints}); "
+                        "every rank must read the same dataset.root")
+
+
+def input_normalization(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Normalization:
+    """dataset.mean/std, or (null) computed from the training images; a resumed run keeps
+    the values it started with."""
+    saved = plan.checkpoint.get("normalization") if plan.checkpoint else None
+    normalization = resolve_normalization(config.dataset.mean, config.dataset.std,
+                                          arrays.train.images, saved)
+    log.info("normalisation (%s): mean %s, std %s", normalization.source,
+             [round(value, 4) for value in normalization.mean],
+             [round(value, 4) for value in normalization.std])
+    return normalization
+
+
+def device_inputs(config: Config, normalization: Normalization, device: torch.device,
+                  start_batch: int, env: DistEnv) -> DeviceInputs:
+    """The stage that normalises batches on `device` (and, with trainer.augment_on=device,
+    draws the training views there, from batch `start_batch` on).
+
+    Raises:
+        UserError: device augmentation cannot do the configured RandAugment.
+    """
+    views = None
+    if config.trainer.augment_on is AugmentOn.device:
+        ssl = config.ssl
+        try:
+            augment = DeviceAugment(ssl.randaugment_variant, ssl.randaugment_num_ops,
+                                    config.dataset.hflip, ssl.cutout_fraction)
+        except ValueError as error:
+            raise UserError(f"trainer.augment_on=device: {error}") from None
+        views = DeviceViews(augment, config.seed, start_batch, env.rank)
+    return DeviceInputs(normalization, device, _channels_last(config, device, env), views)
+
+
+def _channels_last(config: Config, device: torch.device, env: DistEnv) -> bool:
+    # gloo DDP on the CPU with channels_last weights gives updates that differ from the
+    # single-process step (tests/test_distributed.py); the CPU ranks keep NCHW.
+    return config.trainer.channels_last and not (env.is_distributed and device.type == "cpu")
+
+
+def labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
+                    device: torch.device, start_batch: int, env: DistEnv,
+                    cta_probe: Optional[CTAProbe]) -> Iterator:
+    """This rank's endless stream of labeled batches (weak views), from batch `start_batch` on;
+    with CTAugment each image also brings a probe view and its policy."""
+    on_cpu = config.trainer.augment_on is AugmentOn.cpu
+    transform = WeakTransform(config.dataset.hflip) if on_cpu else EvalTransform()
+    if cta_probe is not None:
+        # Each labeled image also yields a probe view and its policy (CTAProbe.split).
+        transform = WeakProbeTransform(config.dataset.hflip, CTAugment(config.ssl.cta_depth))
+    dataset = AugmentedImages(arrays.train.images, arrays.train.targets, transform)
+    sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
+                                   LABELED_STREAM, start_batch, env.rank, env.world_size)
+    return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
+
+
+def build_views(config: Config) -> Tuple[WeakTransform, Pipeline]:
+    """The weak and strong pipelines of the unlabeled images (also what `preview` draws).
+
+    With CTAugment the strong pipeline draws its policy from the initial rates; training
+    passes policies from the main process instead (`unlabeled_batches`).
+
+    Raises:
+        UserError: for a RandAugment variant that does not exist.
+    """
+    dataset, ssl = config.dataset, config.ssl
+    if ssl.strong_augment is StrongAugment.ctaugment:
+        return WeakTransform(dataset.hflip), CTASampledStrongTransform(
+            CTAStrongTransform(dataset.hflip, ssl.cutout_fraction),
+            CTAugment(ssl.cta_depth, ssl.cta_threshold, ssl.cta_decay))
+    try:
+        randaugment = RandAugment(ssl.randaugment_variant, ssl.randaugment_num_ops)
+    except ValueError as error:
+        raise UserError(f"ssl.randaugment_variant: {error}") from None
+    weak = WeakTransform(dataset.hflip)
+    strong = StrongTransform(dataset.hflip, randaugment, ssl.cutout_fraction)
+    return weak, strong
+
+
+def unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
+                      device: torch.device, start_batch: int, env: DistEnv,
+                      cta_probe: Optional[CTAProbe]) -> Iterator:
+    """This rank's endless stream of unlabeled (weak, strong) batches, from batch `start_batch` on.
+
+    Raises:
+        UserError: no image is left unlabeled.
+    """
+    ssl = config.ssl
+    weak, strong = build_views(config)
+    policies = None
+    if cta_probe is not None:
+        # CTAugment: the sampler draws each sample's policy in this process, from the rates of
+        # `ssl.cta_policy_lag` steps ago (cta_policies explains why); the workers apply it.
+        strong = CTAStrongTransform(config.dataset.hflip, ssl.cutout_fraction)
+        policies = cta_probe.schedule.policies
+    # The paper's unlabeled set is the whole training set (labels dropped), plus any
+    # images that never had labels; the latter carry the target -1 ("unknown").
+    extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]
+    images = StackedImages(arrays.train.images, extra)
+    targets = np.concatenate([arrays.train.targets, np.full(len(extra), -1, dtype=np.int64)])
+    on_cpu = config.trainer.augment_on is AugmentOn.cpu
+    # Device augmentation: the loaders ship each image once, as it is (DeviceInputs draws both views).
+    pair = CTAWeakStrongTransform if cta_probe is not None else WeakStrongTransform
+    transform = pair(weak, strong) if on_cpu else EvalTransform()
+    dataset = AugmentedImages(images, targets, transform)
+    indices = range(len(targets))
+    if not ssl.include_labeled_in_unlabeled:
+        labeled = set(split.indices)
+        indices = [index for index in indices if index not in labeled]
+    if not indices:
+        raise UserError("no unlabeled images: the training set is all labeled and "
+                        "ssl.include_labeled_in_unlabeled=false; add unlabeled images or set it true")
+    batch_size = ssl.batch_size * ssl.unlabeled_ratio
+    sampler = InfiniteBatchSampler(list(indices), batch_size, config.seed, UNLABELED_STREAM,
+                                   start_batch, env.rank, env.world_size, policies)
+    return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
+
+
+def eval_batches(config: Config, arrays: DatasetArrays, device: torch.device,
+                 env: DistEnv) -> DataLoader:
+    """This rank's share of the test images, unaugmented, in trainer.eval_batch_size batches."""
+    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform())
+    return build_eval_loader(
+        test_set, config.trainer.eval_batch_size, config.trainer.num_workers, device.type == "cuda",
+        env.rank, env.world_size,
+    )
