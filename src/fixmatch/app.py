@@ -38,13 +38,15 @@ from fixmatch.metrics import MetricWriter
 from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
-from fixmatch.pipeline import build_views
 from fixmatch.resume import StartPlan, finished_summary, plan_on_rank_zero
-from fixmatch.runtime import configure_threads, resolve_precision, select_device, seed_everything
+from fixmatch.runtime import (
+    configure_threads,
+    resolve_precision,
+    reuse_freed_host_memory,
+    seed_everything,
+    select_device,
+)
 from fixmatch.trainer import Trainer, TrainingParts
-
-# build_views lives in pipeline.py; fixmatch.bench still reaches it as app.build_views.
-__all__ = ["run_experiment", "train", "build_training_parts", "build_model", "build_views"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
                    plan: StartPlan, env: DistEnv, device: torch.device) -> Trainer:
     resolve_precision(config.trainer.precision, device)  # refuses fp16 off CUDA before any loading
     configure_threads(config.trainer.num_threads)
+    if device.type == "cpu":
+        reuse_freed_host_memory()  # activations live in host memory: no page faults every step
     seed_everything(config.seed)
 
     arrays = load_dataset(config.dataset)

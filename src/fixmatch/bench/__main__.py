@@ -70,13 +70,13 @@ def print_table(title: str, header: List[str], rows: List[List[str]]) -> None:
 
 
 def bench_data(args, config: Config) -> dict:
-    from fixmatch import app
     from fixmatch.bench import data
     from fixmatch.bench.port import PortWeakStrong
     from fixmatch.data.transforms import WeakStrongTransform
+    from fixmatch.pipeline import build_views
 
     images = np.asarray(training_images(config, args.synthetic)[:args.max_images])
-    ours = WeakStrongTransform(*app.build_views(config))
+    ours = WeakStrongTransform(*build_views(config))
     channels = config.dataset.channels
     port = PortWeakStrong(config.dataset.image_size, [0.5] * channels, [0.25] * channels, config.dataset.hflip)
     pairs = data.augmentation_rates(images, ours, port, args.seconds)
