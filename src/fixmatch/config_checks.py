@@ -1,6 +1,9 @@
 """Checks of the composed config that need the run's context (its ranks, the loaders'
 look-ahead): one clear line per mistake, before anything is loaded or built."""
 
+import difflib
+from dataclasses import fields, is_dataclass
+
 from fixmatch.algorithms import build_algorithm
 from fixmatch.config import AugmentOn, Config, StrongAugment
 from fixmatch.data.loaders import batches_ahead
@@ -18,6 +21,7 @@ def check_config(config: Config, env: DistEnv) -> None:
     Raises:
         UserError: naming the key, its value and what would work instead.
     """
+    _check_known_keys(config)
     if config.ssl.batch_size % env.world_size:
         raise UserError(
             f"ssl.batch_size={config.ssl.batch_size} is the global labeled batch and must be "
@@ -38,10 +42,26 @@ def check_config(config: Config, env: DistEnv) -> None:
         "ssl.split_seed": config.ssl.split_seed,
         "trainer.num_workers": config.trainer.num_workers,
         "trainer.checkpoint_every_steps": config.trainer.checkpoint_every_steps,
+        "ssl.lambda_u": config.ssl.lambda_u,
+        "optim.lr": config.optim.lr,
+        "optim.weight_decay": config.optim.weight_decay,
     }
     for key, value in not_negative.items():
         if value < 0:
             raise UserError(f"{key}={value} must not be negative")
+    fractions = {  # values in [0, 1]; e.g. a threshold above 1 would never keep a pseudo-label
+        "ssl.threshold": config.ssl.threshold,
+        "ssl.cutout_fraction": config.ssl.cutout_fraction,
+        "optim.ema_decay": config.optim.ema_decay,
+    }
+    for key, value in fractions.items():
+        if not 0 <= value <= 1:
+            raise UserError(f"{key}={value} must lie in [0, 1]")
+    if not 0 <= config.optim.momentum < 1:
+        raise UserError(f"optim.momentum={config.optim.momentum} must lie in [0, 1) (the paper: 0.9)")
+    if config.optim.nesterov and config.optim.momentum == 0:
+        raise UserError("optim.nesterov=true needs optim.momentum > 0; set optim.momentum=0.9 "
+                        "or optim.nesterov=false")
     if config.ssl.strong_augment is StrongAugment.ctaugment and build_algorithm(config.ssl).uses_unlabeled:
         _check_ctaugment(config)
 
@@ -58,3 +78,17 @@ def _check_ctaugment(config: Config) -> None:
         raise UserError(f"ssl.cta_policy_lag={ssl.cta_policy_lag} must be at least 2 x "
                         f"trainer.num_workers={trainer.num_workers} (= {ahead}, the batches the "
                         "loader prepares ahead); raise ssl.cta_policy_lag or lower trainer.num_workers")
+
+
+def _check_known_keys(config: Config) -> None:
+    # Hydra's `+key=value` adds a key the schema lacks (Hydra's own message for a typo
+    # suggests it); OmegaConf then sets it as a stray attribute that nothing ever reads.
+    nodes = [("", config)] + [(f"{field.name}.", getattr(config, field.name))
+                              for field in fields(config) if is_dataclass(getattr(config, field.name))]
+    for prefix, node in nodes:
+        known = [field.name for field in fields(node)]
+        for name in sorted(set(vars(node)) - set(known)):
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {prefix}{close[0]}? " if close else ""
+            raise UserError(f"{prefix}{name} is not a setting (added with '+', it would be "
+                            f"ignored); {hint}`python run.py --cfg job` lists every key")
