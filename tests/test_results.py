@@ -297,3 +297,48 @@ def test_submitit_local_launcher_sweep(tmp_path):
     records = results_csv(sweep_dir)
     assert [(record["algorithm"], record["status"]) for record in records] == [
         ("fixmatch", "1/1 done"), ("supervised", "1/1 done")]
+
+
+@pytest.mark.parametrize("name", ["curves.foo", "curves"])
+def test_plot_to_a_format_matplotlib_cannot_write_is_one_line_before_the_table(tmp_path, capsys,
+                                                                              name):
+    pytest.importorskip("matplotlib")
+    make_run(tmp_path / "1", CIFAR10_40, done(80.0, 80.0), curve=[(2, 50.0)])
+    assert main([str(tmp_path), "--plot", str(tmp_path / name)]) == 2
+    output = capsys.readouterr()
+    assert output.out == "" and len(output.err.strip().splitlines()) == 1
+    assert output.err.startswith(f"error: --plot {tmp_path / name}: the file name must end in")
+
+
+def test_plot_into_a_new_folder_creates_it_and_an_unwritable_one_is_one_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    make_run(tmp_path / "runs" / "1", CIFAR10_40, done(80.0, 80.0), curve=[(2, 50.0)])
+    image = tmp_path / "plots" / "new" / "curves.png"
+    assert main([str(tmp_path / "runs"), "--plot", str(image)]) == 0
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    (tmp_path / "file").write_text("")  # a folder in the way is a file
+    assert main([str(tmp_path / "runs"), "--plot", str(tmp_path / "file" / "curves.png")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: --plot: cannot write") and "Traceback" not in error
+
+
+@pytest.mark.parametrize("config_text,metrics_text", [
+    ("", None),  # config_resolved.yaml cut short by a killed run
+    ("seed: [1\n", None),  # not YAML
+    (None, "[1, 2]"),  # metrics.json that is JSON but not an object
+    (None, '{"status": "compl'),  # metrics.json cut short
+])
+def test_unreadable_run_files_are_counted_with_a_warning(tmp_path, capsys, config_text,
+                                                         metrics_text):
+    make_run(tmp_path / "good", CIFAR10_40, done(80.0, 80.0))
+    bad = make_run(tmp_path / "bad", [*CIFAR10_40, "seed=2"], done(70.0, 70.0))
+    if config_text is not None:
+        (bad / "config_resolved.yaml").write_text(config_text)
+    if metrics_text is not None:
+        (bad / "metrics.json").write_text(metrics_text)
+    assert main([str(tmp_path)]) == 0
+    output = capsys.readouterr()
+    assert "1 unreadable" in output.out and "Traceback" not in output.err
+    warnings = [line for line in output.err.splitlines() if line.startswith(f"warning: {bad}")]
+    assert len(warnings) == 1 and "cannot read" in warnings[0]

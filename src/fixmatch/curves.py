@@ -74,5 +74,10 @@ def plot_curves(pyplot, cells: Sequence[Tuple[str, Sequence]], path: Path) -> No
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        raise OSError(f"cannot write {path} ({error.strerror or error})") from None
+    finally:
+        pyplot.close(figure)

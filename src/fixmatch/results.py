@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
 
 from fixmatch.paper import PaperResult, paper_result
 
@@ -26,6 +28,7 @@ FIGURE = "top1_ema_median_last20"  # the paper's figure of one run
 FINAL = "top1_ema_final"
 COMPLETED = "completed"
 STARTING = "starting"  # config written, no metrics.json yet: before the first evaluation
+UNREADABLE = "unreadable"  # its config_resolved.yaml or metrics.json cannot be parsed
 STATUS_ORDER = ["running", STARTING, "preempted", "failed"]
 # Keys that may differ between the runs of one cell without making them different experiments.
 # (Unlike resume, a table does mind trainer.total_steps and trainer.eval_every_steps.)
@@ -52,6 +55,7 @@ class Run:
     path: Path
     config: Dict[str, object]
     metrics: Optional[dict]  # None while the run has written no metrics.json
+    problem: Optional[str] = None  # why a file of the run could not be read (status "unreadable")
 
     @property
     def status(self) -> str:
@@ -131,15 +135,27 @@ def find_runs(folders: Sequence[str]) -> List[Run]:
 
 
 def load_run(run_dir: Path) -> Run:
-    """Read one run folder; a metrics.json that cannot be parsed shows as status 'unreadable'."""
-    config = _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml")))
-    metrics = None
+    """Read one run folder; a config_resolved.yaml or metrics.json that cannot be parsed (a
+    run killed while writing it, a file edited by hand) shows as status 'unreadable'."""
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml"))
+    except (OSError, YAMLError, OmegaConfBaseException) as error:
+        config = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    if not isinstance(config, dict) or not config:
+        reason = config if isinstance(config, str) else "empty or not a mapping"
+        return Run(run_dir, {}, {"status": UNREADABLE}, f"config_resolved.yaml: {reason}")
+    metrics, problem = None, None
     if (run_dir / "metrics.json").exists():
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text())
-        except json.JSONDecodeError:
-            metrics = {"status": "unreadable"}
-    return Run(run_dir, config, metrics)
+        except (OSError, ValueError) as error:
+            problem = f"metrics.json: {error}"
+        else:
+            if not isinstance(metrics, dict):
+                problem = "metrics.json: not a JSON object"
+        if problem:
+            metrics = {"status": UNREADABLE}
+    return Run(run_dir, _flatten(config), metrics, problem)
 
 
 def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
@@ -183,11 +199,11 @@ def algorithm_label(config: Dict[str, object]) -> Optional[str]:
     return f"fixmatch{STRONG_AUGMENT_SUFFIX.get(augment, f'_{augment}')}"
 
 
-def model_name(config: Dict[str, object]) -> str:
+def model_name(config: Dict[str, object]) -> Optional[str]:
     """The model as papers name it, e.g. WRN-28-2."""
     if config.get("model.name") == "wide_resnet":
         return f"WRN-{config.get('model.depth')}-{config.get('model.widen_factor')}"
-    return str(config.get("model.name"))
+    return None if config.get("model.name") is None else str(config.get("model.name"))
 
 
 def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
@@ -243,16 +259,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
-        pyplot = _import_pyplot() if args.plot else None
-        rows = build_rows(find_runs(args.folders), args.by)
+        pyplot = _import_pyplot(Path(args.plot)) if args.plot else None
+        runs = find_runs(args.folders)
+        rows = build_rows(runs, args.by)
+        for run in runs:
+            if run.problem:
+                print(f"warning: {run.path}: cannot read {run.problem}; counted as "
+                      f"{UNREADABLE}", file=sys.stderr)
         for warning in cell_warnings(rows, args.by):
             print(f"warning: {warning}", file=sys.stderr)
         print(format_table(rows, args.by, args.format), end="")
         if args.plot:
             from fixmatch.curves import plot_curves
 
-            plot_curves(pyplot, [(_label(row.key, args.by), row.runs) for row in rows],
-                        Path(args.plot))
+            try:
+                plot_curves(pyplot, [(_label(row.key, args.by), row.runs) for row in rows],
+                            Path(args.plot))
+            except OSError as error:
+                raise ResultsError(f"--plot: {error}") from None
             print(f"wrote {args.plot}", file=sys.stderr)
     except ResultsError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -343,14 +367,20 @@ def _label(key: Tuple, by: Sequence[str]) -> str:
                      *(f"{name}={value}" for name, value in zip(by, values))])
 
 
-def _import_pyplot():
+def _import_pyplot(path: Path):
+    """matplotlib.pyplot, once it is known to be installed and to write `path`'s format."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as pyplot
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise ResultsError("--plot needs matplotlib: pip install 'fixmatch[plot]'") from None
+    formats = FigureCanvasBase.get_supported_filetypes()  # checked before any table is printed
+    if path.suffix[1:].lower() not in formats:
+        raise ResultsError(f"--plot {path}: the file name must end in one of "
+                           f"{', '.join('.' + name for name in sorted(formats))} (e.g. curves.png)")
     return pyplot
 
 
