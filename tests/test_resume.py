@@ -163,7 +163,7 @@ def test_a_crafted_pickle_is_refused_without_running_code(tmp_path):
     exploit.marker = tmp_path / "pwned"
     path = tmp_path / "step_000000001.pt"
     path.write_bytes(pickle.dumps({"format": "fixmatch-checkpoint-v1", "model": exploit}))
-    with pytest.raises(CheckpointError, match="unreadable or unsafe"):
+    with pytest.raises(CheckpointError, match="unreadable|unsafe"):
         load_checkpoint(path)
     assert not exploit.marker.exists()
     torch.save({"model": {}}, tmp_path / "other.pt")

@@ -9,6 +9,8 @@ import logging
 import os
 import pickle
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -36,16 +38,33 @@ def load_checkpoint(path: Path) -> dict:
             code to load, or is not a fixmatch checkpoint.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then refuses anyway.
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             AttributeError, TypeError, IndexError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable or unsafe to load ({reason[:200]})") from None
+        raise CheckpointError(f"checkpoint {path} {_why_unloadable(path, error)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a fixmatch checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     return state
+
+
+def _why_unloadable(path: Path, error: Exception) -> str:
+    """Why torch.load refused `path`, in a few words (torch's own message is a paragraph
+    that, for a file that is no checkpoint at all, advises weights_only=False)."""
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if unsafe:
+        return (f"is unsafe to load: it would import {unsafe.group(1)}, and fixmatch checkpoints "
+                "hold only tensors and plain values; it was not loaded")
+    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
+        size = path.stat().st_size if path.exists() else 0
+        return (f"is unreadable: {'empty' if size == 0 else f'{size} bytes, truncated or corrupt'}"
+                " (or not a PyTorch file at all)")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"is unreadable ({reason[:200]})"
 
 
 class CheckpointStore:
