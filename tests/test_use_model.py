@@ -243,3 +243,21 @@ def test_onnx_export_round_trips_or_says_what_is_missing(trained_run, tmp_path):
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"images": batch.numpy()})[0], expected,
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("override", ["dataset.image_size=64", "dataset.channels=1",
+                                      "dataset.resize=center_crop", "dataset.mean=[0.5,0.5,0.5]"])
+def test_what_the_model_was_trained_to_see_cannot_be_overridden(trained_run, tmp_path, override):
+    # Before: dataset.channels=1 blamed the checkpoint ("its weights do not fit the model of
+    # its config"), and dataset.image_size=64 evaluated and predicted at a size never trained on.
+    run_dir, _, _ = trained_run
+    key = override.partition("=")[0]
+    with pytest.raises(UserError, match=f"the model was trained on {key}="):
+        evaluate.main([f"checkpoint={run_dir}", override, f"out={tmp_path}"])
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(UserError, match=f"the model was trained on {key}="):
+        predict.main([f"checkpoint={run_dir}", f"inputs={image}", override,
+                      f"output={tmp_path / 'p.csv'}"])
+    assert not (tmp_path / "eval.json").exists() and not (tmp_path / "p.csv").exists()

@@ -26,6 +26,9 @@ from fixmatch.runtime import select_device
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("ema", "raw")  # model=ema (the averaged weights the paper reports) or raw
+# What the model was trained to see: always the checkpoint's, never an override.
+MODEL_INPUT_KEYS = ("dataset.image_size", "dataset.channels", "dataset.resize", "dataset.mean",
+                    "dataset.std")
 
 
 @dataclass
@@ -78,6 +81,12 @@ def rebuild_config(config_yaml: str, overrides: Sequence[str] = ()) -> Config:
         if not override.startswith("dataset."):
             raise UserError(f"{override}: only dataset.* settings can be changed when using a "
                             "trained model (the model itself comes from the checkpoint)")
+        key = override.partition("=")[0]
+        if key in MODEL_INPUT_KEYS:
+            saved = OmegaConf.select(OmegaConf.create(config_yaml), key)
+            raise UserError(f"{override}: the model was trained on {key}={saved}, so that is what "
+                            "it is fed (image size, channels, resize rule and mean/std come from "
+                            "the checkpoint); change where the data lives, e.g. dataset.root=...")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(config_yaml),
                                  OmegaConf.from_dotlist(list(overrides)))
