@@ -261,3 +261,41 @@ def test_what_the_model_was_trained_to_see_cannot_be_overridden(trained_run, tmp
         predict.main([f"checkpoint={run_dir}", f"inputs={image}", override,
                       f"output={tmp_path / 'p.csv'}"])
     assert not (tmp_path / "eval.json").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_output_places_that_cannot_be_written_are_one_line(trained_run, tmp_path):
+    # Before: each of these was a traceback (IsADirectoryError, FileExistsError, RuntimeError).
+    run_dir, _, _ = trained_run
+    (tmp_path / "a_file").write_text("")
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(UserError, match="out=.* is a file"):
+        evaluate.main([f"checkpoint={run_dir}", f"out={tmp_path / 'a_file'}"])
+    with pytest.raises(UserError, match="output=.* is a folder"):
+        predict.main([f"checkpoint={run_dir}", f"inputs={image}", f"output={tmp_path}"])
+    with pytest.raises(UserError, match="output=.* is a folder"):
+        export.main([f"checkpoint={run_dir}", f"output={tmp_path}"])
+    with pytest.raises(UserError, match="cannot create"):
+        export.main([f"checkpoint={run_dir}", f"output={tmp_path / 'a_file' / 'model.pt'}"])
+    result = subprocess.run([sys.executable, "-m", "fixmatch.predict", f"checkpoint={run_dir}",
+                             f"inputs={image}", f"output={tmp_path}"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_export_never_overwrites_the_runs_files_or_its_own_model(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    before = {path: path.read_bytes() for path in [*checkpoints, run_dir / "metrics.json"]}
+    for output, message in [(checkpoints[-1], "checkpoints/ folder"),
+                            (run_dir / "checkpoints" / "model.pt", "checkpoints/ folder"),
+                            (run_dir / "metrics.pt", "would overwrite .*metrics.json"),
+                            (tmp_path / "model.json", "cannot be a .json file")]:
+        with pytest.raises(UserError, match=message):
+            export.main([f"checkpoint={run_dir}", f"output={output}"])
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (run_dir / "checkpoints" / "model.pt").exists()
+    # An earlier export's model and metadata are replaced, as asked.
+    output = tmp_path / "model.pt"
+    export.main([f"checkpoint={run_dir}", f"output={output}"])
+    assert export.main([f"checkpoint={run_dir}", f"output={output}"]) == output

@@ -186,9 +186,10 @@ def main(argv: Sequence[str]) -> dict:
     from fixmatch.data.datasets import load_dataset
     from fixmatch.data.loaders import AugmentedImages, build_eval_loader
     from fixmatch.data.transforms import EvalTransform
-    from fixmatch.trained_model import load_trained_model, parse_arguments
+    from fixmatch.trained_model import load_trained_model, output_path, parse_arguments
 
     settings, overrides = parse_arguments(argv, {"model": "ema", "out": "", "device": "auto"})
+    out = output_path(settings["out"], "out", folder=True) if settings["out"] else None
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
     arrays = load_dataset(trained.config.dataset)
@@ -202,7 +203,7 @@ def main(argv: Sequence[str]) -> dict:
     report = classification_report(*predict_logits(trained.model, loader, trained.inputs))
     about = {"checkpoint": str(trained.checkpoint_path), "step": trained.step,
              "weights": trained.weights, "dataset_root": trained.config.dataset.root}
-    out = Path(settings["out"]) if settings["out"] else trained.run_dir
+    out = out or output_path(str(trained.run_dir), "out", folder=True)
     written = write_report(report, trained.class_names, out, about)
     print(f"top-1 {report.top1:.2f} %, top-5 {report.top5:.2f} %, macro F1 {report.macro_f1:.4f} "
           f"({trained.weights} weights, step {trained.step}, {report.num_images} test images)")

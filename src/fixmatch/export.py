@@ -14,7 +14,14 @@ from typing import Sequence
 import torch
 
 from fixmatch.errors import UserError
-from fixmatch.trained_model import TrainedModel, load_trained_model, parse_arguments, run_command
+from fixmatch.checkpoint import CHECKPOINT_DIR
+from fixmatch.trained_model import (
+    TrainedModel,
+    load_trained_model,
+    output_path,
+    parse_arguments,
+    run_command,
+)
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 ONNX_OPSET = 17  # supported by onnxruntime >= 1.11 and torch >= 1.13
@@ -79,6 +86,36 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
     return output
 
 
+def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
+    """Refuse an output that would overwrite the run's own files or lose the model itself.
+
+    Raises:
+        UserError: for a .json model name (its metadata file would replace it), a file in a
+            run's checkpoints/ folder or the checkpoint itself, or a <name>.json beside it
+            that is not an earlier export's metadata (eval.json, metrics.json, ...).
+    """
+    if output.suffix.lower() == ".json":
+        raise UserError(f"output={output}: the metadata is written to <name>.json beside the "
+                        f"model, so the model cannot be a .json file; use e.g. "
+                        f"output={output.with_suffix(suffix)}")
+    resolved = output.resolve()
+    if resolved == trained.checkpoint_path.resolve() or resolved.parent.name == CHECKPOINT_DIR:
+        raise UserError(f"output={output} is in a run's {CHECKPOINT_DIR}/ folder (or is the "
+                        "checkpoint itself), which it could overwrite; write the model elsewhere")
+    meta = output.with_suffix(".json")
+    if meta.exists() and not _is_export_metadata(meta):
+        raise UserError(f"output={output} would overwrite {meta}, which no export wrote; "
+                        "choose another name")
+
+
+def _is_export_metadata(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") in FORMATS and "class_names" in record
+
+
 def main(argv: Sequence[str]) -> Path:
     """`checkpoint=... [format=torchscript|onnx] [output=<run dir>/model.pt] [model=ema|raw]
     [device=auto]`.
@@ -92,8 +129,9 @@ def main(argv: Sequence[str]) -> Path:
         raise UserError(f"format={settings['format']} is not known; use torchscript or onnx")
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
-    output = (Path(settings["output"]) if settings["output"]
-              else trained.run_dir / f"model{FORMATS[settings['format']]}")
+    suffix = FORMATS[settings["format"]]
+    output = output_path(settings["output"] or str(trained.run_dir / f"model{suffix}"), "output")
+    check_output(output, trained, suffix)
     export_model(trained, settings["format"], output)
     print(f"wrote {output} and {output.with_suffix('.json')}")
     return output

@@ -17,7 +17,13 @@ from fixmatch.data.image_folder import IMAGE_EXTENSIONS, Preprocessing, decode_i
 from fixmatch.data.image_folder import UNREADABLE_IMAGE_ERRORS as UNREADABLE_IMAGE  # what Pillow raises
 from fixmatch.data.transforms import EvalTransform
 from fixmatch.errors import UserError
-from fixmatch.trained_model import TrainedModel, load_trained_model, parse_arguments, run_command
+from fixmatch.trained_model import (
+    TrainedModel,
+    load_trained_model,
+    output_path,
+    parse_arguments,
+    run_command,
+)
 
 DEFAULTS = {"inputs": "", "output": "predictions.csv", "top_k": "5", "batch_size": "256",
             "model": "ema", "device": "auto"}
@@ -133,12 +139,13 @@ def main(argv: Sequence[str]) -> List[dict]:
                         "must be whole numbers") from None
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top_k={top_k} and batch_size={batch_size} must be at least 1")
+    output = output_path(settings["output"], "output")
     paths = list_inputs(settings["inputs"])
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
     records = predict_files(trained, paths, top_k, batch_size)
     top_k = min(top_k, len(trained.class_names))
-    write_csv(records, top_k, Path(settings["output"]))
+    write_csv(records, top_k, output)
     bad = [record for record in records if record["error"]]
     print(f"{len(records) - len(bad)} images classified, {len(bad)} unreadable; "
           f"wrote {settings['output']}")

@@ -5,6 +5,7 @@ checkpoint file and must see the model exactly as training left it.
 """
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,36 @@ def parse_arguments(argv: Sequence[str], defaults: Dict[str, str],
         if not settings.get(key):
             raise UserError(f"{key}=... must be given")
     return settings, overrides
+
+
+def output_path(value: str, setting: str, folder: bool = False) -> Path:
+    """Where a command will write (`setting=value`), checked before any work is done.
+
+    Args:
+        value: the path as given.
+        setting: the argument's name, for the messages (out, output).
+        folder: the command writes several files into this folder (created when missing);
+            otherwise `value` names one file, whose folder is created.
+
+    Raises:
+        UserError: when it is a folder where a file is meant (or the reverse), or its folder
+            cannot be created or written.
+    """
+    path = Path(value).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{setting}={value} is a file; {setting}= names a folder to write into")
+    if not folder and path.is_dir():
+        raise UserError(f"{setting}={value} is a folder; give a file name inside it, "
+                        f"e.g. {setting}={path / 'name'}")
+    where = path if folder else path.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{setting}={value}: cannot create {where} ({error.strerror or error}); "
+                        "choose a writable place") from None
+    if not os.access(where, os.W_OK):
+        raise UserError(f"{setting}={value}: {where} is not writable; choose a writable place")
+    return path
 
 
 def run_command(main: Callable[[Sequence[str]], object]) -> None:
