@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,3 +262,20 @@ def test_a_key_added_after_the_run_started_counts_as_its_default():
     assert experiment_differences(yaml.safe_dump(older), current) == []
     changed = OmegaConf.to_yaml(compose_config(["ssl.lambda_u=2.0"]), resolve=True)
     assert experiment_differences(yaml.safe_dump(older), changed) == ["ssl.lambda_u (1.0 -> 2.0)"]
+
+
+def test_resume_with_data_of_other_classes_is_refused_before_writing(tiny_cifar10, tmp_path):
+    # dataset.root may change on resume; before, a root whose classes differ resumed silently
+    # (same class count) or failed with "the checkpoint does not fit this model/optimiser"
+    # (another count), after rewriting split.json and normalization.json for the wrong data.
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir, "trainer.total_steps=3")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cifar10, other)
+    names = [f"class_{i}" for i in range(10)]
+    (other / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    before = {name: (run_dir / name).read_bytes() for name in ("split.json", "normalization.json")}
+    with pytest.raises(CheckpointError, match=r"trained on the classes \['airplane'.*has \['class_0'"):
+        short_run(tiny_cifar10, run_dir, f"dataset.root={other}")
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert short_run(tiny_cifar10, run_dir)["step"] == 6  # the run's own data still resumes

@@ -54,12 +54,21 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
     """Draw the split, or take it from the checkpoint when resuming (never re-drawn).
 
     Raises:
-        CheckpointError: the checkpoint's split indexes past this dataset's training images.
+        CheckpointError: the checkpoint was trained on other classes, or its split indexes
+            past this dataset's training images.
     """
     if not plan.checkpoint:
         return draw_split(arrays.train.targets, config.ssl.num_labeled, len(arrays.class_names),
                           config.ssl.split_seed, config.dataset.labeled_split.value,
                           arrays.labeled_folds, class_names=arrays.class_names)
+    trained_on = plan.checkpoint.get("class_names")
+    if trained_on is not None and list(trained_on) != list(arrays.class_names):
+        # dataset.root may change on resume (the data moved), the classes may not.
+        raise CheckpointError(
+            f"cannot resume from {plan.checkpoint_path}: it was trained on the classes "
+            f"{list(trained_on)}, but dataset.root={config.dataset.root} has "
+            f"{list(arrays.class_names)}; point dataset.root at the run's data, or use another "
+            "hydra.run.dir for a new run")
     indices = list(plan.checkpoint["labeled_indices"])
     if max(indices) >= len(arrays.train.targets):
         raise CheckpointError(
