@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,41 @@ def test_export_never_overwrites_the_runs_files_or_its_own_model(trained_run, tm
     output = tmp_path / "model.pt"
     export.main([f"checkpoint={run_dir}", f"output={output}"])
     assert export.main([f"checkpoint={run_dir}", f"output={output}"]) == output
+
+
+def test_evaluate_on_a_folder_that_holds_only_test_images(tmp_path):
+    # README: "python -m fixmatch.evaluate checkpoint=outputs/run dataset.root=/data/new_chips".
+    # Before: new data without labeled/ (or train/) was refused ("no folder 'labeled/' or
+    # 'train/'"), so scoring new chips meant copying training images next to them.
+    names = ["cat", "dog", "eel"]
+    root = tmp_path / "images"
+    for label, name in enumerate(names):
+        for part, count in (("labeled", 4), ("test", 2)):
+            for i in range(count):
+                path = root / part / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (12, 10), 60 * (label + 1)).save(path)
+    run_dir = tmp_path / "run"
+    run_experiment(compose_config([
+        "dataset=folder", f"dataset.root={root}", "dataset.image_size=8", "ssl.num_labeled=-1",
+        "ssl.batch_size=3", "ssl.unlabeled_ratio=1", "model.depth=10", "model.widen_factor=1",
+        "trainer.total_steps=2", "trainer.eval_every_steps=2", "trainer.num_workers=0",
+        "trainer.num_threads=2", "trainer.device=cpu"]), run_dir)
+    new = tmp_path / "new"
+    shutil.copytree(root / "test" / "dog", new / "test" / "dog")  # one class is enough
+    shutil.copytree(root / "test" / "eel", new / "test" / "eel")
+    record = evaluate.main([f"checkpoint={run_dir}", f"dataset.root={new}", f"out={tmp_path / 'e'}"])
+    assert record["num_images"] == 4 and record["class_names"] == names
+    assert [sum(row) for row in record["confusion"]] == [0, 2, 2]  # labelled by the model's classes
+    same = evaluate.main([f"checkpoint={run_dir}", f"out={tmp_path / 'e2'}"])
+    assert same["confusion"][1:] == record["confusion"][1:]
+    (new / "test" / "fox").mkdir()
+    with pytest.raises(UserError, match="test/fox is not a class the model was trained on"):
+        evaluate.main([f"checkpoint={run_dir}", f"dataset.root={new}", f"out={tmp_path / 'e3'}"])
+    shutil.rmtree(new / "test" / "fox")
+    (new / "test" / "dog" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot read image .*bad.png"):
+        evaluate.main([f"checkpoint={run_dir}", f"dataset.root={new}", f"out={tmp_path / 'e4'}"])
+    skipped = evaluate.main([f"checkpoint={run_dir}", f"dataset.root={new}",
+                             "dataset.skip_bad_images=true", f"out={tmp_path / 'e5'}"])
+    assert skipped["num_images"] == 4

@@ -173,6 +173,23 @@ def _plot_confusion(confusion: List[List[int]], class_names: Sequence[str], path
     return True
 
 
+def _test_images(trained):
+    """The test images of the checkpoint's dataset (or of dataset.root=...): an image folder
+    that holds only test/<class>/ is new data, labelled by the model's class names."""
+    from fixmatch.data.datasets import load_dataset
+    from fixmatch.data.image_folder import is_test_only, load_test_folder
+
+    dataset = trained.config.dataset
+    if dataset.name == "folder" and is_test_only(dataset):
+        return load_test_folder(dataset, trained.class_names)
+    arrays = load_dataset(dataset)
+    if arrays.class_names != trained.class_names:
+        raise UserError(f"dataset.root={dataset.root} has the classes {arrays.class_names}, but "
+                        f"{trained.checkpoint_path} was trained on {trained.class_names}; give "
+                        "test data with the same class folders")
+    return arrays.test
+
+
 def main(argv: Sequence[str]) -> dict:
     """`checkpoint=<run dir or .pt> [model=ema|raw] [out=<dir>] [device=auto] [dataset.*=...]`.
 
@@ -183,7 +200,6 @@ def main(argv: Sequence[str]) -> dict:
         UserError: for bad arguments, a bad checkpoint or data whose classes differ.
     """
     # Imported here: the trainer imports `evaluate` and must not pull in the app.
-    from fixmatch.data.datasets import load_dataset
     from fixmatch.data.loaders import AugmentedImages, build_eval_loader
     from fixmatch.data.transforms import EvalTransform
     from fixmatch.trained_model import load_trained_model, output_path, parse_arguments
@@ -192,12 +208,8 @@ def main(argv: Sequence[str]) -> dict:
     out = output_path(settings["out"], "out", folder=True) if settings["out"] else None
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
-    arrays = load_dataset(trained.config.dataset)
-    if arrays.class_names != trained.class_names:
-        raise UserError(f"dataset.root={trained.config.dataset.root} has the classes "
-                        f"{arrays.class_names}, but {trained.checkpoint_path} was trained on "
-                        f"{trained.class_names}; give test data with the same class folders")
-    test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform())
+    test = _test_images(trained)
+    test_set = AugmentedImages(test.images, test.targets, EvalTransform())
     loader = build_eval_loader(test_set, trained.config.trainer.eval_batch_size, 0,
                                trained.device.type == "cuda")
     report = classification_report(*predict_logits(trained.model, loader, trained.inputs))

@@ -89,6 +89,40 @@ def load_image_folder(config: DatasetConfig) -> DatasetArrays:
     return _to_arrays(root, images, index, config.skip_bad_images)
 
 
+def is_test_only(config: DatasetConfig) -> bool:
+    """`dataset.root` holds test/ and neither labeled/ nor train/: new data for a trained model."""
+    root = Path(config.root).expanduser().resolve()
+    return (root / "test").is_dir() and not any((root / pool).is_dir() for pool in ("labeled", "train"))
+
+
+def load_test_folder(config: DatasetConfig, class_names: Sequence[str]) -> ImageSet:
+    """Read only `<root>/test/<class>/*`, labelled by a trained model's `class_names`
+    (evaluate on new data; a class of the model may have no folder).
+
+    Raises:
+        UserError: for a missing test/, a class folder the model does not know, an empty
+            class folder or an unreadable image (unless dataset.skip_bad_images).
+    """
+    root = Path(config.root).expanduser().resolve()
+    if not (root / "test").is_dir():
+        raise UserError(f"dataset.root={config.root}: no folder 'test/' found in {root}; "
+                        "expected test/<class>/*")
+    ignored: List[str] = []
+    names = _class_folders(root, "test", ignored)
+    unknown = sorted(set(names) - set(class_names))
+    if not names or unknown:
+        raise UserError(f"{root / 'test' / (unknown[0] if unknown else '')} is not a class the "
+                        f"model was trained on ({', '.join(class_names)}); test/ must use those "
+                        "class names: rename or remove it")
+    test = _class_files(root, "test", [name for name in class_names if name in names], ignored,
+                        class_names)
+    listing = FolderListing("test", list(class_names), [], [], test, ignored)
+    images, index = _decoded_images(root, listing, Preprocessing(config.image_size,
+                                                                 config.channels, config.resize))
+    _check_bad_images(root, index, config.skip_bad_images)
+    return ImageSet(images=images, targets=np.asarray(index["targets"], dtype=np.int64))
+
+
 def _decoded_images(root: Path, listing: FolderListing,
                     prep: Preprocessing) -> Tuple[np.ndarray, dict]:
     """The listing's images and index from the cache; decoded and cached on a miss."""
@@ -347,7 +381,7 @@ def _decoder_processes() -> int:
     return min(cores or 1, MAX_DECODER_PROCESSES)
 
 
-def _to_arrays(root: Path, images: np.ndarray, index: dict, skip_bad_images: bool) -> DatasetArrays:
+def _check_bad_images(root: Path, index: dict, skip_bad_images: bool) -> None:
     bad = index["bad_images"]
     if bad and not skip_bad_images:
         path, reason = bad[0]
@@ -357,6 +391,10 @@ def _to_arrays(root: Path, images: np.ndarray, index: dict, skip_bad_images: boo
     if bad:
         log.warning("skipped %d unreadable images of %s (dataset.skip_bad_images=true), e.g. %s",
                     len(bad), root, ", ".join(path for path, _ in bad[:3]))
+
+
+def _to_arrays(root: Path, images: np.ndarray, index: dict, skip_bad_images: bool) -> DatasetArrays:
+    _check_bad_images(root, index, skip_bad_images)
     num_train, num_unlabeled, _ = index["parts"]
     targets = np.asarray(index["targets"], dtype=np.int64)
     class_names = index["class_names"]
