@@ -170,16 +170,19 @@ def test_two_sweep_folders_merge(tmp_path, capsys):
     assert len(find_runs([str(tmp_path), str(tmp_path / "first")])) == 2
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unknown key"])
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown key", "a file"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     make_run(tmp_path / "sweep" / "1", CIFAR10_40, done(80.0, 80.0))
     (tmp_path / "empty").mkdir()
     argv = {"missing": [str(tmp_path / "nowhere")], "empty": [str(tmp_path / "empty")],
-            "unknown key": [str(tmp_path / "sweep"), "--by", "ssl.treshold"]}[case]
+            "unknown key": [str(tmp_path / "sweep"), "--by", "ssl.treshold"],
+            "a file": [str(tmp_path / "sweep" / "1" / "metrics.json")]}[case]
     assert main(argv) == 2
     output = capsys.readouterr()
     assert output.out == "" and len(output.err.strip().splitlines()) == 1
     assert output.err.startswith("error: ")
+    if case == "a file":  # before: "no such folder", for a file that is there
+        assert "a file, not a folder" in output.err
 
 
 def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):

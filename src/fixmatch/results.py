@@ -123,8 +123,9 @@ def find_runs(folders: Sequence[str]) -> List[Run]:
     found: Dict[Path, Run] = {}
     for folder in map(Path, folders):
         if not folder.is_dir():
-            raise ResultsError(f"{folder}: no such folder; pass a sweep folder such as "
-                               "multirun/<timestamp>")
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            raise ResultsError(f"{folder}: {what}; pass a sweep folder such as "
+                               "multirun/<timestamp> (or a run folder)")
         configs = sorted(folder.rglob("config_resolved.yaml"))
         if not configs:
             raise ResultsError(f"{folder}: no runs in it (no config_resolved.yaml below it)")
