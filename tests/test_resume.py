@@ -279,3 +279,25 @@ def test_resume_with_data_of_other_classes_is_refused_before_writing(tiny_cifar1
         short_run(tiny_cifar10, run_dir, f"dataset.root={other}")
     assert {name: (run_dir / name).read_bytes() for name in before} == before
     assert short_run(tiny_cifar10, run_dir)["step"] == 6  # the run's own data still resumes
+
+
+def test_a_completed_run_whose_checkpoints_were_deleted_is_never_overwritten(tiny_cifar10, tmp_path):
+    # Checkpoints deleted to save space, then the same command (or a sweep adding seeds) is
+    # rerun. Before: "has metrics but no checkpoint; starting the run over" retrained it, and
+    # another experiment in that folder replaced its results without a word.
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    shutil.rmtree(run_dir / "checkpoints")
+    files = ("metrics.json", "metrics.jsonl", "config_resolved.yaml", "split.json")
+    before = {name: (run_dir / name).read_bytes() for name in files}
+    summary = short_run(tiny_cifar10, run_dir)
+    assert summary == json.loads(before["metrics.json"]) and summary["status"] == "completed"
+    for change, message in [("ssl.num_labeled=20", r"another experiment .*ssl.num_labeled \(40 -> 20\)"),
+                            ("trainer.total_steps=9", "cannot continue to trainer.total_steps=9")]:
+        with pytest.raises(UserError, match=message):
+            short_run(tiny_cifar10, run_dir, change)
+    assert {name: (run_dir / name).read_bytes() for name in files} == before
+    assert not (run_dir / "checkpoints").exists()
+    fresh = short_run(tiny_cifar10, run_dir, "ssl.num_labeled=20", "trainer.resume=false")
+    assert fresh["status"] == "completed" and (tmp_path / "run_2" / "checkpoints").is_dir()
+    assert {name: (run_dir / name).read_bytes() for name in files} == before

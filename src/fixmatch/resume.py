@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
 
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore, load_checkpoint
 from fixmatch.config import Config, DatasetConfig, ModelConfig, OptimConfig, SSLConfig, TrainerConfig
@@ -37,6 +39,8 @@ class StartPlan:
     run_dir: Path
     checkpoint: Optional[dict] = None  # the state to continue from; None starts fresh
     checkpoint_path: Optional[Path] = None
+    # metrics.json of a completed run whose checkpoints were deleted: nothing to do
+    completed: Optional[dict] = None
 
 
 def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints: int) -> StartPlan:
@@ -54,10 +58,14 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
 
     Raises:
         UserError: when the folder's checkpoints are unreadable or belong to another
-            experiment.
+            experiment, or it holds a completed run (checkpoints deleted) of another
+            experiment or of fewer steps.
     """
     store = CheckpointStore(run_dir / CHECKPOINT_DIR, keep_checkpoints)
     if not store.step_files():
+        completed = _completed_summary(run_dir)
+        if completed is not None:  # its checkpoints were deleted, say to save space
+            return _plan_after_completed(run_dir, completed, resolved_yaml, resume)
         if (run_dir / "metrics.jsonl").exists():
             log.warning("%s has metrics but no checkpoint; starting the run over", run_dir)
         return StartPlan(run_dir)
@@ -75,6 +83,41 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
         )
     log.info("resuming from %s (step %d)", path, state["step"])
     return StartPlan(run_dir, state, path)
+
+
+def _completed_summary(run_dir: Path) -> Optional[dict]:
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") == "completed" else None
+
+
+def _plan_after_completed(run_dir: Path, completed: dict, resolved_yaml: str,
+                          resume: bool) -> StartPlan:
+    """A completed run without checkpoints is never overwritten: the same experiment has
+    nothing left to do, anything else goes elsewhere (or is refused)."""
+    if not resume:
+        fresh = _free_sibling(run_dir)
+        log.warning("trainer.resume=false: %s holds a completed run; starting fresh in %s",
+                    run_dir, fresh)
+        return StartPlan(fresh)
+    keep = ("use another hydra.run.dir, or trainer.resume=false to start fresh in a new "
+            "folder; its results are left as they are")
+    try:
+        saved_yaml = (run_dir / "config_resolved.yaml").read_text()
+        differences = experiment_differences(saved_yaml, resolved_yaml)
+    except (OSError, ValueError, OmegaConfBaseException, YAMLError):
+        differences = ["config_resolved.yaml (missing or unreadable)"]
+    if differences:
+        raise UserError(f"{run_dir} holds a completed run of another experiment (the config "
+                        f"differs in {', '.join(differences)}) and no checkpoint; {keep}")
+    total_steps = _flatten_yaml(resolved_yaml).get("trainer.total_steps")
+    if isinstance(total_steps, int) and completed.get("step", 0) < total_steps:
+        raise UserError(f"{run_dir} holds a run completed at step {completed.get('step')} whose "
+                        f"checkpoints are gone, so it cannot continue to trainer.total_steps="
+                        f"{total_steps}; {keep}")
+    return StartPlan(run_dir, completed=completed)
 
 
 def experiment_differences(saved_yaml: str, current_yaml: str) -> List[str]:
@@ -130,7 +173,7 @@ def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_chec
             make_writable(run_dir)
             plan = plan_start(run_dir, resolved_yaml, resume, keep_checkpoints)
             make_writable(plan.run_dir)
-            decision = (plan.run_dir, plan.checkpoint_path)
+            decision = (plan.run_dir, plan.checkpoint_path, plan.completed)
         except UserError as error:
             decision = error
     decision = broadcast_object(decision, env)
@@ -138,14 +181,16 @@ def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_chec
         raise decision
     if env.is_main:
         return plan
-    folder, checkpoint_path = decision
+    folder, checkpoint_path, completed = decision
     return StartPlan(folder, load_checkpoint(checkpoint_path) if checkpoint_path else None,
-                     checkpoint_path)
+                     checkpoint_path, completed)
 
 
 def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
     """The summary of a run that already reached `total_steps`, so a rerun (of a sweep,
     say) leaves it exactly as it is; None when there is training left to do."""
+    if plan.completed is not None:
+        return plan.completed  # plan_start checked its experiment and length
     if not plan.checkpoint or plan.checkpoint["step"] < total_steps:
         return None
     try:
