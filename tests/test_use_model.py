@@ -338,3 +338,11 @@ def test_evaluate_on_a_folder_that_holds_only_test_images(tmp_path):
     skipped = evaluate.main([f"checkpoint={run_dir}", f"dataset.root={new}",
                              "dataset.skip_bad_images=true", f"out={tmp_path / 'e5'}"])
     assert skipped["num_images"] == 4
+
+
+def test_device_cuda_without_cuda_names_the_commands_own_setting(trained_run, monkeypatch):
+    # Before: "trainer.device=cuda but no CUDA device is visible", a key these commands refuse.
+    run_dir, _, _ = trained_run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^device=cuda but no CUDA device is visible; use device=auto"):
+        evaluate.main([f"checkpoint={run_dir}", "device=cuda"])

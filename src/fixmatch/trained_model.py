@@ -118,6 +118,8 @@ def load_trained_model(location: str, weights: str = "ema", overrides: Sequence[
         choice = Device(device)
     except ValueError:
         raise UserError(f"device={device} is not known; use auto, cpu or cuda") from None
+    if choice is Device.cuda and not torch.cuda.is_available():  # named as these commands name it
+        raise UserError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
     path = resolve_checkpoint(location)
     state = load_checkpoint(path)
     missing = [key for key in ("config_yaml", "class_names", "normalization", "model")
