@@ -29,6 +29,8 @@ def test_every_preset_passes(preset):
     ("ssl.cutout_fraction=2", "ssl.cutout_fraction=2.0 must lie in [0, 1]"),
     ("optim.ema_decay=1.5", "optim.ema_decay=1.5 must lie in [0, 1]"),
     ("ssl.lambda_u=-1", "ssl.lambda_u=-1.0 must not be negative"),
+    # before: "ssl.randaugment_variant: RandAugment num_ops must be >= 0", naming another key
+    ("ssl.randaugment_num_ops=-1", "ssl.randaugment_num_ops=-1 must not be negative"),
     ("optim.lr=-0.1", "optim.lr=-0.1 must not be negative"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must not be negative"),
     ("optim.momentum=1.5", "optim.momentum=1.5 must lie in [0, 1)"),

@@ -43,6 +43,7 @@ def check_config(config: Config, env: DistEnv) -> None:
         "trainer.num_workers": config.trainer.num_workers,
         "trainer.checkpoint_every_steps": config.trainer.checkpoint_every_steps,
         "ssl.lambda_u": config.ssl.lambda_u,
+        "ssl.randaugment_num_ops": config.ssl.randaugment_num_ops,
         "optim.lr": config.optim.lr,
         "optim.weight_decay": config.optim.weight_decay,
     }
