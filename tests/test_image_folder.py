@@ -4,6 +4,7 @@ clear line for every bad input. Every folder is a few generated PNGs in a tmp di
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -419,3 +420,22 @@ def test_cli_with_a_missing_folder_prints_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: dataset.root=")
     assert "no such folder" in lines[0]
+
+
+
+def test_training_on_a_single_class_folder_is_refused(tmp_path):
+    # Before: it trained a one-output model that scored 100 % by construction.
+    root = make_folder(tmp_path / "images")
+    for name in CLASSES[1:]:
+        shutil.rmtree(root / "labeled" / name)
+        shutil.rmtree(root / "test" / name)
+    assert load_dataset(folder_config(root)).class_names == ["cat"]  # loading still works
+    cfg = compose_config([
+        "dataset=folder", f"dataset.root={root}", "dataset.image_size=16", "ssl.num_labeled=-1",
+        "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]", "ssl.batch_size=2",
+        "ssl.unlabeled_ratio=1", "model.depth=10", "model.widen_factor=1",
+        "trainer.total_steps=2", "trainer.eval_every_steps=2", "trainer.num_workers=0",
+        "trainer.num_threads=2", "trainer.device=cpu"])
+    with pytest.raises(UserError, match=r"has one class \(cat\); a classifier needs at least two"):
+        run_experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

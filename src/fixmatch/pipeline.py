@@ -57,6 +57,10 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
         CheckpointError: the checkpoint was trained on other classes, or its split indexes
             past this dataset's training images.
     """
+    if len(arrays.class_names) < 2:  # a one-output model would score 100 % by construction
+        raise UserError(f"dataset {config.dataset.name!r} (dataset.root={config.dataset.root}) "
+                        f"has one class ({', '.join(arrays.class_names)}); a classifier needs at "
+                        "least two: add a class folder per class")
     if not plan.checkpoint:
         return draw_split(arrays.train.targets, config.ssl.num_labeled, len(arrays.class_names),
                           config.ssl.split_seed, config.dataset.labeled_split.value,
