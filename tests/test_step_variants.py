@@ -69,6 +69,23 @@ def _run(root, run_dir, *overrides):
     return train(OmegaConf.to_object(cfg), run_dir, OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def _graphs_compiled(root, run_dir, total_steps):
+    torch._dynamo.reset()  # forget earlier tests' compiled models
+    torch._dynamo.utils.counters.clear()
+    summary = _run(root, run_dir, "trainer.compile=true", f"trainer.total_steps={total_steps}")
+    assert summary["status"] == "completed"
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+def test_a_compiled_run_does_not_recompile_as_it_goes_on(tiny_cifar10, tmp_path):
+    # Training and evaluating (eval mode, no_grad, a smaller last batch) each compile once;
+    # three times the steps and evaluations must not add a single graph.
+    first_cycle = _graphs_compiled(tiny_cifar10, tmp_path / "short", total_steps=3)
+    assert first_cycle >= 1
+    assert _graphs_compiled(tiny_cifar10, tmp_path / "long", total_steps=9) == first_cycle
+
+
 def test_device_augmentation_trains_and_resumes_exactly(tiny_cifar10, tmp_path):
     whole = _run(tiny_cifar10, tmp_path / "whole", "trainer.augment_on=device")
     assert whole["status"] == "completed"
