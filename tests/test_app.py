@@ -144,3 +144,4 @@ def test_bad_inputs_fail_with_one_line(tiny_cifar10, tmp_path, overrides, messag
     assert "Traceback" not in result.stdout + result.stderr
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["status"] == "failed" and message in summary["error"]
+    assert (tmp_path / "run" / "config_resolved.yaml").exists()  # the results command finds it

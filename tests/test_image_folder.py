@@ -439,3 +439,35 @@ def test_training_on_a_single_class_folder_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"has one class \(cat\); a classifier needs at least two"):
         run_experiment(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- resuming a folder run -------------------------------------------------------------
+
+def folder_run(root: Path, run_dir: Path, *extra: str) -> dict:
+    """A seconds-long run on a `make_folder` folder, checkpointed every 2 steps."""
+    return run_experiment(compose_config([
+        "dataset=folder", f"dataset.root={root}", "dataset.image_size=16", "ssl.num_labeled=6",
+        "ssl.batch_size=4", "ssl.unlabeled_ratio=2", "model.depth=10", "model.widen_factor=1",
+        "trainer.total_steps=4", "trainer.eval_every_steps=2", "trainer.log_every_steps=2",
+        "trainer.num_workers=0", "trainer.num_threads=2", "trainer.device=cpu", *extra]), run_dir)
+
+
+def files_of(run_dir: Path) -> dict:
+    return {str(path.relative_to(run_dir)): path.read_bytes()
+            for path in sorted(run_dir.rglob("*")) if path.is_file()}
+
+
+def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(folder, tmp_path):
+    # Before: the refusal came after config_resolved.yaml was rewritten (naming the other
+    # root) and metrics.json said "failed", so results counted a completed run as failed.
+    run_dir = tmp_path / "run"
+    folder_run(folder, run_dir)
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    for part in ("labeled", "test"):
+        write_image(other / part / "fox" / "000.png", 250)
+    before = files_of(run_dir)
+    with pytest.raises(UserError, match=r"trained on the classes \['cat', 'dog', 'eel'\]"):
+        folder_run(other, run_dir, "trainer.total_steps=6")
+    assert files_of(run_dir) == before  # metrics, config, split, TensorBoard, checkpoints
+    assert folder_run(folder, run_dir, "trainer.total_steps=6")["step"] == 6

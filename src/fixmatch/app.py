@@ -7,6 +7,7 @@ trainer.
 """
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -34,11 +35,11 @@ from fixmatch.distributed import (
     init_process_group,
 )
 from fixmatch.errors import UserError
-from fixmatch.metrics import MetricWriter
+from fixmatch.metrics import MetricWriter, write_text_atomic
 from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
-from fixmatch.resume import StartPlan, finished_summary, plan_on_rank_zero
+from fixmatch.resume import StartPlan, finished_summary, holds_a_run, plan_on_rank_zero
 from fixmatch.runtime import (
     configure_threads,
     resolve_precision,
@@ -104,21 +105,17 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
     if finished is not None:
         log.info("%s already completed %d steps; nothing to do", run_dir, finished["step"])
         return finished
-    if env.is_main:
-        (run_dir / "config_resolved.yaml").write_text(resolved_yaml)
     state = plan.checkpoint or {}
     writer = MetricWriter(run_dir, config.trainer.total_steps, history=state.get("history"),
                           elapsed_s=state.get("elapsed_s", 0.0), resume_step=state.get("step"),
                           write=env.is_main)
-    trainer = None
+    trainer = _build_or_record_failure(config, run_dir, resolved_yaml, writer, plan, env, device)
+    writer.open()  # training starts: from here on the run's files are rewritten
     try:
-        check_config(config, env)
-        trainer = _build_trainer(config, run_dir, resolved_yaml, writer, plan, env, device)
         summary = trainer.fit()
     except BaseException as error:
         # metrics.json must say "failed" (with why) whatever stopped the run.
-        writer.summary("failed", trainer.step if trainer else state.get("step", 0),
-                       error=f"{type(error).__name__}: {error}")
+        writer.summary("failed", trainer.step, error=f"{type(error).__name__}: {error}")
         raise
     finally:
         writer.close()
@@ -129,21 +126,53 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
     return summary
 
 
-def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: MetricWriter,
-                   plan: StartPlan, env: DistEnv, device: torch.device) -> Trainer:
+def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
+                             writer: MetricWriter, plan: StartPlan, env: DistEnv,
+                             device: torch.device) -> Trainer:
+    """Check the config and build the trainer, then write the run's config, split and
+    normalisation. When that fails, a run already in `run_dir` keeps its files byte for
+    byte; a new run records its config and a "failed" metrics.json (results count it)."""
+    try:
+        check_config(config, env)
+        data = _load_data(config, plan, env, device)
+        trainer = _build_trainer(config, run_dir, resolved_yaml, writer, plan, data, env, device)
+    except BaseException as error:
+        if env.is_main and not holds_a_run(plan):
+            write_text_atomic(run_dir / "config_resolved.yaml", resolved_yaml)
+            writer.summary("failed", 0, error=f"{type(error).__name__}: {error}")
+        raise
+    if env.is_main:
+        write_text_atomic(run_dir / "config_resolved.yaml", resolved_yaml)
+        data.split.save(run_dir / "split.json", data.arrays.class_names)
+        data.normalization.save(run_dir / "normalization.json")
+    return trainer
+
+
+@dataclass(frozen=True)
+class _RunData:
+    arrays: DatasetArrays
+    split: LabeledSplit
+    normalization: Normalization
+
+
+def _load_data(config: Config, plan: StartPlan, env: DistEnv, device: torch.device) -> _RunData:
+    """Set up the process (precision check, threads, memory reuse, seeds), then load the
+    dataset, its labeled split and normalisation (from the checkpoint when resuming)."""
     resolve_precision(config.trainer.precision, device)  # refuses fp16 off CUDA before any loading
     configure_threads(config.trainer.num_threads)
     if device.type == "cpu":
         reuse_freed_host_memory()  # activations live in host memory: no page faults every step
     seed_everything(config.seed)
-
     arrays = load_dataset(config.dataset)
     split = pipeline.labeled_split(config, arrays, plan)
     pipeline.check_same_split_on_all_ranks(split, env)
     normalization = pipeline.input_normalization(config, arrays, plan)
-    if env.is_main:
-        split.save(run_dir / "split.json", arrays.class_names)
-        normalization.save(run_dir / "normalization.json")
+    return _RunData(arrays, split, normalization)
+
+
+def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: MetricWriter,
+                   plan: StartPlan, data: _RunData, env: DistEnv, device: torch.device) -> Trainer:
+    arrays, split, normalization = data.arrays, data.split, data.normalization
     log.info("%s: %d training images, %d labeled (per class %s), %d test images; device %s%s",
              config.dataset.name, len(arrays.train.targets), len(split.indices),
              split.num_per_class, len(arrays.test.targets), device,

@@ -13,15 +13,16 @@ MEDIAN_WINDOW = 20  # the paper reports the median of the last 20 evaluations
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON so a reader never sees a half-written file (temp file + rename)."""
-    _write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def write_lines_atomic(path: Path, lines: List[str]) -> None:
     """Replace a line-per-record file as a whole."""
-    _write_text_atomic(path, "".join(line + "\n" for line in lines))
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a text file as a whole: a reader sees the old file or the new one."""
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w") as file:
         file.write(text)
@@ -42,6 +43,9 @@ class MetricWriter:
         elapsed_s: wall time the run already spent before this process.
         resume_step: the checkpoint's step when resuming, else None.
         write: False on every rank but 0 of a torchrun job: keep the history, write nothing.
+
+    Nothing is written before `open()` but a `summary()` asked for, so a run refused
+    before training leaves metrics.jsonl and TensorBoard as they were.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, history: Optional[List[dict]] = None,
@@ -50,16 +54,22 @@ class MetricWriter:
         self.total_steps = total_steps
         self.history: List[Dict[str, float]] = list(history or [])
         self.started = time.monotonic() - elapsed_s
+        self.resume_step = resume_step
         self.write = write
         self.tensorboard = None
-        if write:
-            write_lines_atomic(run_dir / "metrics.jsonl", [json.dumps(record) for record in self.history])
-            from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides events an interrupted process logged after its checkpoint.
-            purge_step = resume_step + 1 if resume_step is not None else None
-            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
-                                             purge_step=purge_step)
+    def open(self) -> None:
+        """Start writing: metrics.jsonl is rewritten to the history, TensorBoard opened."""
+        if not self.write:
+            return
+        write_lines_atomic(self.run_dir / "metrics.jsonl",
+                           [json.dumps(record) for record in self.history])
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides events an interrupted process logged after its checkpoint.
+        purge_step = self.resume_step + 1 if self.resume_step is not None else None
+        self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                         purge_step=purge_step)
 
     def elapsed_s(self) -> float:
         """Wall time of the run so far, across resumed processes."""

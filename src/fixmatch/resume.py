@@ -200,6 +200,24 @@ def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
     return summary if summary.get("status") == "completed" else None
 
 
+def holds_a_run(plan: StartPlan) -> bool:
+    """Whether the plan's folder holds a run that a start refused before training must
+    leave as it is: one with a checkpoint, or with any metrics.json but that of a start
+    that failed before its first step (a new run's folder, or such a start, is rewritten)."""
+    if plan.checkpoint is not None:
+        return True
+    path = plan.run_dir / "metrics.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # unreadable: not ours to replace
+    failed_start = isinstance(summary, dict) and summary.get("status") == "failed" \
+        and not summary.get("step")
+    return not failed_start
+
+
 def make_writable(run_dir: Path) -> None:
     """Create `run_dir` and check a file can be written there."""
     try:
