@@ -15,7 +15,7 @@ import torchvision
 
 from conftest import write_cifar10
 from fixmatch.config import DatasetConfig
-from fixmatch.data.datasets import load_dataset
+from fixmatch.data.datasets import DatasetArrays, ImageSet, load_dataset
 from fixmatch.errors import UserError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -276,3 +276,17 @@ def test_digits_split_is_the_same_on_every_call(digits):
     for before, after in ((digits.train, again.train), (digits.test, again.test)):
         assert np.array_equal(before.images, after.images)
         assert np.array_equal(before.targets, after.targets)
+
+
+def test_the_training_set_fingerprint_follows_labels_and_files_not_pixels():
+    def arrays(targets, files=None, value=0):
+        images = np.full((len(targets), 4, 4, 1), value, np.uint8)
+        train = ImageSet(images, np.asarray(targets, dtype=np.int64))
+        return DatasetArrays(train=train, test=train, class_names=["a", "b"], train_files=files)
+
+    same = arrays([0, 1, 1]).training_set
+    assert same["num_images"] == 3 and arrays([0, 1, 1], value=9).training_set == same
+    assert arrays([1, 0, 1]).training_set != same
+    named = arrays([0, 1, 1], ["labeled/a/1.png", "labeled/b/1.png", "labeled/b/2.png"])
+    renamed = arrays([0, 1, 1], ["labeled/a/0.png", "labeled/b/1.png", "labeled/b/2.png"])
+    assert named.training_set != renamed.training_set != same

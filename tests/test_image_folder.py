@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -471,3 +472,37 @@ def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(folder, tmp_pat
         folder_run(other, run_dir, "trainer.total_steps=6")
     assert files_of(run_dir) == before  # metrics, config, split, TensorBoard, checkpoints
     assert folder_run(folder, run_dir, "trainer.total_steps=6")["step"] == 6
+
+
+@pytest.mark.parametrize("change,message", [
+    ("add", r"has 13 training images, the run's split was drawn from 12: images were added"),
+    ("swap", r"has as many training images as the run's split was drawn from \(12\), but other"),
+])
+def test_resume_refuses_training_images_added_or_swapped(folder, tmp_path, change, message):
+    # The split is stored as indices into the sorted training files. Before, an image added
+    # in front of the labeled ones resumed silently with another labeled set (only an index
+    # past the end was noticed).
+    run_dir = tmp_path / "run"
+    folder_run(folder, run_dir)
+    write_image(folder / "labeled" / "cat" / "00.png", gray(0))  # sorts first
+    if change == "swap":
+        (folder / "labeled" / "eel" / "003.png").unlink()
+    before = files_of(run_dir)
+    with pytest.raises(UserError, match=message + r".*restore the images .* another hydra.run.dir"):
+        folder_run(folder, run_dir, "trainer.total_steps=6")
+    assert files_of(run_dir) == before
+
+
+def test_the_same_images_elsewhere_and_a_run_from_before_the_fingerprint_resume(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    folder_run(folder, run_dir)
+    fingerprint = json.loads((run_dir / "split.json").read_text())["training_set"]
+    assert fingerprint["num_images"] == 12 and len(fingerprint["sha256"]) == 64
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)  # paths are compared relative to dataset.root
+    assert folder_run(moved, run_dir, "trainer.total_steps=6")["step"] == 6
+    newest = run_dir / "checkpoints" / "step_000000006.pt"
+    state = load_checkpoint(newest)
+    del state["training_set"]  # as written before the fingerprint existed: unknown, not different
+    torch.save(state, newest)
+    assert folder_run(moved, run_dir, "trainer.total_steps=8")["step"] == 8

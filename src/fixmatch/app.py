@@ -143,7 +143,8 @@ def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
         raise
     if env.is_main:
         write_text_atomic(run_dir / "config_resolved.yaml", resolved_yaml)
-        data.split.save(run_dir / "split.json", data.arrays.class_names)
+        data.split.save(run_dir / "split.json", data.arrays.class_names,
+                        data.arrays.training_set)
         data.normalization.save(run_dir / "normalization.json")
     return trainer
 
@@ -192,6 +193,7 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
         CheckpointStore(run_dir / CHECKPOINT_DIR, config.trainer.keep_checkpoints),
         checkpoint_extras={"config_yaml": resolved_yaml, "labeled_indices": split.indices,
                            "split_sha256": split.sha256, "class_names": arrays.class_names,
+                           "training_set": arrays.training_set,
                            "normalization": normalization.as_record()},
     )
     if plan.checkpoint:

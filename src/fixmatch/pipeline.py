@@ -54,8 +54,8 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
     """Draw the split, or take it from the checkpoint when resuming (never re-drawn).
 
     Raises:
-        CheckpointError: the checkpoint was trained on other classes, or its split indexes
-            past this dataset's training images.
+        CheckpointError: the checkpoint was trained on other classes or on other training
+            images, or its split indexes past this dataset's training images.
     """
     if len(arrays.class_names) < 2:  # a one-output model would score 100 % by construction
         raise UserError(f"dataset {config.dataset.name!r} (dataset.root={config.dataset.root}) "
@@ -73,6 +73,7 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
             f"{list(trained_on)}, but dataset.root={config.dataset.root} has "
             f"{list(arrays.class_names)}; point dataset.root at the run's data, or use another "
             "hydra.run.dir for a new run")
+    _check_same_training_set(config, arrays, plan)
     indices = list(plan.checkpoint["labeled_indices"])
     if max(indices) >= len(arrays.train.targets):
         raise CheckpointError(
@@ -82,6 +83,25 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
     per_class = np.bincount(arrays.train.targets[indices], minlength=len(arrays.class_names))
     return LabeledSplit(indices=indices, num_per_class=per_class.tolist(),
                         seed=config.ssl.split_seed, sha256=indices_sha256(indices))
+
+
+def _check_same_training_set(config: Config, arrays: DatasetArrays, plan: StartPlan) -> None:
+    """The split is a list of indices: they name the run's labeled images only in the
+    training set they were drawn from (a checkpoint without its fingerprint predates it)."""
+    saved = plan.checkpoint.get("training_set")
+    current = arrays.training_set
+    if saved is None or saved == current:
+        return
+    if saved["num_images"] != current["num_images"]:
+        changed = (f"has {current['num_images']} training images, the run's split was drawn "
+                   f"from {saved['num_images']}: images were added or removed")
+    else:
+        changed = (f"has as many training images as the run's split was drawn from "
+                   f"({saved['num_images']}), but other files or labels")
+    raise CheckpointError(
+        f"cannot resume from {plan.checkpoint_path}: dataset.root={config.dataset.root} "
+        f"{changed}, so its labeled indices would name other images; restore the images the "
+        "run was trained on, or use another hydra.run.dir for a new run")
 
 
 def check_same_split_on_all_ranks(split: LabeledSplit, env: DistEnv) -> None:

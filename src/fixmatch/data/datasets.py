@@ -4,9 +4,11 @@ A source knows where the images live and how they are stored, nothing about
 augmentation, splits or models. Add a dataset by adding a function to DATASET_SOURCES.
 """
 
+import hashlib
 import importlib
 import pickle
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -37,6 +39,22 @@ class DatasetArrays:
     # The dataset's official labeled subsets, as indices into `train` (STL-10's 10 folds
     # of 1000); used instead of a drawn split when ssl.num_labeled equals their size.
     labeled_folds: Optional[List[List[int]]] = None
+    # Where each training image came from, relative to dataset.root ("labeled/cat/01.png"),
+    # for sources that read a file per image; None for array files (CIFAR, SVHN, ...).
+    train_files: Optional[List[str]] = None
+
+    @cached_property  # hashing a large folder's paths takes a moment; asked for thrice
+    def training_set(self) -> Dict[str, object]:
+        """What a labeled split is drawn from, to recognise it on resume: the number of
+        training images and a sha256 of their labels and (image folders) their paths.
+
+        Paths are relative, so the same images under another dataset.root match; an image
+        added to or removed from the pool changes it (and shifts the indices a split holds).
+        """
+        digest = hashlib.sha256(np.ascontiguousarray(self.train.targets, dtype="<i8").tobytes())
+        if self.train_files is not None:
+            digest.update("\n".join(self.train_files).encode())
+        return {"num_images": int(len(self.train.targets)), "sha256": digest.hexdigest()}
 
 
 def load_dataset(config: DatasetConfig) -> DatasetArrays:

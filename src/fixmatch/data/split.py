@@ -30,11 +30,15 @@ class LabeledSplit:
     seed: int  # the seed that drew them
     sha256: str  # of the sorted indices, to compare splits at a glance
 
-    def save(self, path: Path, class_names: Optional[Sequence[str]] = None) -> None:
-        """Write the split as `split.json`-style JSON, with the class names when given."""
+    def save(self, path: Path, class_names: Optional[Sequence[str]] = None,
+             training_set: Optional[dict] = None) -> None:
+        """Write the split as `split.json`-style JSON, with the class names and the
+        fingerprint of the training set it indexes (`DatasetArrays.training_set`) when given."""
         record = asdict(self)
         if class_names is not None:
             record["class_names"] = list(class_names)
+        if training_set is not None:
+            record["training_set"] = training_set
         path.write_text(json.dumps(record, indent=1) + "\n")
 
 
