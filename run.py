@@ -6,12 +6,13 @@
 
 Exit status: 0 done, 2 a mistake to fix (one line on stderr), 75 preempted by a signal
 after saving a checkpoint (rerun the same command to resume), 130 interrupted at once.
+A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep.py).
 """
 
 import os
 import sys
 import tempfile
-from typing import Optional
+from typing import Optional, Union
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +23,7 @@ from fixmatch.app import run_experiment
 from fixmatch.config import register_configs
 from fixmatch.errors import UserError
 from fixmatch.preemption import EXIT_CODE_PREEMPTED
+from fixmatch.sweep import JobFailure
 
 register_configs()
 
@@ -36,7 +38,7 @@ def _keep_other_ranks_out_of_the_output_folder() -> None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> Optional[float]:
+def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
     try:
         summary = run_experiment(cfg)
     except UserError as error:
@@ -44,7 +46,8 @@ def main(cfg: DictConfig) -> Optional[float]:
         rank = int(os.environ.get("RANK", "0"))
         print(f"{f'[rank {rank}] ' if rank else ''}error: {error}", file=sys.stderr)
         if HydraConfig.get().mode is RunMode.MULTIRUN:
-            return None  # its metrics.json says failed; the sweep's other jobs still run
+            # The sweep's other jobs still run; it exits 2 at the end (sweep.FailedJobsReport).
+            return JobFailure(str(error))
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)

@@ -123,6 +123,22 @@ def test_cli_rerun_of_a_completed_run_changes_nothing(tiny_cifar10, tmp_path):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_sweep_runs_every_job_then_exits_2_naming_the_failed_ones(tiny_cifar10, tmp_path):
+    # Before: the sweep exited 0 when a job stopped on a mistake (45 labels, 10 classes).
+    overrides = [o for o in tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
+                                                 "trainer.eval_every_steps=2")
+                 if not o.startswith("ssl.num_labeled")]
+    result = run_cli("-m", *overrides, "ssl.num_labeled=45,40", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ssl.num_labeled=45 must be"), lines
+    assert lines[1].startswith("error: 1 of 2 sweep jobs stopped on a mistake")
+    assert "folder sweep/cifar10/45/fixmatch/1" in lines[1] and "hydra.sweep.dir=sweep " in lines[1]
+    job = tmp_path / "sweep" / "cifar10"
+    assert json.loads((job / "45/fixmatch/1/metrics.json").read_text())["status"] == "failed"
+    assert json.loads((job / "40/fixmatch/1/metrics.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"dataset.root": "{missing}"}, "no dataset files in"),
     ({"ssl.num_labeled": "45"}, "multiple of the 10 classes"),
