@@ -346,3 +346,16 @@ def test_device_cuda_without_cuda_names_the_commands_own_setting(trained_run, mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"^device=cuda but no CUDA device is visible; use device=auto"):
         evaluate.main([f"checkpoint={run_dir}", "device=cuda"])
+
+
+def test_a_skipped_checkpoint_is_a_warning_line(trained_run, tmp_path):
+    # Before: the commands set up no logging, so the fallback printed as a bare line.
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run[0], run_dir, symlinks=True)
+    newest = max((run_dir / "checkpoints").glob("step_*.pt"))
+    newest.write_bytes(newest.read_bytes()[:1000])
+    result = subprocess.run([sys.executable, "-m", "fixmatch.export", f"checkpoint={run_dir}",
+                             f"output={tmp_path / 'model.pt'}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: skipping checkpoint {newest}"), lines

@@ -204,8 +204,19 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
     return path
 
 
+class _LevelPrefix(logging.Formatter):
+    """`warning: <message>`, as the commands print their `error: ...` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
 def run_command(main: Callable[[Sequence[str]], object]) -> None:
-    """Run a command's `main(argv)`; a user mistake becomes one `error: ...` line, exit 2."""
+    """Run a command's `main(argv)`: warnings (a skipped checkpoint, ...) become
+    `warning: ...` lines on stderr, a user mistake one `error: ...` line and exit 2."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelPrefix("%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         main(sys.argv[1:])
     except UserError as error:
