@@ -474,19 +474,38 @@ def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(folder, tmp_pat
     assert folder_run(folder, run_dir, "trainer.total_steps=6")["step"] == 6
 
 
+def _add_labeled(root):
+    write_image(root / "labeled" / "cat" / "00.png", gray(0))  # sorts first
+
+
+def _swap_labeled(root):
+    _add_labeled(root)
+    (root / "labeled" / "eel" / "003.png").unlink()
+
+
+def _add_unlabeled(root):
+    write_image(root / "unlabeled" / "new.png", 128)
+
+
+def _rename_unlabeled(root):
+    (root / "unlabeled" / "batch0" / "deep" / "0.png").rename(root / "unlabeled" / "0.png")
+
+
 @pytest.mark.parametrize("change,message", [
-    ("add", r"has 13 training images, the run's split was drawn from 12: images were added"),
-    ("swap", r"has as many training images as the run's split was drawn from \(12\), but other"),
+    (_add_labeled, r"has 13 training images, the run's split was drawn from 12: images were added"
+                   r".*its labeled indices would name other images"),
+    (_swap_labeled, r"has as many training images as the run's split was drawn from \(12\), but other"),
+    (_add_unlabeled, r"has 4 extra unlabeled images, the run started with 3.*another unlabeled stream"),
+    (_rename_unlabeled, r"has other extra unlabeled files than the run started with \(3 images\)"),
 ])
-def test_resume_refuses_training_images_added_or_swapped(folder, tmp_path, change, message):
-    # The split is stored as indices into the sorted training files. Before, an image added
-    # in front of the labeled ones resumed silently with another labeled set (only an index
-    # past the end was noticed).
+def test_resume_refuses_other_images(folder, tmp_path, change, message):
+    # The split is stored as indices into the sorted training files, and the unlabeled stream
+    # follows the pool's order. Before, an image added in front of the labeled ones resumed
+    # silently with another labeled set (only an index past the end was noticed), and other
+    # unlabeled images with another stream.
     run_dir = tmp_path / "run"
     folder_run(folder, run_dir)
-    write_image(folder / "labeled" / "cat" / "00.png", gray(0))  # sorts first
-    if change == "swap":
-        (folder / "labeled" / "eel" / "003.png").unlink()
+    change(folder)
     before = files_of(run_dir)
     with pytest.raises(UserError, match=message + r".*restore the images .* another hydra.run.dir"):
         folder_run(folder, run_dir, "trainer.total_steps=6")
@@ -503,6 +522,6 @@ def test_the_same_images_elsewhere_and_a_run_from_before_the_fingerprint_resume(
     assert folder_run(moved, run_dir, "trainer.total_steps=6")["step"] == 6
     newest = run_dir / "checkpoints" / "step_000000006.pt"
     state = load_checkpoint(newest)
-    del state["training_set"]  # as written before the fingerprint existed: unknown, not different
+    del state["training_set"], state["unlabeled_set"]  # as before the fingerprints: unknown
     torch.save(state, newest)
     assert folder_run(moved, run_dir, "trainer.total_steps=8")["step"] == 8

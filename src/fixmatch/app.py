@@ -194,6 +194,7 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
         checkpoint_extras={"config_yaml": resolved_yaml, "labeled_indices": split.indices,
                            "split_sha256": split.sha256, "class_names": arrays.class_names,
                            "training_set": arrays.training_set,
+                           "unlabeled_set": arrays.unlabeled_set,
                            "normalization": normalization.as_record()},
     )
     if plan.checkpoint:

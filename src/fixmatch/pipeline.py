@@ -74,6 +74,7 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
             f"{list(arrays.class_names)}; point dataset.root at the run's data, or use another "
             "hydra.run.dir for a new run")
     _check_same_training_set(config, arrays, plan)
+    _check_same_unlabeled_images(config, arrays, plan)
     indices = list(plan.checkpoint["labeled_indices"])
     if max(indices) >= len(arrays.train.targets):
         raise CheckpointError(
@@ -102,6 +103,26 @@ def _check_same_training_set(config: Config, arrays: DatasetArrays, plan: StartP
         f"cannot resume from {plan.checkpoint_path}: dataset.root={config.dataset.root} "
         f"{changed}, so its labeled indices would name other images; restore the images the "
         "run was trained on, or use another hydra.run.dir for a new run")
+
+
+def _check_same_unlabeled_images(config: Config, arrays: DatasetArrays, plan: StartPlan) -> None:
+    """The unlabeled stream is a function of the pool's order: other extra unlabeled images
+    would resume a run that no longer equals the uninterrupted one (a checkpoint without the
+    record predates it)."""
+    if "unlabeled_set" not in plan.checkpoint:
+        return
+    saved, current = plan.checkpoint["unlabeled_set"], arrays.unlabeled_set
+    if saved == current:
+        return
+    before, now = (record["num_images"] if record else 0 for record in (saved, current))
+    if before != now:
+        changed = f"has {now} extra unlabeled images, the run started with {before}"
+    else:
+        changed = f"has other extra unlabeled files than the run started with ({before} images)"
+    raise CheckpointError(
+        f"cannot resume from {plan.checkpoint_path}: dataset.root={config.dataset.root} "
+        f"{changed}, so the resumed run would see another unlabeled stream; restore the "
+        "images the run was trained on, or use another hydra.run.dir for a new run")
 
 
 def check_same_split_on_all_ranks(split: LabeledSplit, env: DistEnv) -> None:

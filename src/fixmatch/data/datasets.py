@@ -42,6 +42,8 @@ class DatasetArrays:
     # Where each training image came from, relative to dataset.root ("labeled/cat/01.png"),
     # for sources that read a file per image; None for array files (CIFAR, SVHN, ...).
     train_files: Optional[List[str]] = None
+    # The same for the `unlabeled` images ("unlabeled/0001.png"); None for array files.
+    unlabeled_files: Optional[List[str]] = None
 
     @cached_property  # hashing a large folder's paths takes a moment; asked for thrice
     def training_set(self) -> Dict[str, object]:
@@ -55,6 +57,16 @@ class DatasetArrays:
         if self.train_files is not None:
             digest.update("\n".join(self.train_files).encode())
         return {"num_images": int(len(self.train.targets)), "sha256": digest.hexdigest()}
+
+    @cached_property
+    def unlabeled_set(self) -> Optional[Dict[str, object]]:
+        """The extra unlabeled images, to recognise them on resume: their number and (image
+        folders) a sha256 of their relative paths; None when the dataset has none."""
+        if self.unlabeled is None:
+            return None
+        files = self.unlabeled_files
+        digest = hashlib.sha256("\n".join(files).encode()).hexdigest() if files is not None else None
+        return {"num_images": int(len(self.unlabeled)), "sha256": digest}
 
 
 def load_dataset(config: DatasetConfig) -> DatasetArrays:

@@ -410,4 +410,5 @@ def _to_arrays(root: Path, images: np.ndarray, index: dict, skip_bad_images: boo
         class_names=list(class_names),
         unlabeled=images[num_train:first_test] if num_unlabeled else None,
         train_files=list(index["files"][:num_train]),
+        unlabeled_files=list(index["files"][num_train:first_test]) if num_unlabeled else None,
     )
