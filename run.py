@@ -12,6 +12,7 @@ A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Optional, Union
 
 import hydra
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 from fixmatch.app import run_experiment
 from fixmatch.config import register_configs
 from fixmatch.errors import UserError
+from fixmatch.overrides import override_error
 from fixmatch.preemption import EXIT_CODE_PREEMPTED
 from fixmatch.sweep import JobFailure
 
@@ -42,9 +44,7 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
     try:
         summary = run_experiment(cfg)
     except UserError as error:
-        # A mistake the user can fix: one line on stderr, no traceback.
-        rank = int(os.environ.get("RANK", "0"))
-        print(f"{f'[rank {rank}] ' if rank else ''}error: {error}", file=sys.stderr)
+        _print_error(str(error))  # a mistake the user can fix: one line, no traceback
         if HydraConfig.get().mode is RunMode.MULTIRUN:
             # The sweep's other jobs still run; it exits 2 at the end (sweep.FailedJobsReport).
             return JobFailure(str(error))
@@ -59,6 +59,20 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
     return summary["top1_ema_median_last20"]
 
 
+def _exit_on_a_bad_override() -> None:
+    # Before Hydra, whose report of a misspelt key or a wrong type is several lines (exit 1).
+    error = override_error(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    if error:
+        _print_error(error)
+        sys.exit(2)
+
+
+def _print_error(message: str) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"{f'[rank {rank}] ' if rank else ''}error: {message}", file=sys.stderr)
+
+
 if __name__ == "__main__":
+    _exit_on_a_bad_override()
     _keep_other_ranks_out_of_the_output_folder()
     main()

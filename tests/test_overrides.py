@@ -1,0 +1,56 @@
+"""run.py's command line is checked before Hydra starts: one line per mistake, exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF_DIR
+from fixmatch.config import register_configs
+from fixmatch.overrides import override_error
+
+register_configs()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["ssl.num_labled=40"], "ssl.num_labled is not a setting; did you mean ssl.num_labeled?"),
+    (["trainer.num_thread=2"], "trainer.num_thread is not a setting; did you mean trainer.num_threads?"),
+    (["ssl.num_labeled=abc"], "ssl.num_labeled=abc: Value 'abc' of type 'str' could not be converted"),
+    (["trainer.device=gpu"], "trainer.device=gpu: Invalid value 'gpu', expected one of [auto, cpu, cuda]"),
+    (["dataset=cifar1000"], "dataset=cifar1000: dataset has no option 'cifar1000'; did you mean "
+                            "dataset=cifar100? the options are cifar10, cifar100, digits, folder"),
+    (["seed"], "'seed' is not an override: write key=value"),
+    (["ssl.num_labeled=40,250"], "gives several values, which is a sweep: add -m"),
+    # every value of a sweep is checked, not only the first
+    (["-m", "ssl.num_labeled=40,250", "seed=1,x"], "seed=x: Value 'x' of type 'str' could not be"),
+    (["--multirun", "ssl=fixmatch,supervisd"], "ssl=supervisd: ssl has no option 'supervisd'; did "
+                                               "you mean ssl=supervised?"),
+])
+def test_a_bad_override_is_one_line_naming_it(args, expected):
+    error = override_error(args, CONF_DIR)
+    assert error is not None and expected in error
+    assert "\n" not in error
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["experiment=quickstart", "trainer.total_steps=10", "hydra.run.dir=/tmp/x"],
+    ["-m", "ssl.num_labeled=40,250,4000", "seed=1,2,3,4,5", "ssl=fixmatch,supervised"],
+    ["dataset=cifar100", "ssl.num_labeled=10000", "dataset.mean=[0.5,0.5,0.5]"],
+    ["--cfg", "job", "ssl.nope=1"],  # other Hydra flags: left to Hydra
+    ["hydra/launcher=nothing_like_this", "seed=3"],  # Hydra's own groups: left to Hydra
+])
+def test_overrides_that_compose_pass(args):
+    assert override_error(args, CONF_DIR) is None
+
+
+def test_run_py_stops_on_a_misspelt_key_with_one_line_and_status_2(tmp_path):
+    run_py = Path(__file__).resolve().parents[1] / "run.py"
+    result = subprocess.run([sys.executable, str(run_py), "experiment=quickstart", "ssl.treshold=0.9",
+                             f"hydra.run.dir={tmp_path / 'run'}"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: ssl.treshold is not a setting; did you mean ssl.threshold? "
+                     "(`python run.py --cfg job` prints every key)"]
+    assert not (tmp_path / "run").exists()  # stopped before Hydra made the run's folder
