@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fixmatch.data.device_augment import DeviceAugment, apply_ops, cutout_batch
+from fixmatch.data.device_augment import (
+    DeviceAugment, apply_ops, cutout_batch, magnitude_table, ops_view,
+)
 from fixmatch.data.randaugment import (
     OP_NAMES, RANDAUGMENT_VARIANTS, RandAugment, apply_op, cutout, op_magnitude,
 )
@@ -267,3 +269,29 @@ def test_invalid_settings_and_inputs_fail_with_one_clear_line():
         DeviceAugment().strong(torch.zeros(2, 3, 8, 8), torch.Generator())
     with pytest.raises(ValueError, match="C = 1 or 3"):
         DeviceAugment().weak(torch.zeros(2, 4, 8, 8, dtype=torch.uint8), torch.Generator())
+
+
+# --- compiled views -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_compiled_views_are_the_eager_views_up_to_rounding():
+    """trainer.compile=true computes the same draws with torch.compile'd functions: weak views
+    are identical; each op differs by at most one gray level (fused float arithmetic); whole
+    strong views agree on almost every pixel (a changed level can flip a later threshold)."""
+    images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    eager, compiled = DeviceAugment(), DeviceAugment(compiled=True)
+    assert torch.equal(compiled.weak(images, torch.Generator().manual_seed(1)),
+                       eager.weak(images, torch.Generator().manual_seed(1)))
+    strong = compiled.strong(images, torch.Generator().manual_seed(2))
+    expected = eager.strong(images, torch.Generator().manual_seed(2))
+    assert (strong != expected).float().mean() < 0.02
+    table, fill = magnitude_table("official", images.device), 128
+    levels = torch.rand(len(images), generator=torch.Generator().manual_seed(3)) * 10
+    signs = torch.where(levels.floor().remainder(2) == 0, -1.0, 1.0)
+    compiled_ops = torch.compile(ops_view, dynamic=False)
+    for index, name in enumerate(OP_NAMES):
+        ops = torch.full((len(images),), index)
+        difference = (compiled_ops(images, ops, levels, signs, table, fill).int()
+                      - ops_view(images, ops, levels, signs, table, fill).int()).abs()
+        assert difference.max() <= 1, name

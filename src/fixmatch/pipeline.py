@@ -164,8 +164,10 @@ def device_inputs(config: Config, normalization: Normalization, device: torch.de
     if config.trainer.augment_on is AugmentOn.device:
         ssl = config.ssl
         try:
+            # trainer.compile compiles the views too: hundreds of small kernels become a few.
             augment = DeviceAugment(ssl.randaugment_variant, ssl.randaugment_num_ops,
-                                    config.dataset.hflip, ssl.cutout_fraction)
+                                    config.dataset.hflip, ssl.cutout_fraction,
+                                    compiled=config.trainer.compile)
         except ValueError as error:
             raise UserError(f"trainer.augment_on=device: {error}") from None
         views = DeviceViews(augment, config.seed, start_batch, env.rank)

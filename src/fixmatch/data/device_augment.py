@@ -2,6 +2,11 @@
 
 Mirrors `transforms.weak_augment`, `RandAugment` and `cutout` pixel for pixel, drawing from
 one `torch.Generator` and never reading a value back to the host (no GPU sync per step).
+
+Each view is drawn first (a few random tensors) and then computed by a pure function of
+the images and the draws. Those functions hold the hundreds of small operations of a strong
+view; `DeviceAugment(compiled=True)` hands them to torch.compile, which fuses them into a
+few kernels, so the host launches a handful per batch instead of hundreds.
 """
 
 import functools
@@ -13,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fixmatch.data.randaugment import (
-    _INTEGER_OPS, _SIGNED_OPS, _VARIANTS, MAX_LEVEL, OP_NAMES, _get_variant, _Variant,
+    _INTEGER_OPS, _SIGNED_OPS, _VARIANTS, MAX_LEVEL, OP_NAMES, _get_variant,
 )
 
 _OP = {name: index for index, name in enumerate(OP_NAMES)}
@@ -56,6 +61,46 @@ def _reflect(position: Tensor, size: int) -> Tensor:
     return torch.where(position >= size, 2 * (size - 1) - position, position)
 
 
+class WeakDraws(NamedTuple):
+    """The weak view's choices, one per image."""
+
+    flip: Tensor  # bool: mirror the image
+    top: Tensor  # (N, 1) int64 crop offsets into the padded image, 0..2 * pad
+    left: Tensor
+
+
+def _pads(height: int, width: int, pad_fraction: float) -> tuple[int, int]:
+    pad_y, pad_x = round(pad_fraction * height), round(pad_fraction * width)
+    if pad_y >= height or pad_x >= width:
+        raise ValueError(f"pad_fraction={pad_fraction} pads wider than the {height}x{width} image")
+    return pad_y, pad_x
+
+
+def draw_weak(images: Tensor, generator: torch.Generator, hflip: bool,
+              pad_fraction: float = 0.125) -> WeakDraws:
+    """The flips and crop offsets of `weak_augment_batch`, drawn from `generator`."""
+    n, _, height, width = images.shape
+    pad_y, pad_x = _pads(height, width, pad_fraction)
+    device = images.device
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    flip &= hflip
+    top = torch.randint(2 * pad_y + 1, (n, 1), generator=generator, device=device)
+    left = torch.randint(2 * pad_x + 1, (n, 1), generator=generator, device=device)
+    return WeakDraws(flip, top, left)
+
+
+def weak_view(images: Tensor, draws: WeakDraws, pad_fraction: float = 0.125) -> Tensor:
+    """The weak view of every image under `draws`: a pure function (compilable)."""
+    _, _, height, width = images.shape
+    pad_y, pad_x = _pads(height, width, pad_fraction)
+    device = images.device
+    rows = _reflect(torch.arange(height, device=device) + draws.top - pad_y, height)
+    cols = _reflect(torch.arange(width, device=device) + draws.left - pad_x, width)
+    # Flipping before padding reads column W - 1 - c of the original image.
+    cols = torch.where(draws.flip.unsqueeze(1), width - 1 - cols, cols)
+    return _gather_pixels(images, rows.unsqueeze(2) * width + cols.unsqueeze(1))
+
+
 def weak_augment_batch(images: Tensor, generator: torch.Generator, hflip: bool,
                        pad_fraction: float = 0.125) -> Tensor:
     """FixMatch's weak view of every image: flip, reflect-pad, random crop back, as one gather.
@@ -73,20 +118,29 @@ def weak_augment_batch(images: Tensor, generator: torch.Generator, hflip: bool,
         ValueError: not a uint8 (N, 1 or 3, H, W) batch, or a pad as wide as the image.
     """
     _check_images(images)
+    return weak_view(images, draw_weak(images, generator, hflip, pad_fraction), pad_fraction)
+
+
+def draw_cutout_centres(images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(N, 1) rows and columns of the Cutout squares' centres, uniform over the pixels."""
     n, _, height, width = images.shape
-    pad_y, pad_x = round(pad_fraction * height), round(pad_fraction * width)
-    if pad_y >= height or pad_x >= width:
-        raise ValueError(f"pad_fraction={pad_fraction} pads wider than the {height}x{width} image")
     device = images.device
-    flip = torch.rand(n, generator=generator, device=device) < 0.5
-    flip &= hflip
-    top = torch.randint(2 * pad_y + 1, (n, 1), generator=generator, device=device)
-    left = torch.randint(2 * pad_x + 1, (n, 1), generator=generator, device=device)
-    rows = _reflect(torch.arange(height, device=device) + top - pad_y, height)
-    cols = _reflect(torch.arange(width, device=device) + left - pad_x, width)
-    # Flipping before padding reads column W - 1 - c of the original image.
-    cols = torch.where(flip.unsqueeze(1), width - 1 - cols, cols)
-    return _gather_pixels(images, rows.unsqueeze(2) * width + cols.unsqueeze(1))
+    top = torch.randint(height, (n, 1), generator=generator, device=device)
+    left = torch.randint(width, (n, 1), generator=generator, device=device)
+    return top, left
+
+
+def cutout_view(images: Tensor, centre_y: Tensor, centre_x: Tensor, size: int,
+                fill: int = CUTOUT_FILL) -> Tensor:
+    """Cutout squares of side `size` at the given centres: a pure function (compilable)."""
+    _, _, height, width = images.shape
+    top, left = centre_y - size // 2, centre_x - size // 2
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    inside_rows = (rows >= top) & (rows < top + size)
+    inside_cols = (cols >= left) & (cols < left + size)
+    square = inside_rows.unsqueeze(2) & inside_cols.unsqueeze(1)
+    return torch.where(square.unsqueeze(1), fill, images)
 
 
 def cutout_batch(images: Tensor, size: int, generator: torch.Generator,
@@ -102,32 +156,34 @@ def cutout_batch(images: Tensor, size: int, generator: torch.Generator,
     Returns:
         A new batch; `images` is left untouched.
     """
-    n, _, height, width = images.shape
-    device = images.device
-    top = torch.randint(height, (n, 1), generator=generator, device=device) - size // 2
-    left = torch.randint(width, (n, 1), generator=generator, device=device) - size // 2
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    inside_rows = (rows >= top) & (rows < top + size)
-    inside_cols = (cols >= left) & (cols < left + size)
-    square = inside_rows.unsqueeze(2) & inside_cols.unsqueeze(1)
-    return torch.where(square.unsqueeze(1), fill, images)
+    return cutout_view(images, *draw_cutout_centres(images, generator), size, fill)
 
 
 @functools.lru_cache(maxsize=16)
-def _table_on(device: torch.device, table: tuple) -> Tensor:
+def _table_on(device: torch.device, variant: str) -> Tensor:
     # Copied to the device once per variant: a copy from pageable host memory every step
     # would make the host wait for the device.
-    return torch.tensor(table, dtype=torch.float64).to(device)
-
-
-def _magnitudes(ops: Tensor, levels: Tensor, signs: Tensor, spec: _Variant) -> Tensor:
-    """`randaugment.op_magnitude` per image, in float64 so that it rounds like Python."""
+    spec = _get_variant(variant)
     table = (tuple(float(spec.ranges.get(name, (0.0, 0.0))[0]) for name in OP_NAMES),
              tuple(float(spec.ranges.get(name, (0.0, 0.0))[1]) for name in OP_NAMES),
              tuple(float(name in _INTEGER_OPS) for name in OP_NAMES),
              tuple(float(name in _SIGNED_OPS) for name in OP_NAMES))
-    start, end, integer, signed = _table_on(ops.device, table)[:, ops]
+    return torch.tensor(table, dtype=torch.float64).to(device)
+
+
+def magnitude_table(variant: str, device: torch.device) -> Tensor:
+    """(4, len(OP_NAMES)) float64 on `device`: each op's magnitude at levels 0 and 10, and
+    whether it is integer and signed, for `variant`.
+
+    Raises:
+        ValueError: an unknown variant.
+    """
+    return _table_on(torch.device(device), variant)
+
+
+def _magnitudes(ops: Tensor, levels: Tensor, signs: Tensor, table: Tensor) -> Tensor:
+    """`randaugment.op_magnitude` per image, in float64 so that it rounds like Python."""
+    start, end, integer, signed = table[:, ops]
     # A true division: torch turns `tensor / scalar` into a product by the reciprocal on
     # CUDA, which can round differently from Python (and truncate to another integer).
     offset = (end - start) * levels.double() / torch.full_like(start, MAX_LEVEL)
@@ -289,12 +345,42 @@ def apply_ops(images: Tensor, ops: Tensor, levels: Tensor, signs: Tensor,
     Raises:
         ValueError: unknown variant, or not a uint8 (N, 1 or 3, H >= 3, W >= 3) batch.
     """
-    spec = _get_variant(variant)
+    fill = _get_variant(variant).fill
     _check_images(images)
-    magnitudes = _magnitudes(ops, levels, signs, spec)
+    return ops_view(images, ops, levels, signs, magnitude_table(variant, images.device), fill)
+
+
+def ops_view(images: Tensor, ops: Tensor, levels: Tensor, signs: Tensor, table: Tensor,
+             fill: int) -> Tensor:
+    """`apply_ops` with the variant given as its `magnitude_table` and geometric fill: a pure
+    function (compilable)."""
+    magnitudes = _magnitudes(ops, levels, signs, table)
     images = _lut_ops(images, ops, magnitudes)
-    images = _affine_ops(images, ops, magnitudes, spec.fill)
+    images = _affine_ops(images, ops, magnitudes, fill)
     return _blend_ops(images, ops, magnitudes)
+
+
+def randaugment_view(images: Tensor, draws: RandAugmentDraws, table: Tensor, fill: int) -> Tensor:
+    """RandAugment under `draws`, slot by slot: a pure function (compilable)."""
+    for slot in range(draws.ops.shape[1]):
+        ops = torch.where(draws.applied[:, slot], draws.ops[:, slot], _OP["Identity"])
+        images = ops_view(images, ops, draws.levels[:, slot], draws.signs[:, slot], table, fill)
+    return images
+
+
+def strong_view(images: Tensor, weak: WeakDraws, randaugment: RandAugmentDraws, table: Tensor,
+                cutout_centres: tuple[Tensor, Tensor], pad_fraction: float, fill: int,
+                cutout_size: int) -> Tensor:
+    """Weak view, RandAugment, Cutout under the given draws: a pure function (compilable)."""
+    images = randaugment_view(weak_view(images, weak, pad_fraction), randaugment, table, fill)
+    return cutout_view(images, *cutout_centres, cutout_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(function):
+    # Shapes are fixed per stream (labeled, unlabeled), so each compiles once; no CUDA
+    # graphs here: the views feed the model, which may replay graphs of its own.
+    return torch.compile(function, dynamic=False)
 
 
 @dataclass(frozen=True)
@@ -310,6 +396,8 @@ class DeviceAugment:
         hflip: random horizontal flip in both views (False for SVHN).
         cutout_fraction: Cutout side as a fraction of the shorter image side.
         pad_fraction: reflect padding of the weak view, as a fraction of the side.
+        compiled: compute the views with torch.compile'd functions (same draws, same
+            views up to floating-point contraction; a compile per batch shape first).
 
     Raises:
         ValueError: unknown variant or a negative `num_ops`.
@@ -320,6 +408,7 @@ class DeviceAugment:
     hflip: bool = True
     cutout_fraction: float = 0.5
     pad_fraction: float = 0.125
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         _get_variant(self.variant)
@@ -348,22 +437,31 @@ class DeviceAugment:
         coins = torch.rand(shape, generator=generator, device=device)
         return RandAugmentDraws(ops, levels, applied, torch.where(coins < 0.5, -1.0, 1.0))
 
+    def _run(self, function):
+        return _compiled(function) if self.compiled else function
+
     def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The weak view of a uint8 (N, C, H, W) batch (see `weak_augment_batch`)."""
-        return weak_augment_batch(images, generator, self.hflip, self.pad_fraction)
+        _check_images(images)
+        draws = draw_weak(images, generator, self.hflip, self.pad_fraction)
+        return self._run(weak_view)(images, draws, self.pad_fraction)
 
     def randaugment(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """RandAugment alone on a uint8 (N, C, H, W) batch: applies, slot by slot, the
         draws that `sample(N, generator)` returns, each image with its own."""
+        _check_images(images)
         draws = self.sample(images.shape[0], generator)
-        for slot in range(self.num_ops):
-            ops = torch.where(draws.applied[:, slot], draws.ops[:, slot], _OP["Identity"])
-            images = apply_ops(images, ops, draws.levels[:, slot], draws.signs[:, slot],
-                               self.variant)
-        return images
+        table = magnitude_table(self.variant, images.device)
+        return self._run(randaugment_view)(images, draws, table, _VARIANTS[self.variant].fill)
 
     def strong(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The strong view of a uint8 (N, C, H, W) batch: weak view, RandAugment, Cutout."""
-        images = self.randaugment(self.weak(images, generator), generator)
+        _check_images(images)
+        # Drawn in this order (flips and crops, ops, Cutout centres) whether compiled or not.
+        weak = draw_weak(images, generator, self.hflip, self.pad_fraction)
+        randaugment = self.sample(images.shape[0], generator)
+        centres = draw_cutout_centres(images, generator)
         side = round(self.cutout_fraction * min(images.shape[2:]))
-        return cutout_batch(images, side, generator)
+        table = magnitude_table(self.variant, images.device)
+        return self._run(strong_view)(images, weak, randaugment, table, centres, self.pad_fraction,
+                                      _VARIANTS[self.variant].fill, side)
