@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import CONF_DIR, compose_config
-from fixmatch.config import Algorithm, Config, Device, register_configs
+from fixmatch.config import Algorithm, CompileMode, Config, Device, Precision, register_configs
 
 REPO = CONF_DIR.parent
 GROUPS = ["dataset", "model", "optim", "ssl", "trainer", "experiment"]
@@ -49,6 +49,9 @@ def test_default_is_the_paper_cifar10_run():
     assert config.trainer.total_steps == 2**20 and config.trainer.eval_every_steps == 1024
     assert config.model.bn_momentum == 0.001
     assert config.trainer.device is Device.auto
+    # bf16 autocast on CUDA (fp32 on CPUs); a compiled model replays CUDA graphs there
+    assert config.trainer.precision is Precision.auto and not config.trainer.compile
+    assert config.trainer.compile_mode is CompileMode.reduce_overhead
 
 
 def test_cifar100_selects_wrn28_8_and_weight_decay_1e3():

@@ -18,6 +18,9 @@ register_configs()
     (["trainer.num_thread=2"], "trainer.num_thread is not a setting; did you mean trainer.num_threads?"),
     (["ssl.num_labeled=abc"], "ssl.num_labeled=abc: Value 'abc' of type 'str' could not be converted"),
     (["trainer.device=gpu"], "trainer.device=gpu: Invalid value 'gpu', expected one of [auto, cpu, cuda]"),
+    # torch's own spelling of the mode is named, with the ones that work
+    (["trainer.compile_mode=reduce-overhead"], "Invalid value 'reduce-overhead', expected one of "
+                                               "[default, reduce_overhead, max_autotune]"),
     (["dataset=cifar1000"], "dataset=cifar1000: dataset has no option 'cifar1000'; did you mean "
                             "dataset=cifar100? the options are cifar10, cifar100, digits, folder"),
     (["seed"], "'seed' is not an override: write key=value"),

@@ -17,7 +17,8 @@ from fixmatch.data.normalization import resolve_normalization
 from fixmatch.data.split import draw_split
 from fixmatch.metrics import MetricWriter
 from fixmatch.runtime import seed_everything
-from fixmatch.trainer import Trainer, _NoBar
+from fixmatch.config import CompileMode, TrainerConfig
+from fixmatch.trainer import Trainer, _NoBar, uses_cuda_graphs
 
 
 def _first_step(root, *overrides, autocast=None):
@@ -138,3 +139,15 @@ def test_a_cuda_training_step_never_waits_for_the_device(tiny_cifar10, tmp_path,
         trainer.log_window.add(stats)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize(("compile_", "mode", "device", "expected"), [
+    (True, "reduce_overhead", "cuda", True),
+    (True, "max_autotune", "cuda", True),
+    (True, "default", "cuda", False),  # inductor kernels, launched one by one
+    (False, "reduce_overhead", "cuda", False),  # nothing is compiled
+    (True, "reduce_overhead", "cpu", False),  # torch replays graphs on CUDA only
+])
+def test_cuda_graph_steps_are_marked_only_when_graphs_are_replayed(compile_, mode, device, expected):
+    config = TrainerConfig(compile=compile_, compile_mode=CompileMode[mode])
+    assert uses_cuda_graphs(config, torch.device(device)) is expected

@@ -185,7 +185,7 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
     parts.model = _distribute(parts.model, config.trainer.sync_bn, device, env)
     if config.trainer.compile:
         # In place, so state dicts keep their keys; DDP's hooks stay on the parameters.
-        unwrap_model(parts.model).compile()
+        unwrap_model(parts.model).compile(mode=config.trainer.compile_mode.value)
     trainer = Trainer(
         parts,
         config.trainer,

@@ -31,6 +31,14 @@ class Precision(Enum):
     fp16 = "fp16"  # torch.autocast with float16 and a gradient scaler (CUDA only)
 
 
+class CompileMode(Enum):
+    """torch.compile's mode when trainer.compile=true (torch's names, with _ for -)."""
+
+    default = "default"  # fused kernels; Python still launches every kernel
+    reduce_overhead = "reduce-overhead"  # + CUDA graphs: each compiled graph replays in one launch
+    max_autotune = "max-autotune"  # + autotuned kernels and CUDA graphs (long compiles)
+
+
 class StrongAugment(Enum):
     """The augmentation of FixMatch's strong views (Sohn et al. 2020, Sec. 2.3)."""
 
@@ -153,9 +161,10 @@ class TrainerConfig:
     log_every_steps: int = 64  # cadence of train/* scalars (syncs the device once)
     eval_batch_size: int = 1024
     device: Device = Device.auto
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto  # bf16 autocast on CUDA, fp32 elsewhere
     channels_last: bool = True  # NHWC activations: faster convolutions on CPUs and tensor cores
     compile: bool = False  # torch.compile the model (compiles once per shape/mode, not per step)
+    compile_mode: CompileMode = CompileMode.reduce_overhead  # CUDA graphs on CUDA; plain compile elsewhere
     augment_on: AugmentOn = AugmentOn.cpu
     num_workers: int = 4  # loader processes; 0 loads in the main process
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default

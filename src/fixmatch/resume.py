@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = frozenset({
     "trainer.keep_checkpoints", "trainer.log_every_steps", "trainer.eval_batch_size",
     "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
     "trainer.resume", "trainer.sync_bn", "trainer.channels_last", "trainer.compile",
+    "trainer.compile_mode",
 })
 
 

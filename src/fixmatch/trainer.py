@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointError, CheckpointStore
-from fixmatch.config import Precision, ProgressBar, TrainerConfig
+from fixmatch.config import CompileMode, Precision, ProgressBar, TrainerConfig
 from fixmatch.cta_probe import CTAProbe
 from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.distributed import DistEnv, any_rank
@@ -87,6 +87,12 @@ class Trainer:
         self.log_window = RunningMeans()
         self.eval_window = RunningMeans()
         self.guard = NonFiniteGuard(parts.device)
+        self.cuda_graphs = uses_cuda_graphs(config, parts.device)
+        self._restart_log_clock()
+
+    def _restart_log_clock(self) -> None:
+        # steps/s and the data-wait fraction are measured from here to the next log step.
+        self._last_log, self._data_wait_s = (time.monotonic(), self.step), 0.0
 
     def fit(self) -> dict:
         """Train to the end, or until a stop signal; returns the metrics.json summary.
@@ -95,7 +101,7 @@ class Trainer:
         (after a checkpoint of the last finished step).
         """
         progress = self._progress_bar()
-        self._last_log, self._data_wait_s = (time.monotonic(), self.step), 0.0
+        self._restart_log_clock()
         with StopRequest() as stop:
             while self.step < self.config.total_steps and not self._stop_agreed(stop):
                 self._advance(progress)
@@ -140,6 +146,9 @@ class Trainer:
 
     def _train_step(self) -> Dict[str, torch.Tensor]:
         parts = self.parts
+        if self.cuda_graphs:
+            # A new step: the graphs may now overwrite their last outputs (all consumed).
+            torch.compiler.cudagraph_mark_step_begin()
         labeled_batch, unlabeled_batch = self._next_batches()
         if parts.cta_probe is not None:
             labeled_batch, probe_batch = parts.cta_probe.split(labeled_batch)
@@ -170,7 +179,7 @@ class Trainer:
         # Share of the wall time the loop sat in next(loader): > 0 means the data starves it.
         means["train/data_wait_fraction"] = min(self._data_wait_s / elapsed, 1.0)
         means["train/eta_s"] = (self.config.total_steps - self.step) / max(means["train/steps_per_s"], 1e-9)
-        self._last_log, self._data_wait_s = (now, self.step), 0.0
+        self._restart_log_clock()
         self.writer.scalars(self.step, means)
         summary = (
             f"loss {means['train/loss']:.4f} "
@@ -293,6 +302,11 @@ def _duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def uses_cuda_graphs(config: TrainerConfig, device: torch.device) -> bool:
+    """Whether the compiled model replays CUDA graphs (torch skips them off CUDA)."""
+    return config.compile and config.compile_mode is not CompileMode.default and device.type == "cuda"
 
 
 def _autocast(precision: Precision, device_type: str):

@@ -69,6 +69,11 @@ def print_table(title: str, header: List[str], rows: List[List[str]]) -> None:
         print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)))
 
 
+def compiled(trainer) -> str:
+    """', compiled (<mode>)' for a compiled model, else ''."""
+    return f", compiled ({trainer.compile_mode.name})" if trainer.compile else ""
+
+
 def bench_data(args, config: Config) -> dict:
     from fixmatch.bench import data
     from fixmatch.bench.port import PortWeakStrong
@@ -115,7 +120,7 @@ def bench_step(args, config: Config) -> dict:
     trainer = config.trainer
     setting = (f"{resolve_precision(trainer.precision, device).value}, "
                f"{'channels_last' if trainer.channels_last else 'NCHW'}"
-               f"{', compiled' if trainer.compile else ''}")
+               f"{compiled(trainer)}")
     rows = [[f"{phase} (ms)", f"{1000 * ours['phases_s'][phase]:.1f}", ""] for phase in step.PHASES]
     rows += [["step (ms)", f"{1000 * ours['step_s']:.1f}", f"{1000 * port['step_s']:.1f}"],
              ["steps/s", f"{1 / ours['step_s']:.2f}", f"{1 / port['step_s']:.2f}"],
@@ -143,11 +148,15 @@ def bench_train(args, config: Config) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fixmatch.app import train
+    from fixmatch.runtime import resolve_precision
 
     config.trainer.total_steps = args.steps
     config.trainer.eval_every_steps = args.steps
     config.trainer.log_every_steps = max(1, args.steps // 4)
     config.trainer.progress_bar = type(config.trainer.progress_bar).log
+    cuda = torch.cuda.is_available() and config.trainer.device.value != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as folder:
         train(config, Path(folder), OmegaConf.to_yaml(OmegaConf.structured(config)))
         events = EventAccumulator(str(Path(folder) / "tensorboard"))
@@ -158,13 +167,19 @@ def bench_train(args, config: Config) -> dict:
     steady = {tag: values[1:] or values for tag, values in series.items()}
     steps_per_s = statistics.median(steady["train/steps_per_s"])
     wait = statistics.median(steady["train/data_wait_fraction"])
+    peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    trainer = config.trainer
+    precision = resolve_precision(trainer.precision, torch.device("cuda" if cuda else "cpu")).value
+    setting = f"{precision}{compiled(trainer)}"
     print_table(f"end to end: {config.dataset.name}, WRN-{config.model.depth}-{config.model.widen_factor}, "
-                f"B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio}, {config.trainer.num_workers} "
-                f"workers, augment on {config.trainer.augment_on.value} (median of the log windows "
-                f"after the first)", ["", "value"],
+                f"B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio}, {setting}, "
+                f"{trainer.num_workers} workers, augment on {trainer.augment_on.value} (median of the "
+                f"log windows after the first)", ["", "value"],
                 [["steps/s", f"{steps_per_s:.2f}"], ["data-wait fraction", f"{wait:.3f}"],
-                 ["projected 2^20 steps (h)", f"{2**20 / steps_per_s / 3600:.1f}"]])
-    return {"steps_per_s": steps_per_s, "data_wait_fraction": wait, "windows": series}
+                 ["projected 2^20 steps (h)", f"{2**20 / steps_per_s / 3600:.1f}"],
+                 *([["peak GPU memory (GiB)", f"{peak_gb:.2f}"]] if cuda else [])])
+    return {"steps_per_s": steps_per_s, "data_wait_fraction": wait, "peak_gpu_memory_gb": peak_gb,
+            "setting": setting, "windows": series}
 
 
 COMMANDS = {"data": bench_data, "step": bench_step, "train": bench_train}

@@ -17,6 +17,7 @@ from fixmatch.config import Config
 from fixmatch.models import ModelEMA
 from fixmatch.optim import build_optimizer
 from fixmatch.runtime import resolve_precision, reuse_freed_host_memory
+from fixmatch.trainer import uses_cuda_graphs
 
 PHASES = ("forward", "backward", "optimizer", "ema")
 MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}  # square operands: large enough to run at the peak rate
@@ -52,7 +53,7 @@ def time_ours(config: Config, device: torch.device, steps: int) -> Dict[str, Lis
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEMA(model, config.optim.ema_decay)
     if trainer.compile:
-        model.compile()
+        model.compile(mode=trainer.compile_mode.value)
     optimizer = build_optimizer(model, config.optim)
     algorithm = FixMatch(config.ssl.threshold, config.ssl.lambda_u)
     precision = resolve_precision(trainer.precision, device)
@@ -60,7 +61,10 @@ def time_ours(config: Config, device: torch.device, steps: int) -> Dict[str, Lis
     x, targets, u_weak, u_strong = _batches(config, device, trainer.channels_last)
     unknown = torch.full((len(u_weak),), -1, device=device)
     times = {phase: [] for phase in PHASES}
+    cuda_graphs = uses_cuda_graphs(trainer, device)
     for step in range(steps + 2):
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         marks = [time.perf_counter()]
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss, _ = algorithm(model, (x, targets), ((u_weak, u_strong), unknown))
