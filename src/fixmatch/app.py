@@ -218,10 +218,11 @@ def build_training_parts(
     cta_probe = None
     if algorithm.uses_unlabeled and config.ssl.strong_augment is StrongAugment.ctaugment:
         cta_probe = build_cta_probe(config.ssl, inputs, start_batch, cta_state, env)
+    resident = pipeline.resident_images(config, arrays, device)
     labeled_batches = pipeline.labeled_batches(config, arrays, split, device, start_batch, env,
-                                               cta_probe)
+                                               cta_probe, resident)
     unlabeled_batches = (
-        pipeline.unlabeled_batches(config, arrays, split, device, start_batch, env, cta_probe)
+        pipeline.unlabeled_batches(config, arrays, split, device, start_batch, env, cta_probe, resident)
         if algorithm.uses_unlabeled else None
     )
     test_loader = pipeline.eval_batches(config, arrays, device, env)

@@ -33,6 +33,7 @@ from fixmatch.data.loaders import (
 )
 from fixmatch.data.normalization import Normalization, resolve_normalization
 from fixmatch.data.randaugment import RandAugment
+from fixmatch.data.resident import ResidentBatches, ResidentImages, fits_on_device
 from fixmatch.data.split import LabeledSplit, draw_split, indices_sha256
 from fixmatch.data.transforms import (
     EvalTransform,
@@ -180,19 +181,47 @@ def _channels_last(config: Config, device: torch.device, env: DistEnv) -> bool:
     return config.trainer.channels_last and not (env.is_distributed and device.type == "cpu")
 
 
+def _unlabeled_pool(arrays: DatasetArrays) -> Tuple[StackedImages, np.ndarray]:
+    # The paper's unlabeled set is the whole training set (labels dropped), plus any
+    # images that never had labels; the latter carry the target -1 ("unknown").
+    extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]
+    images = StackedImages(arrays.train.images, extra)
+    targets = np.concatenate([arrays.train.targets, np.full(len(extra), -1, dtype=np.int64)])
+    return images, targets
+
+
+def resident_images(config: Config, arrays: DatasetArrays, device: torch.device) -> Optional[ResidentImages]:
+    """With trainer.augment_on=device on a GPU, the training images (and any extra unlabeled
+    ones) copied to it once, for both training streams to gather from; None where the loaders
+    keep serving them (CPU views, a CPU device, or images too large for the GPU)."""
+    if config.trainer.augment_on is not AugmentOn.device or device.type != "cuda":
+        return None
+    images, targets = _unlabeled_pool(arrays)
+    num_bytes = sum(part.nbytes for part in images.parts)
+    if not fits_on_device(num_bytes, device):
+        log.info("training images (%.1f GiB) stay with the loaders: too large to keep on %s",
+                 num_bytes / 2**30, device)
+        return None
+    log.info("training images (%.2f GiB) kept on %s; batches are gathered there", num_bytes / 2**30, device)
+    return ResidentImages.from_arrays(images.parts, targets, device)
+
+
 def labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
                     device: torch.device, start_batch: int, env: DistEnv,
-                    cta_probe: Optional[CTAProbe]) -> Iterator:
+                    cta_probe: Optional[CTAProbe], resident: Optional[ResidentImages] = None) -> Iterator:
     """This rank's endless stream of labeled batches (weak views), from batch `start_batch` on;
-    with CTAugment each image also brings a probe view and its policy."""
+    with CTAugment each image also brings a probe view and its policy. With `resident` images
+    the batches are gathered from them on the device (raw, for device views)."""
+    sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
+                                   LABELED_STREAM, start_batch, env.rank, env.world_size)
+    if resident is not None:
+        return ResidentBatches(resident, sampler)  # labeled indices lie in its training part
     on_cpu = config.trainer.augment_on is AugmentOn.cpu
     transform = WeakTransform(config.dataset.hflip) if on_cpu else EvalTransform()
     if cta_probe is not None:
         # Each labeled image also yields a probe view and its policy (CTAProbe.split).
         transform = WeakProbeTransform(config.dataset.hflip, CTAugment(config.ssl.cta_depth))
     dataset = AugmentedImages(arrays.train.images, arrays.train.targets, transform)
-    sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
-                                   LABELED_STREAM, start_batch, env.rank, env.world_size)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
@@ -221,8 +250,9 @@ def build_views(config: Config) -> Tuple[WeakTransform, Pipeline]:
 
 def unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
                       device: torch.device, start_batch: int, env: DistEnv,
-                      cta_probe: Optional[CTAProbe]) -> Iterator:
-    """This rank's endless stream of unlabeled (weak, strong) batches, from batch `start_batch` on.
+                      cta_probe: Optional[CTAProbe], resident: Optional[ResidentImages] = None) -> Iterator:
+    """This rank's endless stream of unlabeled (weak, strong) batches, from batch `start_batch` on
+    (raw images gathered on the device when `resident` is given).
 
     Raises:
         UserError: no image is left unlabeled.
@@ -235,16 +265,7 @@ def unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit
         # `ssl.cta_policy_lag` steps ago (cta_policies explains why); the workers apply it.
         strong = CTAStrongTransform(config.dataset.hflip, ssl.cutout_fraction)
         policies = cta_probe.schedule.policies
-    # The paper's unlabeled set is the whole training set (labels dropped), plus any
-    # images that never had labels; the latter carry the target -1 ("unknown").
-    extra = arrays.unlabeled if arrays.unlabeled is not None else arrays.train.images[:0]
-    images = StackedImages(arrays.train.images, extra)
-    targets = np.concatenate([arrays.train.targets, np.full(len(extra), -1, dtype=np.int64)])
-    on_cpu = config.trainer.augment_on is AugmentOn.cpu
-    # Device augmentation: the loaders ship each image once, as it is (DeviceInputs draws both views).
-    pair = CTAWeakStrongTransform if cta_probe is not None else WeakStrongTransform
-    transform = pair(weak, strong) if on_cpu else EvalTransform()
-    dataset = AugmentedImages(images, targets, transform)
+    images, targets = _unlabeled_pool(arrays)
     indices = range(len(targets))
     if not ssl.include_labeled_in_unlabeled:
         labeled = set(split.indices)
@@ -255,6 +276,13 @@ def unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit
     batch_size = ssl.batch_size * ssl.unlabeled_ratio
     sampler = InfiniteBatchSampler(list(indices), batch_size, config.seed, UNLABELED_STREAM,
                                    start_batch, env.rank, env.world_size, policies)
+    if resident is not None:
+        return ResidentBatches(resident, sampler)
+    on_cpu = config.trainer.augment_on is AugmentOn.cpu
+    # Device augmentation: the loaders ship each image once, as it is (DeviceInputs draws both views).
+    pair = CTAWeakStrongTransform if cta_probe is not None else WeakStrongTransform
+    transform = pair(weak, strong) if on_cpu else EvalTransform()
+    dataset = AugmentedImages(images, targets, transform)
     return build_train_loader(dataset, sampler, config.trainer.num_workers, device.type == "cuda")
 
 
