@@ -5,9 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fixmatch.data.device_augment import (
-    DeviceAugment, apply_ops, cutout_batch, magnitude_table, ops_view,
-)
+from fixmatch.data.device_augment import DeviceAugment, cutout_batch
+from fixmatch.data.device_ops import apply_ops, magnitude_table, ops_view
 from fixmatch.data.randaugment import (
     OP_NAMES, RANDAUGMENT_VARIANTS, RandAugment, apply_op, cutout, op_magnitude,
 )
