@@ -6,6 +6,7 @@
 #             the paper config (CIFAR-10, WRN-28-2, B 64, mu 7): CPU and device augmentation,
 #             fp32 and bf16, eager and compiled
 #   compiled  the same for the compiled model with CUDA graphs (trainer.compile_mode=reduce_overhead)
+#   autotune  the same, compiled with trainer.compile_mode=max_autotune (long compiles)
 #   step      the step split into forward/backward/optimizer/EMA beside the port's step
 #   accuracy  fp32 against bf16 autocast over the first minutes of a paper-length run (same
 #             seeds, same schedule, evaluated every EVAL_EVERY steps)
@@ -23,7 +24,7 @@
 set -uo pipefail
 DATA=${1:?usage: bash benchmarks/gpu_figures.sh DATA RESULTS}
 RESULTS=${2:?usage: bash benchmarks/gpu_figures.sh DATA RESULTS}
-STAGES=${STAGES:-"tests augment train compiled step accuracy"}
+STAGES=${STAGES:-"tests augment train compiled autotune step accuracy"}
 WORKERS=${WORKERS:-12}
 TRAIN_STEPS=${TRAIN_STEPS:-600}
 ACCURACY_SECONDS=${ACCURACY_SECONDS:-140}
@@ -40,7 +41,7 @@ stage() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
 
 train_figure() {  # name, overrides...
   local name=$1; shift
-  timeout 180 python3 -m fixmatch.bench train "${PAPER[@]}" "$@" --steps "$TRAIN_STEPS" \
+  timeout "${TRAIN_TIMEOUT:-180}" python3 -m fixmatch.bench train "${PAPER[@]}" "$@" --steps "$TRAIN_STEPS" \
     --json "$RESULTS/train-$name.json"
 }
 
@@ -69,6 +70,12 @@ run_compiled() {
     trainer.num_workers=4 "${COMPILED[@]}"
   train_figure cpu-aug-bf16-cudagraphs trainer.precision=bf16 trainer.augment_on=cpu \
     "trainer.num_workers=$WORKERS" "${COMPILED[@]}"
+}
+
+run_autotune() {
+  stage "end to end, compiled with autotuned kernels and CUDA graphs (bench train)"
+  TRAIN_TIMEOUT=420 train_figure cpu-aug-bf16-max-autotune trainer.precision=bf16 trainer.augment_on=cpu \
+    "trainer.num_workers=$WORKERS" trainer.compile=true trainer.compile_mode=max_autotune
 }
 
 run_step() {
