@@ -47,7 +47,8 @@ train_figure() {  # name, overrides...
 
 run_tests() {
   stage "CUDA-only tests"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_step_variants.py -k cuda
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_step_variants.py tests/test_resident.py \
+    -k "cuda or gpu"
 }
 
 run_augment() {
