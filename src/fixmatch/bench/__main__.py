@@ -148,13 +148,14 @@ def bench_train(args, config: Config) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fixmatch.app import train
-    from fixmatch.runtime import resolve_precision
+    from fixmatch.runtime import resolve_precision, select_device
 
     config.trainer.total_steps = args.steps
     config.trainer.eval_every_steps = args.steps
     config.trainer.log_every_steps = max(1, args.steps // 4)
     config.trainer.progress_bar = type(config.trainer.progress_bar).log
-    cuda = torch.cuda.is_available() and config.trainer.device.value != "cpu"
+    device = select_device(config.trainer.device)  # where train() will run
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as folder:
@@ -169,7 +170,7 @@ def bench_train(args, config: Config) -> dict:
     wait = statistics.median(steady["train/data_wait_fraction"])
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     trainer = config.trainer
-    precision = resolve_precision(trainer.precision, torch.device("cuda" if cuda else "cpu")).value
+    precision = resolve_precision(trainer.precision, device).value
     setting = f"{precision}{compiled(trainer)}"
     print_table(f"end to end: {config.dataset.name}, WRN-{config.model.depth}-{config.model.widen_factor}, "
                 f"B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio}, {setting}, "

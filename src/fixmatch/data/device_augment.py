@@ -55,7 +55,12 @@ def _pads(height: int, width: int, pad_fraction: float) -> tuple[int, int]:
 
 def draw_weak(images: Tensor, generator: torch.Generator, hflip: bool,
               pad_fraction: float = 0.125) -> WeakDraws:
-    """The flips and crop offsets of `weak_augment_batch`, drawn from `generator`."""
+    """Each image's flip (probability 0.5 when `hflip`) and crop offsets into its reflect-padded
+    copy (padding `pad_fraction` of the side: 4 px at 32 px), drawn from `generator`.
+
+    Raises:
+        ValueError: a pad as wide as the image.
+    """
     n, _, height, width = images.shape
     pad_y, pad_x = _pads(height, width, pad_fraction)
     device = images.device
@@ -67,7 +72,8 @@ def draw_weak(images: Tensor, generator: torch.Generator, hflip: bool,
 
 
 def weak_view(images: Tensor, draws: WeakDraws, pad_fraction: float = 0.125) -> Tensor:
-    """The weak view of every image under `draws`: a pure function (compilable)."""
+    """FixMatch's weak view of every image under `draws`: flip, reflect-pad, crop back, as one
+    gather; a pure function (compilable)."""
     _, _, height, width = images.shape
     pad_y, pad_x = _pads(height, width, pad_fraction)
     device = images.device
@@ -76,26 +82,6 @@ def weak_view(images: Tensor, draws: WeakDraws, pad_fraction: float = 0.125) -> 
     # Flipping before padding reads column W - 1 - c of the original image.
     cols = torch.where(draws.flip.unsqueeze(1), width - 1 - cols, cols)
     return gather_pixels(images, rows.unsqueeze(2) * width + cols.unsqueeze(1))
-
-
-def weak_augment_batch(images: Tensor, generator: torch.Generator, hflip: bool,
-                       pad_fraction: float = 0.125) -> Tensor:
-    """FixMatch's weak view of every image: flip, reflect-pad, random crop back, as one gather.
-
-    Args:
-        images: a uint8 (N, C, H, W) batch on the generator's device.
-        generator: source of the flips and the crop offsets.
-        hflip: flip horizontally with probability 0.5 (off for SVHN).
-        pad_fraction: padding on each side as a fraction of the side (4 px at 32 px).
-
-    Returns:
-        A new uint8 batch of the same shape.
-
-    Raises:
-        ValueError: not a uint8 (N, 1 or 3, H, W) batch, or a pad as wide as the image.
-    """
-    check_images(images)
-    return weak_view(images, draw_weak(images, generator, hflip, pad_fraction), pad_fraction)
 
 
 def draw_cutout_centres(images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -217,7 +203,11 @@ class DeviceAugment:
         return _compiled(function) if self.compiled else function
 
     def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """The weak view of a uint8 (N, C, H, W) batch (see `weak_augment_batch`)."""
+        """The weak view of a uint8 (N, C, H, W) batch (see `draw_weak`, `weak_view`).
+
+        Raises:
+            ValueError: not a uint8 (N, 1 or 3, H, W) batch, or a pad as wide as the image.
+        """
         check_images(images)
         draws = draw_weak(images, generator, self.hflip, self.pad_fraction)
         return self._run(weak_view)(images, draws, self.pad_fraction)
