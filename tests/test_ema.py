@@ -42,6 +42,20 @@ def test_buffers_are_copied_not_averaged():
     assert ema.module[1].num_batches_tracked.item() == 3
 
 
+def test_later_updates_read_tensors_the_live_model_replaced():
+    # The EMA remembers where the live tensors sit, not the tensors: a buffer swapped for a
+    # new tensor (as Module.to does) or new parameter values must reach the next update.
+    model = small_model()
+    ema = ModelEMA(model, decay=0.5)
+    ema.update(model, step=0)
+    model[1].running_mean = torch.full((4,), 7.0)
+    model[2].weight = nn.Parameter(torch.full((2, 4), 2.0))
+    before = ema.module[2].weight.clone()
+    ema.update(model, step=1)
+    assert torch.equal(ema.module[1].running_mean, torch.full((4,), 7.0))
+    torch.testing.assert_close(ema.module[2].weight, 0.5 * before + 0.5 * 2.0)
+
+
 def test_warmup_decay_schedule():
     ema = ModelEMA(small_model(), decay=0.999, warmup=True)
     assert ema.decay_at(0) == pytest.approx(0.1)

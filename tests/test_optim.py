@@ -1,13 +1,15 @@
 """Parameter groups, SGD settings and the cos(7πk/16K) schedule."""
 
 import math
+from copy import deepcopy
 
 import pytest
 import torch
 from torch import nn
 
 from fixmatch.config import OptimConfig
-from fixmatch.optim import build_optimizer, build_schedule, cosine_factor
+from fixmatch.optim import (build_optimizer, build_schedule, cosine_factor, load_optimizer_state,
+                            parameter_groups)
 
 
 def small_net() -> nn.Module:
@@ -65,3 +67,35 @@ def test_a_step_with_zero_gradients_shrinks_only_the_decayed_weights():
     assert torch.allclose(after["3.weight"], before["3.weight"] * (1 - 0.03 * 0.5 * 1.9))
     for name in ["1.weight", "1.bias", "3.bias"]:
         assert torch.equal(after[name], before[name]), name
+
+
+def test_the_fused_update_equals_the_foreach_reference_over_steps():
+    torch.manual_seed(0)
+    fused_net = small_net()
+    reference_net = deepcopy(fused_net)
+    fused = build_optimizer(fused_net, OptimConfig(weight_decay=5e-4))
+    assert all(group["fused"] for group in fused.param_groups)
+    reference = torch.optim.SGD(parameter_groups(reference_net, 5e-4), lr=0.03, momentum=0.9,
+                                nesterov=True, foreach=True)
+    images = torch.randn(8, 3, 4, 4)
+    for _ in range(5):
+        for net, optimizer in ((fused_net, fused), (reference_net, reference)):
+            optimizer.zero_grad(set_to_none=True)
+            net(images).logsumexp(1).mean().backward()
+            optimizer.step()
+    for (name, p), q in zip(fused_net.named_parameters(), reference_net.parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), name
+
+
+def test_loading_a_checkpoint_keeps_this_machines_implementation():
+    net = small_net()
+    written_elsewhere = torch.optim.SGD(parameter_groups(net, 5e-4), lr=0.01, momentum=0.9,
+                                        nesterov=True, foreach=True)
+    net(torch.randn(2, 3, 4, 4)).sum().backward()
+    written_elsewhere.step()
+    optimizer = build_optimizer(net, OptimConfig(weight_decay=5e-4))
+    load_optimizer_state(optimizer, written_elsewhere.state_dict())
+    assert all(group["fused"] and not group["foreach"] for group in optimizer.param_groups)
+    assert optimizer.param_groups[0]["lr"] == 0.01  # what it computes comes from the checkpoint
+    momentum = written_elsewhere.state[net[0].weight]["momentum_buffer"]
+    assert torch.equal(optimizer.state[net[0].weight]["momentum_buffer"], momentum)

@@ -24,14 +24,40 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list:
     ]
 
 
+# Devices with torch's fused SGD kernel: the whole update (decay, momentum, Nesterov) in one
+# multi-tensor kernel instead of several foreach passes; on a GPU that is ~5x fewer launches.
+FUSED_SGD_DEVICES = ("cpu", "cuda")
+# Group settings that choose how torch computes the update, not what it computes.
+IMPLEMENTATION_KEYS = ("fused", "foreach", "differentiable", "capturable")
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:
-    """SGD as in the paper: momentum 0.9, Nesterov, coupled weight decay on kernels."""
+    """SGD as in the paper: momentum 0.9, Nesterov, coupled weight decay on kernels.
+
+    The fused implementation is used where torch has it for the model's device (same
+    arithmetic as the foreach one, to rounding; tested).
+    """
+    devices = {parameter.device.type for parameter in model.parameters()}
     return torch.optim.SGD(
         parameter_groups(model, config.weight_decay),
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
+        fused=devices <= set(FUSED_SGD_DEVICES) or None,
     )
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, keeping this optimizer's implementation.
+
+    torch restores every group setting from the checkpoint, including `fused` and
+    `foreach`; a checkpoint written elsewhere (a CPU run resumed on a GPU, or an older
+    version) would otherwise switch the kernel this machine runs.
+    """
+    implementation = [{key: group.get(key) for key in IMPLEMENTATION_KEYS} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, implementation):
+        group.update(kept)
 
 
 def cosine_factor(step: int, total_steps: int, cosine_fraction: float) -> float:

@@ -24,6 +24,7 @@ from fixmatch.distributed import DistEnv, any_rank
 from fixmatch.evaluate import evaluate
 from fixmatch.metrics import MetricWriter
 from fixmatch.models.ema import ModelEMA, unwrap_model
+from fixmatch.optim import load_optimizer_state
 from fixmatch.preemption import StopRequest
 from fixmatch.runtime import capture_rng_state, resolve_precision, restore_rng_state
 from fixmatch.step_stats import NonFiniteGuard, NonFiniteLossError, RunningMeans
@@ -269,7 +270,7 @@ class Trainer:
             unwrap_model(parts.model).load_state_dict(state["model"])
             if parts.ema is not None:
                 parts.ema.load_state_dict(state["ema"])
-            parts.optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(parts.optimizer, state["optimizer"])
         except (RuntimeError, KeyError, ValueError) as error:
             reason = str(error).strip().splitlines()[0]
             raise CheckpointError(f"the checkpoint does not fit this model/optimiser ({reason[:200]})") from None

@@ -4,6 +4,7 @@ Sohn et al. (2020) report the accuracy of this Polyak average (decay 0.999).
 """
 
 import copy
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,6 +29,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._modules["_orig_mod"]
         else:
             return model
+
+
+def _tensor_slots(model: nn.Module, kind: str) -> List[Tuple[nn.Module, str]]:
+    """(module, name) of each tensor in `model.parameters()` or `.buffers()` order.
+
+    Args:
+        model: any module.
+        kind: "_parameters" or "_buffers".
+    """
+    slots, seen = [], set()
+    for module in model.modules():
+        for name, tensor in getattr(module, kind).items():
+            if tensor is not None and id(tensor) not in seen:  # shared tensors count once
+                seen.add(id(tensor))
+                slots.append((module, name))
+    return slots
 
 
 class ModelEMA:
@@ -59,6 +76,9 @@ class ModelEMA:
         self.module.requires_grad_(False)
         self._params = list(self.module.parameters())
         self._buffers = list(self.module.buffers())
+        self._live_source: Optional[nn.Module] = None  # see _live_tensors
+        self._param_slots: List[Tuple[nn.Module, str]] = []
+        self._buffer_slots: List[Tuple[nn.Module, str]] = []
 
     def decay_at(self, step: int) -> float:
         """The decay used by the update at `step`.
@@ -86,15 +106,26 @@ class ModelEMA:
         Raises:
             ValueError: if the live model's parameters or buffers do not match the copy's.
         """
-        source = unwrap_model(model)
-        live_params = [p.detach() for p in source.parameters()]
-        live_buffers = list(source.buffers())
-        if len(live_params) != len(self._params) or len(live_buffers) != len(self._buffers):
-            raise ValueError("ModelEMA.update: the model differs from the one the EMA copied")
+        live_params, live_buffers = self._live_tensors(model)
         # ema <- decay·ema + (1 - decay)·param, as one fused multi-tensor kernel.
         torch._foreach_lerp_(self._params, live_params, 1.0 - self.decay_at(step))
         if self._buffers:
             torch._foreach_copy_(self._buffers, live_buffers)
+
+    def _live_tensors(self, model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        # Walking the module tree costs more host time than the update's kernels on a GPU,
+        # so where each live tensor sits (module, name) is found once per live model; reading
+        # the slots every update still sees tensors that were replaced (e.g. moved buffers).
+        source = unwrap_model(model)
+        if self._live_source is not source:
+            self._param_slots = _tensor_slots(source, "_parameters")
+            self._buffer_slots = _tensor_slots(source, "_buffers")
+            if len(self._param_slots) != len(self._params) or len(self._buffer_slots) != len(self._buffers):
+                raise ValueError("ModelEMA.update: the model differs from the one the EMA copied")
+            self._live_source = source
+        params = [module._parameters[name] for module, name in self._param_slots]
+        buffers = [module._buffers[name] for module, name in self._buffer_slots]
+        return params, buffers
 
     def state_dict(self) -> dict:
         """The averaged module's state dict (parameters and copied buffers)."""
