@@ -2,6 +2,8 @@
 # The GPU figures of the throughput work, on one CUDA machine, stage by stage:
 #   tests     the CUDA-only tests (a training step never waits for the device)
 #   augment   device augmentation per step, eager and compiled, and their agreement
+#   updates   the SGD step (foreach and fused) and the EMA update: host launch time and
+#             completed time per update
 #   train     end-to-end steps/s, data wait, peak memory and the projected 2^20-step time of
 #             the paper config (CIFAR-10, WRN-28-2, B 64, mu 7): CPU and device augmentation,
 #             fp32 and bf16, eager and compiled
@@ -24,7 +26,7 @@
 set -uo pipefail
 DATA=${1:?usage: bash benchmarks/gpu_figures.sh DATA RESULTS}
 RESULTS=${2:?usage: bash benchmarks/gpu_figures.sh DATA RESULTS}
-STAGES=${STAGES:-"tests augment train compiled autotune step accuracy"}
+STAGES=${STAGES:-"tests augment updates train compiled autotune step accuracy"}
 WORKERS=${WORKERS:-12}
 TRAIN_STEPS=${TRAIN_STEPS:-600}
 ACCURACY_SECONDS=${ACCURACY_SECONDS:-140}
@@ -54,6 +56,11 @@ run_tests() {
 run_augment() {
   stage "device augmentation, eager and compiled"
   timeout 120 python3 benchmarks/device_augment_speed.py --device "$DEVICE"
+}
+
+run_updates() {
+  stage "weight updates: SGD step and EMA update"
+  timeout 120 python3 benchmarks/update_cost.py --device "$DEVICE"
 }
 
 run_train() {
