@@ -110,17 +110,34 @@ def run_cli(*overrides: str, cwd: Path):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_rerun_of_a_completed_run_changes_nothing(tiny_cifar10, tmp_path):
+def files_of(run_dir: Path) -> dict:
+    return {str(path.relative_to(run_dir)): path.read_bytes()
+            for path in sorted(run_dir.rglob("*")) if path.is_file()}
+
+
+def test_cli_reruns_leave_a_completed_run_byte_for_byte(tiny_cifar10, tmp_path):
+    # Before: Hydra appended every later start's log to run.log and rewrote .hydra/ (the
+    # record of the command) before the run decided it would not touch the folder; with
+    # trainer.resume=false the new run's log even went into the old run's run.log.
     overrides = tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
                                      "trainer.eval_every_steps=2", f"hydra.run.dir={tmp_path}/run")
     first = run_cli(*overrides, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    before = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()
+    run = tmp_path / "run"
+    assert "completed at step 2" in (run / "run.log").read_text()
+    assert "- trainer.total_steps=2" in (run / ".hydra" / "overrides.yaml").read_text()
+    before = files_of(run)
     again = run_cli(*overrides, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert again.returncode == 0 and "already completed 2 steps" in again.stdout, again.stderr
+    refused = run_cli(*overrides, "ssl.threshold=0.5", cwd=tmp_path)
+    assert refused.returncode == 2 and "cannot resume" in refused.stderr
+    fresh = run_cli(*overrides, "trainer.resume=false", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert files_of(run) == before
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    log = (tmp_path / "run_2" / "run.log").read_text()
+    assert "starting fresh in" in log and "completed at step 2" in log
+    assert "- trainer.resume=false" in (tmp_path / "run_2" / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_a_sweep_runs_every_job_then_exits_2_naming_the_failed_ones(tiny_cifar10, tmp_path):

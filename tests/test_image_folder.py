@@ -474,6 +474,35 @@ def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(folder, tmp_pat
     assert folder_run(folder, run_dir, "trainer.total_steps=6")["step"] == 6
 
 
+def test_a_completed_run_rerun_on_other_data_is_refused_not_called_done(folder, tmp_path):
+    # Before: "already completed 4 steps; nothing to do", so a sweep folder reused for new
+    # data trained nothing and the results table showed the old run's numbers.
+    run_dir = tmp_path / "run"
+    folder_run(folder, run_dir)
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    shutil.rmtree(other / "labeled" / "eel")
+    shutil.rmtree(other / "test" / "eel")
+    for part in ("labeled", "test"):
+        for index in range(4 if part == "labeled" else 2):
+            write_image(other / part / "fox" / f"{index:03d}.png", 250)
+    before = files_of(run_dir)
+    with pytest.raises(UserError, match=r"holds a run completed on dataset.root=.*images, but "
+                                        r"dataset.root=.*other has the classes \['cat', 'dog', 'fox'\], "
+                                        r"the run was trained on \['cat', 'dog', 'eel'\]; use another"):
+        folder_run(other, run_dir)
+    shutil.rmtree(other)
+    shutil.copytree(folder, other)
+    _swap_labeled(other)
+    with pytest.raises(UserError, match=r"has other training images than the run was trained on"):
+        folder_run(other, run_dir)
+    assert files_of(run_dir) == before
+    moved = tmp_path / "moved"  # the run's own data in another place is still the same run
+    shutil.copytree(folder, moved)
+    assert folder_run(moved, run_dir)["status"] == "completed"
+    assert files_of(run_dir) == before
+
+
 def _add_labeled(root):
     write_image(root / "labeled" / "cat" / "00.png", gray(0))  # sorts first
 

@@ -198,6 +198,21 @@ def test_resume_allows_a_longer_run_and_other_hardware_settings(tiny_cifar10, tm
     assert steps == [3, 6, 9]
 
 
+def test_resume_refuses_a_length_below_the_step_it_reached(tiny_cifar10, tmp_path):
+    # Before: a stopped 6-step run resumed with trainer.total_steps=4 said "completed" at
+    # step 6 of 4; a shorter length above the reached step is allowed (like a longer one).
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**summary, "status": "preempted"}))
+    before = (run_dir / "metrics.json").read_text()
+    with pytest.raises(UserError, match=r"it is at step 6, past trainer.total_steps=4; set "
+                                        r"trainer.total_steps to at least 6"):
+        short_run(tiny_cifar10, run_dir, "trainer.total_steps=4")
+    assert (run_dir / "metrics.json").read_text() == before
+    assert short_run(tiny_cifar10, run_dir, "trainer.total_steps=7")["step"] == 7
+
+
 def test_resume_false_starts_fresh_in_a_new_folder(tiny_cifar10, tmp_path):
     run_dir = tmp_path / "run"
     short_run(tiny_cifar10, run_dir)

@@ -35,11 +35,12 @@ from fixmatch.distributed import (
     init_process_group,
 )
 from fixmatch.errors import UserError
-from fixmatch.metrics import MetricWriter, write_text_atomic
+from fixmatch.metrics import MetricWriter
 from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
 from fixmatch.resume import StartPlan, finished_summary, holds_a_run, plan_on_rank_zero
+from fixmatch.run_record import RunRecord
 from fixmatch.runtime import (
     configure_threads,
     resolve_precision,
@@ -70,18 +71,21 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         logging.getLogger("fixmatch").setLevel(logging.WARNING)  # rank 0 reports for all
     device = select_device(config.trainer.device, env.local_rank if env.is_distributed else None)
     init_process_group(env, device)
+    record = RunRecord(cfg, keep_log=env.is_main and HydraConfig.initialized())
     try:
         run_dir = broadcast_object(Path(run_dir or HydraConfig.get().runtime.output_dir), env)
-        summary = train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True), env, device)
+        summary = train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True), env, device, record)
     except BaseException:
         destroy_process_group()  # no barrier: the other ranks may never get there
         raise
+    finally:
+        record.close()
     destroy_process_group(finished=True)
     return summary
 
 
 def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = DistEnv(),
-          device: Optional[torch.device] = None) -> dict:
+          device: Optional[torch.device] = None, record: Optional[RunRecord] = None) -> dict:
     """Build every part of the run from the typed config and train it, or continue it.
 
     Args:
@@ -90,6 +94,7 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
         resolved_yaml: the config as YAML with interpolations resolved.
         env: this process's rank in a torchrun job (one rank by default).
         device: where to train (chosen from the config when None).
+        record: writes the run's config, notes and log once it may (config only when None).
 
     Returns:
         The final metrics.json summary.
@@ -103,13 +108,15 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
     run_dir = plan.run_dir
     finished = finished_summary(plan, config.trainer.total_steps)
     if finished is not None:
+        pipeline.check_finished_run_data(config, run_dir, lambda: load_dataset(config.dataset))
         log.info("%s already completed %d steps; nothing to do", run_dir, finished["step"])
         return finished
     state = plan.checkpoint or {}
     writer = MetricWriter(run_dir, config.trainer.total_steps, history=state.get("history"),
                           elapsed_s=state.get("elapsed_s", 0.0), resume_step=state.get("step"),
                           write=env.is_main)
-    trainer = _build_or_record_failure(config, run_dir, resolved_yaml, writer, plan, env, device)
+    trainer = _build_or_record_failure(config, run_dir, resolved_yaml, writer, plan, env, device,
+                                       record or RunRecord())
     writer.open()  # training starts: from here on the run's files are rewritten
     try:
         summary = trainer.fit()
@@ -128,7 +135,7 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
 
 def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
                              writer: MetricWriter, plan: StartPlan, env: DistEnv,
-                             device: torch.device) -> Trainer:
+                             device: torch.device, record: RunRecord) -> Trainer:
     """Check the config and build the trainer, then write the run's config, split and
     normalisation. When that fails, a run already in `run_dir` keeps its files byte for
     byte; a new run records its config and a "failed" metrics.json (results count it)."""
@@ -138,11 +145,11 @@ def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
         trainer = _build_trainer(config, run_dir, resolved_yaml, writer, plan, data, env, device)
     except BaseException as error:
         if env.is_main and not holds_a_run(plan):
-            write_text_atomic(run_dir / "config_resolved.yaml", resolved_yaml)
+            record.write(run_dir, resolved_yaml)
             writer.summary("failed", 0, error=f"{type(error).__name__}: {error}")
         raise
     if env.is_main:
-        write_text_atomic(run_dir / "config_resolved.yaml", resolved_yaml)
+        record.write(run_dir, resolved_yaml)
         data.split.save(run_dir / "split.json", data.arrays.class_names,
                         data.arrays.training_set)
         data.normalization.save(run_dir / "normalization.json")

@@ -4,12 +4,17 @@ stage on the device and the train/test batch streams, wired from the typed confi
 app.py calls these in construction order; like it, this module reads several config nodes.
 """
 
+import json
 import logging
-from typing import Iterator, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader
+from yaml import YAMLError
 
 from fixmatch.checkpoint import CheckpointError
 from fixmatch.config import AugmentOn, Config, StrongAugment
@@ -124,6 +129,42 @@ def _check_same_unlabeled_images(config: Config, arrays: DatasetArrays, plan: St
         f"cannot resume from {plan.checkpoint_path}: dataset.root={config.dataset.root} "
         f"{changed}, so the resumed run would see another unlabeled stream; restore the "
         "images the run was trained on, or use another hydra.run.dir for a new run")
+
+
+def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], DatasetArrays]) -> None:
+    """Refuse to call a completed run done when dataset.root now names other data.
+
+    dataset.root may change between runs of one experiment (the data moved), so a rerun
+    with a new root is only "nothing to do" if the root holds the run's classes and
+    training images; otherwise the user meant a new run and would get the old results.
+
+    Args:
+        config: the current config.
+        run_dir: the completed run's folder (its config_resolved.yaml and split.json).
+        load: loads the dataset at config.dataset.root; only called when the root changed.
+
+    Raises:
+        UserError: the root holds other classes or other training images.
+    """
+    try:
+        saved = OmegaConf.load(run_dir / "config_resolved.yaml")
+        recorded = json.loads((run_dir / "split.json").read_text())
+    except (OSError, ValueError, OmegaConfBaseException, YAMLError):
+        return  # nothing to compare with; the run's own files are not ours to judge
+    saved_root = OmegaConf.select(saved, "dataset.root")
+    if saved_root == config.dataset.root or "class_names" not in recorded:
+        return
+    arrays = load()
+    if list(recorded["class_names"]) != list(arrays.class_names):
+        found = f"the classes {list(arrays.class_names)}, the run was trained on {list(recorded['class_names'])}"
+    elif recorded.get("training_set", arrays.training_set) != arrays.training_set:
+        found = "other training images than the run was trained on"
+    else:
+        return
+    raise UserError(
+        f"{run_dir} holds a run completed on dataset.root={saved_root}, but dataset.root="
+        f"{config.dataset.root} has {found}; use another hydra.run.dir for a new run (the "
+        "completed run's results are left as they are)")
 
 
 def check_same_split_on_all_ranks(split: LabeledSplit, env: DistEnv) -> None:

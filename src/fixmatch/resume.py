@@ -82,8 +82,19 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
             f"{', '.join(differences)}; these change the experiment. Use another "
             "hydra.run.dir, or trainer.resume=false to start fresh in a new folder"
         )
+    _check_not_past_the_end(run_dir, state["step"], resolved_yaml)
     log.info("resuming from %s (step %d)", path, state["step"])
     return StartPlan(run_dir, state, path)
+
+
+def _check_not_past_the_end(run_dir: Path, step: int, resolved_yaml: str) -> None:
+    """A shorter trainer.total_steps may end an unfinished run sooner, not before where it
+    already is (it would be reported completed at a step past its own length)."""
+    total_steps = _flatten_yaml(resolved_yaml).get("trainer.total_steps")
+    if isinstance(total_steps, int) and step > total_steps and _completed_summary(run_dir) is None:
+        raise UserError(f"cannot resume {run_dir}: it is at step {step}, past trainer.total_steps="
+                        f"{total_steps}; set trainer.total_steps to at least {step}, or use another "
+                        "hydra.run.dir for a new run")
 
 
 def _completed_summary(run_dir: Path) -> Optional[dict]:
