@@ -17,7 +17,7 @@ from PIL import Image
 
 from fixmatch import evaluate, export, predict
 from fixmatch.app import build_model, run_experiment
-from fixmatch.checkpoint import CheckpointError
+from fixmatch.checkpoint import CheckpointError, CheckpointStore
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.normalization import Normalization
 from fixmatch.data.transforms import EvalTransform
@@ -359,3 +359,91 @@ def test_a_skipped_checkpoint_is_a_warning_line(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"warning: skipping checkpoint {newest}"), lines
+
+
+def test_predict_never_overwrites_files_it_did_not_write(trained_run, tmp_path):
+    # Before: any output= was replaced with CSV text, exit 0: a checkpoint, last.pt (written
+    # through into the newest step file), metrics.json, config_resolved.yaml, an input image.
+    run_dir, _, _ = trained_run
+    images = _write_pngs(tmp_path / "images", 2)
+    notes = tmp_path / "notes.csv"
+    notes.write_text("path,label\na.png,cat\n")
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    kept = [*checkpoints, run_dir / "metrics.json", run_dir / "config_resolved.yaml", notes, *images]
+    before = {path: path.read_bytes() for path in kept}
+    for output, message in [
+            (checkpoints[-1], r"^output=.*step_\d+\.pt is in a run's checkpoints/ folder \(or is "
+                              r"the checkpoint itself\), which it could overwrite; write the "
+                              r"predictions elsewhere$"),
+            (run_dir / "checkpoints" / "last.pt", "is in a run's checkpoints/ folder"),
+            (run_dir / "checkpoints" / "predictions.csv", "is in a run's checkpoints/ folder"),
+            (run_dir / "metrics.json", r"^output=.*metrics\.json already exists and no predict "
+                                       r"wrote it; choose another name$"),
+            (run_dir / "config_resolved.yaml", "config_resolved.yaml already exists and no predict"),
+            (notes, r"^output=.*notes\.csv already exists and no predict wrote it"),
+            (images[0], r"^output=.*image_0\.png is one of the inputs, which it would overwrite; "
+                        r"write the predictions elsewhere")]:
+        with pytest.raises(UserError, match=message):
+            predict.main([f"checkpoint={run_dir}", f"inputs={tmp_path / 'images'}",
+                          f"output={output}"])
+    assert {path: path.read_bytes() for path in kept} == before
+    assert not (run_dir / "checkpoints" / "predictions.csv").exists()
+    result = subprocess.run([sys.executable, "-m", "fixmatch.predict", f"checkpoint={run_dir}",
+                             f"inputs={images[0]}", f"output={run_dir / 'metrics.json'}"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "error: output=" in result.stderr, result.stderr
+
+
+def test_predict_replaces_its_own_earlier_output(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    _write_pngs(tmp_path / "images", 3)
+    output = tmp_path / "images" / "predictions.csv"  # beside the inputs: not an image, not read
+    arguments = [f"checkpoint={run_dir}", f"inputs={tmp_path / 'images'}", f"output={output}"]
+    predict.main(arguments + ["top_k=2"])
+    assert predict.is_predictions_file(output)
+    predict.main(arguments + ["top_k=2"])  # the same command again
+    records = predict.main(arguments)  # another top_k: another header, still predict's
+    with output.open() as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == predict.csv_header(5) and len(rows) == 1 + len(records) == 4
+
+
+def test_export_refuses_an_existing_file_that_no_export_wrote(trained_run, tmp_path):
+    # Before: only <name>.json was checked, so output=config_resolved.yaml or an image was
+    # replaced by the model.
+    run_dir, _, _ = trained_run
+    config = run_dir / "config_resolved.yaml"
+    image = _write_pngs(tmp_path / "images", 1)[0]
+    before = {path: path.read_bytes() for path in (config, image)}
+    with pytest.raises(UserError, match=r"^output=.*config_resolved\.yaml already exists and no "
+                                        r"export wrote it; choose another name$"):
+        export.main([f"checkpoint={run_dir}", f"output={config}"])
+    with pytest.raises(UserError, match="image_0.png already exists and no export wrote it"):
+        export.main([f"checkpoint={run_dir}", f"output={image}"])
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_unreadable_checkpoints_get_advice_that_fits_the_command(trained_run, tmp_path):
+    # Before: evaluate, predict and export advised "set trainer.resume=false", a setting
+    # they do not have.
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run[0], run_dir, symlinks=True)
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        path.write_bytes(b"\x00garbage")
+    result = subprocess.run([sys.executable, "-m", "fixmatch.evaluate", f"checkpoint={run_dir}"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: no readable checkpoint in {run_dir / 'checkpoints'}")
+    assert error.endswith("; give checkpoint= a .pt file that loads (another run's, or a copy of "
+                          "this one's), or train the run again"), error
+    assert "trainer.resume" not in result.stderr
+    with pytest.raises(CheckpointError, match="give checkpoint= a .pt file that loads"):
+        predict.main([f"checkpoint={run_dir}", f"inputs={_write_pngs(tmp_path / 'in', 1)[0]}",
+                      f"output={tmp_path / 'p.csv'}"])
+    with pytest.raises(CheckpointError, match="give checkpoint= a .pt file that loads"):
+        export.main([f"checkpoint={run_dir}", f"output={tmp_path / 'model.pt'}"])
+    # Training's own advice is unchanged: it can start fresh.
+    with pytest.raises(CheckpointError, match="set trainer.resume=false to start fresh"):
+        CheckpointStore(run_dir / "checkpoints", keep=1).newest_valid()

@@ -24,6 +24,9 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 CHECKPOINT_FORMAT = "fixmatch-checkpoint-v1"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+# What training says when a run folder holds checkpoints but none loads.
+RESUME_ADVICE = ("move the run folder away, or set trainer.resume=false to start fresh in a new "
+                 "folder")
 
 
 class CheckpointError(UserError):
@@ -112,8 +115,13 @@ class CheckpointStore:
             old.unlink(missing_ok=True)
         return path
 
-    def newest_valid(self) -> Optional[Tuple[Path, dict]]:
+    def newest_valid(self, advice: str = RESUME_ADVICE) -> Optional[Tuple[Path, dict]]:
         """The newest checkpoint that loads, falling back past corrupt ones with a warning.
+
+        Args:
+            advice: what the error tells the user to do when none loads; training's
+                (RESUME_ADVICE) names trainer.resume, which the evaluate, predict and export
+                commands do not have, so they pass their own.
 
         Returns:
             (path, state), or None when the run has no checkpoint at all.
@@ -130,9 +138,7 @@ class CheckpointStore:
                 errors.append(str(error))
         if errors:
             raise CheckpointError(
-                f"no readable checkpoint in {self.folder} ({errors[0]}); move the run folder "
-                "away, or set trainer.resume=false to start fresh in a new folder"
-            )
+                f"no readable checkpoint in {self.folder} ({errors[0]}); {advice}")
         return None
 
 

@@ -14,12 +14,13 @@ from typing import Sequence
 import torch
 
 from fixmatch.errors import UserError
-from fixmatch.checkpoint import CHECKPOINT_DIR
 from fixmatch.trained_model import (
     TrainedModel,
     load_trained_model,
     output_path,
     parse_arguments,
+    refuse_checkpoints_folder,
+    refuse_foreign_file,
     run_command,
 )
 
@@ -91,21 +92,19 @@ def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
 
     Raises:
         UserError: for a .json model name (its metadata file would replace it), a file in a
-            run's checkpoints/ folder or the checkpoint itself, or a <name>.json beside it
-            that is not an earlier export's metadata (eval.json, metrics.json, ...).
+            run's checkpoints/ folder or the checkpoint itself, a <name>.json beside it that
+            is not an earlier export's metadata (eval.json, metrics.json, ...), or an existing
+            model file without such metadata (config_resolved.yaml, an image, ...).
     """
     if output.suffix.lower() == ".json":
         raise UserError(f"output={output}: the metadata is written to <name>.json beside the "
                         f"model, so the model cannot be a .json file; use e.g. "
                         f"output={output.with_suffix(suffix)}")
-    resolved = output.resolve()
-    if resolved == trained.checkpoint_path.resolve() or resolved.parent.name == CHECKPOINT_DIR:
-        raise UserError(f"output={output} is in a run's {CHECKPOINT_DIR}/ folder (or is the "
-                        "checkpoint itself), which it could overwrite; write the model elsewhere")
+    refuse_checkpoints_folder(output, "output", "the model", trained.checkpoint_path)
     meta = output.with_suffix(".json")
-    if meta.exists() and not _is_export_metadata(meta):
-        raise UserError(f"output={output} would overwrite {meta}, which no export wrote; "
-                        "choose another name")
+    refuse_foreign_file(output, "output", "export", _is_export_metadata, target=meta)
+    # An earlier export's model is known by the metadata written beside it.
+    refuse_foreign_file(output, "output", "export", lambda _model: _is_export_metadata(meta))
 
 
 def _is_export_metadata(path: Path) -> bool:

@@ -22,6 +22,8 @@ from fixmatch.trained_model import (
     load_trained_model,
     output_path,
     parse_arguments,
+    refuse_checkpoints_folder,
+    refuse_foreign_file,
     run_command,
 )
 
@@ -106,15 +108,20 @@ def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
     return records
 
 
-def write_csv(records: Sequence[dict], top_k: int, path: Path) -> None:
-    """path, predicted, confidence, class_1, probability_1, ..., error: one row per file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def csv_header(top_k: int) -> List[str]:
+    """path, predicted, confidence, class_1, probability_1, ..., class_k, probability_k, error."""
     header = ["path", "predicted", "confidence"]
     for rank in range(1, top_k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
+    return header + ["error"]
+
+
+def write_csv(records: Sequence[dict], top_k: int, path: Path) -> None:
+    """One row per file under csv_header(top_k)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as file:
         rows = csv.writer(file)
-        rows.writerow(header + ["error"])
+        rows.writerow(csv_header(top_k))
         for record in records:
             cells = [record["path"], record.get("predicted", ""),
                      f"{record['confidence']:.6f}" if "confidence" in record else ""]
@@ -122,6 +129,35 @@ def write_csv(records: Sequence[dict], top_k: int, path: Path) -> None:
             for rank in range(top_k):
                 cells += [ranked[rank][0], f"{ranked[rank][1]:.6f}"] if rank < len(ranked) else ["", ""]
             rows.writerow(cells + [record["error"]])
+
+
+def is_predictions_file(path: Path) -> bool:
+    """Whether `path` starts with the header write_csv writes (any top_k): an earlier
+    predict's output, which a rerun may replace."""
+    try:
+        with path.open("rb") as file:
+            first = file.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
+    except OSError:
+        return False
+    cells = first.split(",")
+    top_k = (len(cells) - 4) // 2
+    return top_k >= 1 and cells == csv_header(top_k)
+
+
+def check_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output that would overwrite a file predict did not write: a checkpoint,
+    the run's config or metrics, an input image or any other file.
+
+    Raises:
+        UserError: for a file in a run's checkpoints/ folder, one of the inputs, or an
+            existing file that is not an earlier predictions CSV.
+    """
+    refuse_checkpoints_folder(output, "output", "the predictions")
+    resolved = output.resolve()
+    if any(resolved == path.resolve() for path in inputs):
+        raise UserError(f"output={output} is one of the inputs, which it would overwrite; "
+                        "write the predictions elsewhere, e.g. output=predictions.csv")
+    refuse_foreign_file(output, "output", "predict", is_predictions_file)
 
 
 def main(argv: Sequence[str]) -> List[dict]:
@@ -141,6 +177,7 @@ def main(argv: Sequence[str]) -> List[dict]:
         raise UserError(f"top_k={top_k} and batch_size={batch_size} must be at least 1")
     output = output_path(settings["output"], "output")
     paths = list_inputs(settings["inputs"])
+    check_output(output, paths)  # before the model is loaded: the cheap mistakes first
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
     records = predict_files(trained, paths, top_k, batch_size)

@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -30,6 +30,10 @@ WEIGHTS = ("ema", "raw")  # model=ema (the averaged weights the paper reports) o
 # What the model was trained to see: always the checkpoint's, never an override.
 MODEL_INPUT_KEYS = ("dataset.image_size", "dataset.channels", "dataset.resize", "dataset.mean",
                     "dataset.std")
+# When no checkpoint of a run folder loads. Not training's advice (trainer.resume=false):
+# these commands only read a checkpoint, so the way out is another one or a new one.
+NO_READABLE_CHECKPOINT_ADVICE = ("give checkpoint= a .pt file that loads (another run's, or a "
+                                 "copy of this one's), or train the run again")
 
 
 @dataclass
@@ -56,7 +60,8 @@ def resolve_checkpoint(location: str) -> Path:
     """The checkpoint file that `checkpoint=` names: a .pt file, or a run folder's newest.
 
     Raises:
-        CheckpointError: when nothing is there, or a run folder holds no checkpoint.
+        CheckpointError: when nothing is there, or a run folder holds no checkpoint or
+            none that loads.
     """
     path = Path(location).expanduser()
     if path.is_file():
@@ -65,7 +70,7 @@ def resolve_checkpoint(location: str) -> Path:
         raise CheckpointError(f"checkpoint={location}: no such file or folder; give a run folder "
                               "or a checkpoints/step_*.pt file")
     folder = path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
-    newest = CheckpointStore(folder, keep=1).newest_valid()
+    newest = CheckpointStore(folder, keep=1).newest_valid(NO_READABLE_CHECKPOINT_ADVICE)
     if newest is None:
         raise CheckpointError(f"checkpoint={location}: no checkpoints/step_*.pt in {path}; "
                               "give a run folder that has trained at least one checkpoint")
@@ -202,6 +207,58 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
     if not os.access(where, os.W_OK):
         raise UserError(f"{setting}={value}: {where} is not writable; choose a writable place")
     return path
+
+
+def refuse_checkpoints_folder(output: Path, setting: str, what: str,
+                              checkpoint: Optional[Path] = None) -> None:
+    """Refuse to write into a run's checkpoints/ folder or over the checkpoint in use.
+
+    A checkpoint is the run itself (resuming, evaluating, exporting start from it), and
+    last.pt is a link that a write would follow into the newest step file.
+
+    Args:
+        output: the file a command will write.
+        setting: the argument's name, for the message (output).
+        what: what the command writes, for the message (the model, the predictions).
+        checkpoint: the checkpoint file in use, refused also outside a checkpoints/ folder.
+
+    Raises:
+        UserError: when `output` (links followed) is in a checkpoints/ folder or is `checkpoint`.
+    """
+    resolved = output.resolve()
+    if resolved.parent.name == CHECKPOINT_DIR or (
+            checkpoint is not None and resolved == checkpoint.resolve()):
+        raise UserError(f"{setting}={output} is in a run's {CHECKPOINT_DIR}/ folder (or is the "
+                        f"checkpoint itself), which it could overwrite; write {what} elsewhere")
+
+
+def refuse_foreign_file(output: Path, setting: str, command: str,
+                        written_by_command: Callable[[Path], bool],
+                        target: Optional[Path] = None) -> None:
+    """Refuse to overwrite an existing file unless `command` wrote it on an earlier run.
+
+    A run's config_resolved.yaml, metrics.json or a training image has no other copy, but
+    rerunning the same command into the same place must still replace its own output.
+
+    Args:
+        output: the file named by `setting=`.
+        setting: the argument's name, for the message (output).
+        command: the command's name, for the message (predict, export).
+        written_by_command: whether an existing file is an earlier output of `command`.
+        target: the file that would be overwritten, when not `output` itself (export's
+            <name>.json beside the model).
+
+    Raises:
+        UserError: when the file exists and `written_by_command` does not recognise it.
+    """
+    target = output if target is None else target
+    if not target.exists() or written_by_command(target):
+        return
+    if target == output:
+        raise UserError(f"{setting}={output} already exists and no {command} wrote it; "
+                        "choose another name")
+    raise UserError(f"{setting}={output} would overwrite {target}, which no {command} wrote; "
+                    "choose another name")
 
 
 class _LevelPrefix(logging.Formatter):
