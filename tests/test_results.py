@@ -170,6 +170,101 @@ def test_two_sweep_folders_merge(tmp_path, capsys):
     assert len(find_runs([str(tmp_path), str(tmp_path / "first")])) == 2
 
 
+FOLDER_3 = ["experiment=quickstart", "ssl.num_labeled=3"]
+
+
+def folder_run(folder: Path, root: str, seed: int, figure: float, preset: str = "folder",
+               training_set: str = None) -> Path:
+    """An image-folder run on `root`; with `training_set`, the sha256 its split.json records."""
+    run = make_run(folder, [f"dataset={preset}", f"dataset.root='{root}'", *FOLDER_3,
+                            f"seed={seed}"], done(figure, figure))
+    if training_set is not None:
+        (run / "split.json").write_text(json.dumps(
+            {"indices": [0, 1, 2], "training_set": {"num_images": 9, "sha256": training_set}}))
+    return run
+
+
+def test_image_folder_sweeps_on_different_roots_are_rows_named_after_their_folder(tmp_path,
+                                                                                 capsys):
+    # The user's bug: two sweeps on two image folders (same seeds) made one row, 4/4 done.
+    for seed, figure in [(1, 70.0), (2, 80.0)]:
+        folder_run(tmp_path / "shapes_sweep" / str(seed), "/data/shapes", seed, figure)
+        folder_run(tmp_path / "leaves_sweep" / str(seed), "/home/me/leaves/", seed, figure - 30)
+        folder_run(tmp_path / "sar_sweep" / str(seed), "/scratch/mstar_soc", seed, figure - 20,
+                   preset="mstar")  # dataset=mstar keeps dataset.name folder
+
+    rows = build_rows(find_runs([str(tmp_path)]))
+    assert [(row.key[0], len(row.runs), row.accuracy.mean) for row in rows] == [
+        ("folder:leaves", 2, 45.0), ("folder:mstar_soc", 2, 55.0), ("folder:shapes", 2, 75.0)]
+    assert not cell_warnings(rows)
+
+    assert main([str(tmp_path / "shapes_sweep"), str(tmp_path / "leaves_sweep")]) == 0
+    output = capsys.readouterr()
+    assert output.err == ""
+    assert output.out.splitlines()[2:] == [
+        "| folder:leaves | WRN-10-1 | fixmatch | 3 | 2/2 done | 45.00 ± 7.07 | – | 45.00 ± 7.07 "
+        "| 55.00 ± 7.07 | – |",
+        "| folder:shapes | WRN-10-1 | fixmatch | 3 | 2/2 done | 75.00 ± 7.07 | – | 75.00 ± 7.07 "
+        "| 25.00 ± 7.07 | – |"]
+    # --by dataset.root, the old workaround, still splits the same way.
+    assert [row.key[0] for row in build_rows(find_runs([str(tmp_path)]), by=["dataset.root"])] == [
+        "folder:leaves", "folder:mstar_soc", "folder:shapes"]
+
+
+def test_image_folders_with_the_same_name_get_as_much_of_their_path_as_tells_them_apart(
+        tmp_path, capsys):
+    roots = ["/data/shapes", "/backup/shapes", "data/shapes", "./data/shapes/", "/data/a|b_~"]
+    for index, root in enumerate(roots):
+        folder_run(tmp_path / str(index), root, index + 1, 50.0 + index)
+    rows = build_rows(find_runs([str(tmp_path)]))
+    # "./data/shapes/" is "data/shapes" as written: one root, one row. A root that is the
+    # ending of another keeps its whole path.
+    assert [(row.key[0], len(row.runs)) for row in rows] == [
+        ("folder:/data/shapes", 1), ("folder:a|b_~", 1), ("folder:backup/shapes", 1),
+        ("folder:data/shapes", 2)]
+
+    markdown = format_table(rows).splitlines()
+    assert markdown[3].startswith("| folder:a\\|b_~ | WRN-10-1 |")  # `|` would end the cell
+    assert len({line.replace("\\|", "").count("|") for line in markdown}) == 1
+    latex = format_table(rows, style="latex")
+    assert "folder:a|b\\_\\textasciitilde{} & WRN-10-1" in latex
+    records = list(csv.DictReader(io.StringIO(format_table(rows, style="csv"))))
+    assert [record["dataset"] for record in records] == [row.key[0] for row in rows]
+
+
+def test_cifar_runs_on_different_roots_still_merge(tmp_path, capsys):
+    # For CIFAR the root is only where each machine keeps the same files.
+    make_run(tmp_path / "machine_a" / "1", [*CIFAR10_40, "seed=1", "dataset.root=/a/data"],
+             done(80.0, 80.0))
+    make_run(tmp_path / "machine_b" / "2", [*CIFAR10_40, "seed=2", "dataset.root=./data"],
+             done(90.0, 90.0))
+    row, = build_rows(find_runs([str(tmp_path)]))
+    assert row.key == ("cifar10", "WRN-28-2", "fixmatch", 40) and row.accuracy.mean == 85.0
+    assert row.paper is not None
+    assert main([str(tmp_path)]) == 0 and capsys.readouterr().err == ""
+
+
+def test_a_repeated_seed_names_its_copies_and_other_images_under_one_root_are_flagged(
+        tmp_path, capsys):
+    # The same relative root on two machines: one row, and seed 1 twice.
+    first = folder_run(tmp_path / "a" / "1", "data/shapes", 1, 70.0, training_set="aa")
+    second = folder_run(tmp_path / "b" / "1", "data/shapes", 1, 70.0, training_set="aa")
+    row, = build_rows(find_runs([str(tmp_path)]))
+    warning, = cell_warnings([row])
+    assert warning == (f"folder:shapes WRN-10-1 fixmatch 3 labels: seed 1 found more than once "
+                       f"(seed 1 in {first}, {second}); each copy counts as a run")
+
+    # Other images there (split.json's training set differs): not copies of one experiment.
+    (second / "split.json").write_text(json.dumps(
+        {"training_set": {"num_images": 12, "sha256": "bb"}}))
+    row, = build_rows(find_runs([str(tmp_path)]))
+    warning, = cell_warnings([row])
+    assert "its runs trained on 2 different sets of images" in warning
+    assert str(first) in warning and str(second) in warning and "seed 1" not in warning
+    assert main([str(tmp_path)]) == 0
+    assert "2 different sets of images" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "unknown key", "a file"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     make_run(tmp_path / "sweep" / "1", CIFAR10_40, done(80.0, 80.0))

@@ -1,7 +1,8 @@
 """Sweep folders -> the paper's table: one row per (dataset, model, algorithm, labels) cell.
 
-Every run is read from its own `config_resolved.yaml` and `metrics.json`, never from
-folder names or logs, so any folder layout and several sweeps at once work:
+Every run is read from its own `config_resolved.yaml` and `metrics.json` (and the
+training-set fingerprint in its `split.json`), never from folder names or logs, so any
+folder layout and several sweeps at once work:
 
     python -m fixmatch.results multirun/2026-11-25_10-00-00 [more folders]
         [--format markdown|csv|latex] [--by ssl.threshold] [--plot curves.png]
@@ -11,11 +12,12 @@ import argparse
 import csv
 import io
 import json
+import posixpath
 import statistics
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
@@ -32,16 +34,23 @@ UNREADABLE = "unreadable"  # its config_resolved.yaml or metrics.json cannot be 
 STATUS_ORDER = ["running", STARTING, "preempted", "failed"]
 # Keys that may differ between the runs of one cell without making them different experiments.
 # (Unlike resume, a table does mind trainer.total_steps and trainer.eval_every_steps.)
+# dataset.root is one only where it is just where the same files are kept on each machine
+# (CIFAR, SVHN, STL-10); for ROOT_IS_DATA datasets it is part of the cell (`dataset_label`).
 PER_RUN_KEYS = {"seed", "ssl.split_seed", "dataset.root", "dataset.download", "trainer.device",
                 "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
                 "trainer.eval_batch_size", "trainer.log_every_steps",
                 "trainer.checkpoint_every_steps", "trainer.keep_checkpoints", "trainer.resume"}
 CELL_KEYS = ["dataset", "model", "algorithm", "labels"]
+# dataset.name of the datasets read from the user's own folder, dataset.root (dataset=folder
+# and the presets built on it, such as dataset=mstar, which keep its name): there the root
+# *is* the data, so runs on two roots are two rows, each named `folder:<root>` (`root_names`).
+ROOT_IS_DATA = {"folder"}
 # How `algorithm_label` names FixMatch per ssl.strong_augment (the ssl option's name, too).
 STRONG_AUGMENT_SUFFIX = {"randaugment": "", "ctaugment": "_cta"}
 FORMATS = ["markdown", "csv", "latex"]
 LATEX_ESCAPES = {"&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
-                 "}": "\\}", "\\": "\\textbackslash{}", "±": "$\\pm$", "–": "--"}
+                 "}": "\\}", "\\": "\\textbackslash{}", "~": "\\textasciitilde{}",
+                 "^": "\\textasciicircum{}", "±": "$\\pm$", "–": "--"}
 
 
 class ResultsError(Exception):
@@ -56,6 +65,9 @@ class Run:
     config: Dict[str, object]
     metrics: Optional[dict]  # None while the run has written no metrics.json
     problem: Optional[str] = None  # why a file of the run could not be read (status "unreadable")
+    # The images it trained on, from split.json's training_set (count and sha256 of the labels
+    # and, for image folders, the relative paths); None before the data was read, or in old runs.
+    training_set: Optional[str] = None
 
     @property
     def status(self) -> str:
@@ -90,7 +102,7 @@ class Stat:
 class Row:
     """One cell of the table and the runs found for it, whatever their status."""
 
-    key: Tuple  # (dataset, model, algorithm, num_labeled, *values of the --by keys)
+    key: Tuple  # (dataset label, model, algorithm, num_labeled, *values of the --by keys)
     runs: List[Run]
     accuracy: Stat  # of top1_ema_median_last20 over completed runs
     final: Stat  # of top1_ema_final over completed runs
@@ -156,7 +168,17 @@ def load_run(run_dir: Path) -> Run:
                 problem = "metrics.json: not a JSON object"
         if problem:
             metrics = {"status": UNREADABLE}
-    return Run(run_dir, _flatten(config), metrics, problem)
+    return Run(run_dir, _flatten(config), metrics, problem, _training_set(run_dir))
+
+
+def _training_set(run_dir: Path) -> Optional[str]:
+    """`<num_images>:<sha256>` of split.json's training_set; None when it has none. Only a
+    check (`cell_warnings`), so a split.json that cannot be read is no error."""
+    try:
+        record = json.loads((run_dir / "split.json").read_text()).get("training_set")
+        return f"{record['num_images']}:{record['sha256']}"
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
@@ -176,17 +198,59 @@ def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
         if all(key not in run.config for run in runs):
             raise ResultsError(f"--by {key}: no run's config_resolved.yaml has this key "
                                "(keys are dotted paths such as ssl.threshold)")
+    names = root_names(runs)
     groups: Dict[Tuple, List[Run]] = {}
     for run in runs:
-        groups.setdefault(cell_key(run, by), []).append(run)
+        groups.setdefault(cell_key(run, by, names), []).append(run)
     return [_row(key, groups[key]) for key in sorted(groups, key=_sortable)]
 
 
-def cell_key(run: Run, by: Sequence[str] = ()) -> Tuple:
-    """(dataset, model, algorithm label, num_labeled, *by values) of one run."""
+def cell_key(run: Run, by: Sequence[str] = (),
+             names: Optional[Dict[Tuple[str, str], str]] = None) -> Tuple:
+    """(dataset label, model, algorithm label, num_labeled, *by values) of one run; `names`
+    from `root_names` over all runs of the table."""
     config = run.config
-    return (config.get("dataset.name"), model_name(config), algorithm_label(config),
+    return (dataset_label(config, names), model_name(config), algorithm_label(config),
             config.get("ssl.num_labeled"), *(config.get(key) for key in by))
+
+
+def dataset_label(config: Dict[str, object],
+                  names: Optional[Dict[Tuple[str, str], str]] = None) -> Optional[str]:
+    """The dataset as the table names it: dataset.name, and for a ROOT_IS_DATA dataset its
+    root too, `folder:<root>`, shortened to its last folder(s) by `names` (else in full)."""
+    name = config.get("dataset.name")
+    if name not in ROOT_IS_DATA or config.get("dataset.root") is None:
+        return name
+    root = _normalised_root(config.get("dataset.root"))
+    return f"{name}:{(names or {}).get((name, root), root)}"
+
+
+def root_names(runs: Sequence[Run]) -> Dict[Tuple[str, str], str]:
+    """(dataset.name, root) -> the root's shortest ending that no other root of that dataset
+    among `runs` shares: `/data/shapes` is `shapes`, beside `/backup/shapes` `data/shapes`
+    (and `backup/shapes`). Roots are compared as written (normalised: `./a/` is `a`), since
+    the runs may come from machines with other folders; one that is the ending of another
+    (`shapes` beside `/data/shapes`) keeps its whole self."""
+    roots: Dict[str, set] = {}
+    for run in runs:
+        name, root = run.config.get("dataset.name"), run.config.get("dataset.root")
+        if name in ROOT_IS_DATA and root is not None:
+            roots.setdefault(name, set()).add(_normalised_root(root))
+    names = {}
+    for name, group in roots.items():
+        for root in group:
+            count = 1
+            while count < len(PurePosixPath(root).parts) and any(
+                    _ending(other, count) == _ending(root, count) for other in group - {root}):
+                count += 1
+            names[(name, root)] = _ending(root, count)
+    return names
+
+
+def _ending(root: str, count: int) -> str:
+    """The last `count` components of a path (all of it when it has fewer): `a/b/c`, 2: `b/c`."""
+    parts = PurePosixPath(root).parts
+    return str(PurePosixPath(*parts[-count:])) if parts else root
 
 
 def algorithm_label(config: Dict[str, object]) -> Optional[str]:
@@ -208,7 +272,8 @@ def model_name(config: Dict[str, object]) -> Optional[str]:
 
 
 def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
-    """Cells whose runs are not seeds of one experiment: other keys differ, or a seed repeats."""
+    """Cells whose runs are not seeds of one experiment: other keys differ, they trained on
+    other images (split.json), or a seed repeats (the warning names the copies' folders)."""
     warnings = []
     for row in rows:
         label = _label(row.key, by)
@@ -217,11 +282,23 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
         if differ:
             warnings.append(f"{label}: its runs differ in {', '.join(differ)}; "
                             f"split them with --by {differ[0]}")
-        seeds = Counter(run.config.get("seed") for run in row.runs)
-        repeated = sorted(str(seed) for seed, count in seeds.items() if count > 1)
-        if repeated and not differ:
-            warnings.append(f"{label}: seed {', '.join(repeated)} found more than once; "
-                            "each copy counts as a run")
+        first_of: Dict[str, Run] = {}
+        for run in row.runs:
+            if run.training_set is not None:
+                first_of.setdefault(run.training_set, run)
+        if len(first_of) > 1:
+            examples = " and ".join(str(run.path) for run in list(first_of.values())[:2])
+            warnings.append(f"{label}: its runs trained on {len(first_of)} different sets of "
+                            f"images (training_set in their split.json), e.g. {examples}; "
+                            "they are not seeds of one experiment")
+        copies: Dict[object, List[Run]] = {}
+        for run in row.runs:
+            copies.setdefault(run.config.get("seed"), []).append(run)
+        repeated = sorted((seed for seed, found in copies.items() if len(found) > 1), key=str)
+        if repeated and not differ and len(first_of) < 2:
+            where = ", ".join(str(run.path) for run in copies[repeated[0]])
+            warnings.append(f"{label}: seed {', '.join(map(str, repeated))} found more than "
+                            f"once (seed {repeated[0]} in {where}); each copy counts as a run")
     return warnings
 
 
@@ -244,7 +321,9 @@ def format_table(rows: Sequence[Row], by: Sequence[str] = (), style: str = "mark
     body = [_display_cells(row) for row in rows]
     if style == "latex":
         return _latex(header, body)
-    lines = [header, ["---"] * len(header), *body]
+    # A `|` in a cell (a folder's name) would end it.
+    lines = [header, ["---"] * len(header), *([cell.replace("|", "\\|") for cell in line]
+                                              for line in body)]
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
 
 
@@ -289,11 +368,12 @@ def _row(key: Tuple, runs: List[Run]) -> Row:
     completed = [run for run in runs if run.status == COMPLETED]
     figures = [run.value(FIGURE) for run in completed if run.value(FIGURE) is not None]
     finals = [run.value(FINAL) for run in completed if run.value(FINAL) is not None]
-    variants = {(run.config.get("ssl.algorithm"), run.config.get("ssl.strong_augment"))
-                for run in runs}
+    variants = {(run.config.get("dataset.name"), run.config.get("ssl.algorithm"),
+                 run.config.get("ssl.strong_augment")) for run in runs}
     paper = None
     if len(variants) == 1:
-        paper = paper_result(key[0], key[3], *variants.pop())
+        dataset, algorithm, strong_augment = variants.pop()
+        paper = paper_result(dataset, key[3], algorithm, strong_augment)
     return Row(key, runs, Stat.of(figures), Stat.of(finals), paper)
 
 
@@ -353,6 +433,11 @@ def _flatten(node: dict, prefix: str = "") -> Dict[str, object]:
         else:  # lists become tuples so that a --by value can be a dictionary key
             flat[f"{prefix}{name}"] = tuple(value) if isinstance(value, list) else value
     return flat
+
+
+def _normalised_root(root: object) -> str:
+    """dataset.root as written, without `./`, `//` or a trailing `/`."""
+    return posixpath.normpath(str(root))
 
 
 def _sortable(key: Tuple) -> Tuple:
