@@ -1,4 +1,4 @@
-"""The paper presets (conf/experiment/<dataset>_<labels>[_cta].yaml) each equal PROTOCOL.md."""
+"""The paper presets (conf/experiment/<dataset>_<labels>[_cta].yaml) each equal docs/PROTOCOL.md."""
 
 import pytest
 from omegaconf import OmegaConf
@@ -7,7 +7,7 @@ from conftest import CONF_DIR, compose_config
 from fixmatch.config import Algorithm, Config
 
 # preset -> (dataset, labels, WRN depth, WRN width, stages, weight decay, flip, split rule),
-# from PROTOCOL.md
+# from docs/PROTOCOL.md
 PAPER_PRESETS = {
     "cifar10_40": ("cifar10", 40, 28, 2, 3, 5e-4, True, "balanced"),
     "cifar10_250": ("cifar10", 250, 28, 2, 3, 5e-4, True, "balanced"),

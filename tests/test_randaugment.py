@@ -1,4 +1,4 @@
-"""RandAugment ops, magnitudes (PROTOCOL.md table), sampling, variants and Cutout."""
+"""RandAugment ops, magnitudes (docs/PROTOCOL.md table), sampling, variants and Cutout."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from fixmatch.data.randaugment import (
     posterize, rotate, solarize,
 )
 
-# PROTOCOL.md, official code, level L = 1..9, written out by hand.
+# docs/PROTOCOL.md, official code, level L = 1..9, written out by hand.
 SOLARIZE_THRESHOLD = {1: 231, 2: 205, 3: 180, 4: 154, 5: 128, 6: 103, 7: 77, 8: 52, 9: 26}
 POSTERIZE_BITS = {1: 4, 2: 4, 3: 3, 4: 3, 5: 2, 6: 2, 7: 2, 8: 1, 9: 1}
 LEVELS = range(1, 10)
@@ -254,7 +254,7 @@ def test_numpy_table_ops_give_exactly_the_pil_pixels(ours, reference):
                                   np.asarray(reference(img, magnitude)))
 
 
-# PROTOCOL.md's table: |magnitude| at levels 1 and 9 for every op of every variant.
+# docs/PROTOCOL.md's table: |magnitude| at levels 1 and 9 for every op of every variant.
 MAGNITUDES_AT_1_AND_9 = {
     "official": {"Rotate": (3, 27), "ShearX": (0.03, 0.27), "ShearY": (0.03, 0.27),
                  "TranslateX": (1 / 32, 9 / 32), "TranslateY": (1 / 32, 9 / 32),

@@ -1,7 +1,7 @@
 """How each algorithm turns one step's batches into a loss and the statistics to log.
 
 FixMatch runs a single forward pass over the labeled batch and both views of the
-unlabeled batch, so BatchNorm normalises all of them together (PROTOCOL.md, "Loss").
+unlabeled batch, so BatchNorm normalises all of them together (docs/PROTOCOL.md, "Loss").
 """
 
 from typing import Dict, Optional, Tuple

@@ -136,7 +136,7 @@ class SSLConfig:
     threshold: float = 0.95  # τ, confidence needed to keep a pseudo-label
     lambda_u: float = 1.0  # λu, weight of the unlabeled loss
     strong_augment: StrongAugment = StrongAugment.randaugment  # ctaugment: ssl=fixmatch_cta
-    randaugment_variant: str = "official"  # official | paper | port (PROTOCOL.md)
+    randaugment_variant: str = "official"  # official | paper | port (docs/PROTOCOL.md)
     randaugment_num_ops: int = 2
     cutout_fraction: float = 0.5  # Cutout side as a fraction of the image side
     include_labeled_in_unlabeled: bool = True  # the paper: the unlabeled set is all of train

@@ -22,7 +22,7 @@ class PaperResult:
 
 
 # Error rates (%) exactly as Table 2 of arXiv 2001.07685 prints them, RandAugment rows; the
-# accuracies in PROTOCOL.md are 100 minus these. Keys: (dataset.name, ssl.num_labeled).
+# accuracies in docs/PROTOCOL.md are 100 minus these. Keys: (dataset.name, ssl.num_labeled).
 # The SVHN column is the paper's SVHN without the "extra" split; STL-10 is WRN-37-2.
 PAPER_ERROR_RATES: Dict[Tuple[str, int], PaperResult] = {
     ("cifar10", 40): PaperResult(13.81, 3.37),

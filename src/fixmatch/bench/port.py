@@ -25,7 +25,7 @@ def _enhance(enhancer):
     return lambda img, v: enhancer(img).enhance(0.1 + 0.18 * v)
 
 
-# The official magnitudes (PROTOCOL.md), written as the port writes its pool.
+# The official magnitudes (docs/PROTOCOL.md), written as the port writes its pool.
 POOL = [
     lambda img, v: ImageOps.autocontrast(img),
     _enhance(ImageEnhance.Brightness),

@@ -16,7 +16,7 @@ from fixmatch.data.randaugment import cutout as cutout_array
 # Official: the geometric ops never pass a fill colour, so PIL fills exposed areas with black
 # (unlike the official RandAugment, which fills with gray).
 _GEOMETRIC_FILL = 0
-# Official: the cutout op writes 127; 128 is this toolkit's mid-gray (PROTOCOL.md), one level
+# Official: the cutout op writes 127; 128 is this toolkit's mid-gray (docs/PROTOCOL.md), one level
 # away and the same colour after normalisation.
 _CUTOUT_FILL = 128
 

@@ -153,7 +153,7 @@ class DeviceAugment:
     `RandAugment(variant, num_ops)`; only the random streams differ.
 
     Args:
-        variant: "official", "paper" or "port" (see PROTOCOL.md and randaugment.py).
+        variant: "official", "paper" or "port" (see docs/PROTOCOL.md and randaugment.py).
         num_ops: RandAugment ops drawn per image, with replacement (2 in the paper).
         hflip: random horizontal flip in both views (False for SVHN).
         cutout_fraction: Cutout side as a fraction of the shorter image side.

@@ -197,7 +197,7 @@ class _Variant:
 
 
 _VARIANTS: Mapping[str, _Variant] = MappingProxyType({
-    # google-research/fixmatch, the protocol's default (PROTOCOL.md table): rotate 3L deg,
+    # google-research/fixmatch, the protocol's default (docs/PROTOCOL.md table): rotate 3L deg,
     # shear 0.03L, translate L px per 32 px of side, solarize 256 - floor(25.6L),
     # factor 0.1 + 0.18L, posterize 4 - floor(0.4L) bits; mid-gray fill.
     "official": _Variant(
@@ -299,7 +299,7 @@ class RandAugment:
 
     Args:
         variant: "official" (google-research/fixmatch, the default), "paper" (the paper's
-            table) or "port" (the popular PyTorch port); see PROTOCOL.md.
+            table) or "port" (the popular PyTorch port); see docs/PROTOCOL.md.
         num_ops: ops drawn per call (2 in the paper).
 
     Raises:
