@@ -27,6 +27,11 @@ register_configs()
     (["ssl.num_labeled=40,250"], "gives several values, which is a sweep: add -m"),
     # every value of a sweep is checked, not only the first
     (["-m", "ssl.num_labeled=40,250", "seed=1,x"], "seed=x: Value 'x' of type 'str' could not be"),
+    # a key given twice: the value that applies (the last) is the one named
+    (["ssl.threshold=0.9", "ssl.threshold=abc"], "ssl.threshold=abc: Value 'abc'"),
+    # argparse stops at overrides on both sides of -m, with a usage dump
+    (["trainer.total_steps=20", "-m", "seed=1,2"], "-m must come before the overrides: python "
+                                                   "run.py -m trainer.total_steps=20 seed=1,2"),
     (["--multirun", "ssl=fixmatch,supervisd"], "ssl=supervisd: ssl has no option 'supervisd'; did "
                                                "you mean ssl=supervised?"),
 ])
@@ -41,6 +46,7 @@ def test_a_bad_override_is_one_line_naming_it(args, expected):
     ["experiment=quickstart", "trainer.total_steps=10", "hydra.run.dir=/tmp/x"],
     ["-m", "ssl.num_labeled=40,250,4000", "seed=1,2,3,4,5", "ssl=fixmatch,supervised"],
     ["dataset=cifar100", "ssl.num_labeled=10000", "dataset.mean=[0.5,0.5,0.5]"],
+    ["seed=1,2", "-m"],  # the flag last: Hydra takes it
     ["--cfg", "job", "ssl.nope=1"],  # other Hydra flags: left to Hydra
     ["hydra/launcher=nothing_like_this", "seed=3"],  # Hydra's own groups: left to Hydra
 ])

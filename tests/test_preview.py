@@ -51,6 +51,23 @@ def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
         "preview.cell_size=96 positive"]
 
 
+@pytest.mark.parametrize("override,message", [
+    ("preview.num_imgs=3", "error: preview.num_imgs is not a setting; did you mean preview.num_images? "
+                           "(`python -m fixmatch.preview --cfg job` prints every key)"),
+    ("ssl.treshold=0.9", "error: ssl.treshold is not a setting; did you mean ssl.threshold?"),
+])
+def test_cli_reports_a_misspelt_key_in_one_line_as_run_py_does(tmp_path, override, message):
+    # Before: Hydra's several-line report, exit 1.
+    result = subprocess.run(
+        [sys.executable, "-m", "fixmatch.preview", "experiment=quickstart",
+         f"hydra.run.dir={tmp_path}", override],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
 def test_preview_keys_are_validated_and_run_overrides_apply():
     config = OmegaConf.to_object(_compose(["dataset=stl10", "preview.num_strong=1"]))
     assert isinstance(config, preview.PreviewAppConfig)

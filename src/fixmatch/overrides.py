@@ -20,25 +20,35 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
-LISTING = "`python run.py --cfg job` prints every key"
+RUN_PY = "python run.py"
 
 
-def override_error(args: Sequence[str], config_dir: Path, config_name: str = "config") -> Optional[str]:
+def _listing(program: str) -> str:
+    return f"`{program} --cfg job` prints every key"
+
+
+def override_error(args: Sequence[str], config_dir: Path, config_name: str = "config",
+                   program: str = RUN_PY) -> Optional[str]:
     """What is wrong with the command line's overrides, in one line; None when they compose.
 
     Command lines with Hydra flags other than -m/--multirun (--cfg, --help, -cn, ...) and the
-    `hydra...` overrides are left to Hydra.
+    `hydra...` overrides are left to Hydra. `program` is how the messages name the command.
     """
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
     if any(arg.startswith("-") for arg in overrides):
         return None
+    flag_at = next((i for i, arg in enumerate(args) if arg in MULTIRUN_FLAGS), None)
+    if flag_at is not None and 0 < flag_at < len(args) - 1:
+        # Overrides on both sides of the flag: argparse stops with a usage dump.
+        return (f"-m must come before the overrides: {program} -m "
+                f"{' '.join(overrides)}")
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException:
         bad = next(arg for arg in overrides if not _parses(arg))
         return (f"{bad!r} is not an override: write key=value (e.g. seed=2) or group=option "
-                f"(e.g. dataset=cifar100); {LISTING}")
+                f"(e.g. dataset=cifar100); {_listing(program)}")
     fixed, sweeps = [], []
     for override, text in zip(parsed, overrides):
         if override.get_key_element().startswith("hydra"):
@@ -46,13 +56,13 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
         if not override.is_sweep_override():
             fixed.append(text)
         elif not multirun:
-            return f"{text} gives several values, which is a sweep: add -m (python run.py -m {text})"
+            return f"{text} gives several values, which is a sweep: add -m ({program} -m {text})"
         else:
             values = _sweep_values(override)
             if values is None:
                 return None  # a sweep form Hydra expands itself (glob, ranges with steps, ...)
             sweeps.append([f"{override.get_key_element()}={value}" for value in values])
-    return _first_failure(config_dir, config_name, fixed, sweeps)
+    return _first_failure(config_dir, config_name, fixed, sweeps, program)
 
 
 def _parses(arg: str) -> bool:
@@ -80,12 +90,12 @@ def _candidates(fixed: List[str], sweeps: List[List[str]]) -> Iterator[List[str]
 
 
 def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
-                   sweeps: List[List[str]]) -> Optional[str]:
+                   sweeps: List[List[str]], program: str) -> Optional[str]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             for overrides in _candidates(fixed, sweeps):
-                error = _compose_error(config_name, overrides)
+                error = _compose_error(config_name, overrides, program)
                 if error:
                     return error
     finally:
@@ -93,7 +103,7 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
     return None
 
 
-def _compose_error(config_name: str, overrides: List[str]) -> Optional[str]:
+def _compose_error(config_name: str, overrides: List[str], program: str) -> Optional[str]:
     try:
         compose(config_name=config_name, overrides=overrides)
     except MissingConfigException as error:
@@ -101,15 +111,16 @@ def _compose_error(config_name: str, overrides: List[str]) -> Optional[str]:
     except ConfigCompositionException as error:
         cause = error.__cause__
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
-            return _unknown_key(cause.full_key, config_name, overrides)
+            return _unknown_key(cause.full_key, config_name, overrides, program)
         if isinstance(cause, ValidationError) and cause.full_key:
-            given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == cause.full_key),
-                         cause.full_key)
+            # The last override of a key is the one that applies (and failed).
+            given = next((o for o in reversed(overrides)
+                          if o.split("=", 1)[0].lstrip("+~") == cause.full_key), cause.full_key)
             return f"{given}: {str(cause.msg).splitlines()[0]}"
     return None
 
 
-def _unknown_key(key: str, config_name: str, overrides: List[str]) -> str:
+def _unknown_key(key: str, config_name: str, overrides: List[str], program: str) -> str:
     others = [o for o in overrides if o.split("=", 1)[0] != key]
     try:
         known = list(_flat_keys(compose(config_name=config_name, overrides=others)))
@@ -117,7 +128,7 @@ def _unknown_key(key: str, config_name: str, overrides: List[str]) -> str:
         known = []
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     hint = f"; did you mean {close[0]}?" if close else ""
-    return f"{key} is not a setting{hint} ({LISTING})"
+    return f"{key} is not a setting{hint} ({_listing(program)})"
 
 
 def _flat_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:

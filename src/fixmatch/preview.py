@@ -22,6 +22,7 @@ from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
+from fixmatch.overrides import override_error
 from fixmatch.pipeline import build_views
 
 # The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
@@ -157,4 +158,8 @@ if __name__ == "__main__":
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     register_preview_configs()
+    error = override_error(sys.argv[1:], CONF_DIR, program="python -m fixmatch.preview")
+    if error:  # one line, as run.py gives, instead of Hydra's report (exit 1)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()
