@@ -102,7 +102,8 @@ def test_train_test_layout_loads_without_unlabeled_images(tmp_path):
 
 def test_num_classes_zero_takes_the_folders_and_a_wrong_count_is_refused(folder):
     assert len(load_dataset(folder_config(folder, num_classes=3)).class_names) == 3
-    with pytest.raises(UserError, match=r"3 classes but the config says dataset\.num_classes=10"):
+    with pytest.raises(UserError, match=r"has 3 classes \(cat, dog, eel\) but the config says "
+                                        r"dataset\.num_classes=10; set dataset\.num_classes=3 \(or 0 "):
         load_dataset(folder_config(folder, num_classes=10))
 
 
@@ -472,6 +473,13 @@ def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(folder, tmp_pat
         folder_run(other, run_dir, "trainer.total_steps=6")
     assert files_of(run_dir) == before  # metrics, config, split, TensorBoard, checkpoints
     assert folder_run(folder, run_dir, "trainer.total_steps=6")["step"] == 6
+
+
+def test_the_start_line_counts_the_extra_unlabeled_images(folder, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="fixmatch"):
+        folder_run(folder, tmp_path / "run")
+    assert "12 training images, 6 labeled (per class [2, 2, 2]), 3 extra unlabeled images, 6 test " \
+        "images" in caplog.text
 
 
 def test_a_completed_run_rerun_on_other_data_is_refused_not_called_done(folder, tmp_path):

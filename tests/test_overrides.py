@@ -32,6 +32,8 @@ register_configs()
     # argparse stops at overrides on both sides of -m, with a usage dump
     (["trainer.total_steps=20", "-m", "seed=1,2"], "-m must come before the overrides: python "
                                                    "run.py -m trainer.total_steps=20 seed=1,2"),
+    (["dataset=dataset_schema"], "dataset=dataset_schema: dataset_schema is the typed schema the "
+                                 "dataset options extend, not an option"),
     (["--multirun", "ssl=fixmatch,supervisd"], "ssl=supervisd: ssl has no option 'supervisd'; did "
                                                "you mean ssl=supervised?"),
 ])

@@ -181,10 +181,11 @@ def _load_data(config: Config, plan: StartPlan, env: DistEnv, device: torch.devi
 def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: MetricWriter,
                    plan: StartPlan, data: _RunData, env: DistEnv, device: torch.device) -> Trainer:
     arrays, split, normalization = data.arrays, data.split, data.normalization
-    log.info("%s: %d training images, %d labeled (per class %s), %d test images; device %s%s",
+    extra = len(arrays.unlabeled) if arrays.unlabeled is not None else 0
+    log.info("%s: %d training images, %d labeled (per class %s), %s%d test images; device %s%s",
              config.dataset.name, len(arrays.train.targets), len(split.indices),
-             split.num_per_class, len(arrays.test.targets), device,
-             f", {env.world_size} ranks" if env.is_distributed else "")
+             split.num_per_class, f"{extra} extra unlabeled images, " if extra else "",
+             len(arrays.test.targets), device, f", {env.world_size} ranks" if env.is_distributed else "")
     start_batch = plan.checkpoint["loader_position"]["labeled_batches"] if plan.checkpoint else 0
     cta_state = plan.checkpoint.get("ctaugment") if plan.checkpoint else None
     parts = build_training_parts(config, arrays, split, normalization, device, start_batch, env,

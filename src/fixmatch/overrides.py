@@ -21,6 +21,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 RUN_PY = "python run.py"
+SCHEMA_SUFFIX = "_schema"  # conf groups' typed schemas in the ConfigStore (config.register_configs)
 
 
 def _listing(program: str) -> str:
@@ -53,6 +54,11 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
     for override, text in zip(parsed, overrides):
         if override.get_key_element().startswith("hydra"):
             continue
+        schema = next((value for value in _plain_values(override) if value.endswith(SCHEMA_SUFFIX)), None)
+        if schema is not None and "." not in override.get_key_element():
+            return (f"{override.get_key_element()}={schema}: {schema} is the typed schema the "
+                    f"{override.get_key_element()} options extend, not an option (`{program} "
+                    "--help` lists the options)")
         if not override.is_sweep_override():
             fixed.append(text)
         elif not multirun:
@@ -63,6 +69,14 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
                 return None  # a sweep form Hydra expands itself (glob, ranges with steps, ...)
             sweeps.append([f"{override.get_key_element()}={value}" for value in values])
     return _first_failure(config_dir, config_name, fixed, sweeps, program)
+
+
+def _plain_values(override) -> List[str]:
+    """The override's values as written, for a plain value or a simple sweep list."""
+    if override.is_sweep_override():
+        return _sweep_values(override) or []
+    value = override.value()
+    return [value] if isinstance(value, str) else []
 
 
 def _parses(arg: str) -> bool:
@@ -146,7 +160,7 @@ def _missing_option(error: MissingConfigException, overrides: List[str]) -> str:
     if not match:
         return str(error).splitlines()[0]
     group, option = match.groups()
-    options = [o for o in (error.options or []) if not o.endswith("_schema")]
+    options = [o for o in (error.options or []) if not o.endswith(SCHEMA_SUFFIX)]
     close = difflib.get_close_matches(option, options, n=1)
     hint = f"did you mean {group}={close[0]}? " if close else ""
     return (f"{group}={option}: {group} has no option {option!r}; {hint}"

@@ -10,7 +10,7 @@ import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -100,9 +100,13 @@ def _check_matches_config(arrays: DatasetArrays, config: DatasetConfig) -> None:
                             f"{height}x{width}x{channels}; every image must have the same size")
     # num_classes 0 takes the dataset's own count (an image folder's class folders).
     if config.num_classes and len(arrays.class_names) != config.num_classes:
+        where = f" (dataset.root={config.root})" if config.root else ""
         raise UserError(
-            f"dataset {config.name!r} has {len(arrays.class_names)} classes but the config "
-            f"says dataset.num_classes={config.num_classes}"
+            f"dataset {config.name!r}{where} has {len(arrays.class_names)} classes "
+            f"({_listed(arrays.class_names)}) but the config says dataset.num_classes="
+            f"{config.num_classes}; set dataset.num_classes={len(arrays.class_names)}"
+            + (" (or 0 to take the class folders as they are)" if config.name == "folder" else "")
+            + " or point dataset.root at the right data"
         )
     given = [values for values in (config.mean, config.std) if values is not None]
     if any(len(values) != channels for values in given):
@@ -258,3 +262,9 @@ DATASET_SOURCES: Dict[str, Callable[[DatasetConfig], DatasetArrays]] = {
     "stl10": _source_in("fixmatch.data.torchvision_sources", "load_stl10"),
     "folder": _source_in("fixmatch.data.image_folder", "load_image_folder"),
 }
+
+
+def _listed(names: Sequence[str], shown: int = 12) -> str:
+    """Class names for a message: all of them, or the first `shown` and how many more."""
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
