@@ -475,6 +475,20 @@ def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(folder, tmp_pat
     assert folder_run(folder, run_dir, "trainer.total_steps=6")["step"] == 6
 
 
+def test_a_resume_scored_on_other_test_images_says_so(folder, tmp_path, caplog):
+    # Before: silent, and the reported median mixed evaluations on 6 and 7 test images.
+    run_dir = tmp_path / "run"
+    folder_run(folder, run_dir)
+    with caplog.at_level(logging.WARNING, logger="fixmatch"):
+        folder_run(folder, run_dir, "trainer.total_steps=6")
+    assert "other test images" not in caplog.text
+    write_image(folder / "test" / "cat" / "new.png", 5)
+    with caplog.at_level(logging.WARNING, logger="fixmatch"):
+        assert folder_run(folder, run_dir, "trainer.total_steps=8")["step"] == 8
+    assert "has other test images than the run's evaluations so far (6 then, 7 now): " \
+        "evaluations from step 6 on score the new ones" in caplog.text
+
+
 def test_the_start_line_counts_the_extra_unlabeled_images(folder, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="fixmatch"):
         folder_run(folder, tmp_path / "run")

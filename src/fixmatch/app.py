@@ -175,6 +175,7 @@ def _load_data(config: Config, plan: StartPlan, env: DistEnv, device: torch.devi
     split = pipeline.labeled_split(config, arrays, plan)
     pipeline.check_same_split_on_all_ranks(split, env)
     normalization = pipeline.input_normalization(config, arrays, plan)
+    pipeline.warn_if_other_test_images(config, arrays, plan)
     return _RunData(arrays, split, normalization)
 
 
@@ -203,6 +204,7 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
                            "split_sha256": split.sha256, "class_names": arrays.class_names,
                            "training_set": arrays.training_set,
                            "unlabeled_set": arrays.unlabeled_set,
+                           "test_set": arrays.test_set,
                            "normalization": normalization.as_record()},
     )
     if plan.checkpoint:

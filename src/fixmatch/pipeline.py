@@ -131,6 +131,20 @@ def _check_same_unlabeled_images(config: Config, arrays: DatasetArrays, plan: St
         "images the run was trained on, or use another hydra.run.dir for a new run")
 
 
+def warn_if_other_test_images(config: Config, arrays: DatasetArrays, plan: StartPlan) -> None:
+    """A resumed run may be scored on other test images (a mislabeled one fixed, say), but
+    its reported median then mixes evaluations on both sets: say so (a checkpoint without
+    the record predates it)."""
+    saved = plan.checkpoint.get("test_set") if plan.checkpoint else None
+    current = arrays.test_set
+    if saved is None or saved == current:
+        return
+    log.warning("dataset.root=%s has other test images than the run's evaluations so far "
+                "(%d then, %d now): evaluations from step %d on score the new ones, and the "
+                "median of the last 20 mixes both until 20 of them are on the new ones",
+                config.dataset.root, saved["num_images"], current["num_images"], plan.checkpoint["step"])
+
+
 def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], DatasetArrays]) -> None:
     """Refuse to call a completed run done when dataset.root now names other data.
 

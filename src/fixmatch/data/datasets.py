@@ -59,6 +59,14 @@ class DatasetArrays:
         return {"num_images": int(len(self.train.targets)), "sha256": digest.hexdigest()}
 
     @cached_property
+    def test_set(self) -> Dict[str, object]:
+        """The images every evaluation scores, to notice on resume that they changed: their
+        number and a sha256 of their labels and pixels."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.test.targets, dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.test.images).data)
+        return {"num_images": int(len(self.test.targets)), "sha256": digest.hexdigest()}
+
+    @cached_property
     def unlabeled_set(self) -> Optional[Dict[str, object]]:
         """The extra unlabeled images, to recognise them on resume: their number and (image
         folders) a sha256 of their relative paths; None when the dataset has none."""
