@@ -5,7 +5,8 @@
     python run.py -m ssl.num_labeled=40,250,4000 seed=1,2,3,4,5
 
 Exit status: 0 done, 2 a mistake to fix (one line on stderr), 75 preempted by a signal
-after saving a checkpoint (rerun the same command to resume), 130 interrupted at once.
+after saving a checkpoint (the message names the hydra.run.dir to resume with), 130
+interrupted at once.
 A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep.py).
 """
 
@@ -53,10 +54,21 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
         print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
         sys.exit(130)
     if summary["status"] == "preempted":
-        print(f"preempted at step {summary['step']}: checkpoint saved; rerun the same command "
-              "to resume", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # one line for the job, not one per rank
+            print(f"preempted at step {summary['step']}: checkpoint saved in {summary['run_dir']}; "
+                  f"{_how_to_resume(cfg, summary['run_dir'])}", file=sys.stderr)
         sys.exit(EXIT_CODE_PREEMPTED)
     return summary["top1_ema_median_last20"]
+
+
+def _how_to_resume(cfg: DictConfig, run_dir: str) -> str:
+    # The default folders are named by the time of the start, so "the same command" would
+    # start a new run: the hint names the folder (or the sweep's).
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode is RunMode.MULTIRUN:
+        return f"to resume, rerun the sweep with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+    fresh = " (without trainer.resume=false)" if not cfg.trainer.resume else ""
+    return f"to resume, rerun the command with hydra.run.dir={run_dir}{fresh}"
 
 
 def _exit_on_a_bad_override() -> None:

@@ -1,8 +1,10 @@
 """torchrun on the CPU with gloo: one run folder, one split, the single-process batch."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,34 @@ def test_two_ranks_write_one_run_folder_with_one_split(tiny_cifar10, tmp_path):
     split = json.loads((runs[0] / "split.json").read_text())
     log = (runs[0] / "run.log").read_text()
     assert f"labeled split sha256 on ranks 0..1: ['{split['sha256']}', '{split['sha256']}']" in log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_ranks_checkpoint_and_stop_when_torchrun_dies_of_a_signal_it_does_not_forward(tiny_cifar10, tmp_path):
+    # Before: SIGUSR1 (what Slurm is often asked to send) ended torchrun alone; its ranks,
+    # each in a session of its own, trained on as orphans and metrics.json said "running".
+    run_dir = tmp_path / "run"
+    overrides = ddp_overrides(tiny_cifar10, "trainer.total_steps=100000", f"hydra.run.dir={run_dir}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "run.py"), *overrides]
+    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)  # training has started once the first evaluation is written
+        assert (run_dir / "metrics.jsonl").exists(), launcher.stderr.read().decode()[-2000:]
+        launcher.send_signal(signal.SIGUSR1)
+        launcher.wait(timeout=30)
+        summary = {}
+        while summary.get("status") != "preempted" and time.monotonic() < deadline + 60:
+            time.sleep(0.5)
+            summary = json.loads((run_dir / "metrics.json").read_text())
+        assert summary["status"] == "preempted" and summary["step"] < 100000, summary
+        assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == summary["step"]
+    finally:
+        launcher.kill()
+        subprocess.run(["pkill", "-f", f"hydra.run.dir={run_dir}"], check=False)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
 from fixmatch.app import run_experiment
 from fixmatch.checkpoint import CheckpointError, load_checkpoint
 from fixmatch.errors import UserError
+from fixmatch.folder_lock import FolderLock
 from fixmatch.preemption import EXIT_CODE_PREEMPTED, StopRequest
 from fixmatch.resume import experiment_differences
 
@@ -124,6 +125,17 @@ def test_second_signal_stops_at_once():
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
 
 
+def test_repeated_hangups_ask_once():
+    # SIGHUP is what a torchrun rank gets when torchrun dies, once per thread of torchrun.
+    with StopRequest() as stop:
+        for _ in range(4):
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.signal_name == "SIGHUP"
+        with pytest.raises(KeyboardInterrupt):  # another signal still stops at once
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
 def short_run(root: Path, run_dir: Path, *extra: str) -> dict:
     overrides = tiny_cifar_overrides(root, "trainer.total_steps=6", "trainer.eval_every_steps=3",
                                      "trainer.checkpoint_every_steps=3", *extra)
@@ -211,6 +223,24 @@ def test_resume_refuses_a_length_below_the_step_it_reached(tiny_cifar10, tmp_pat
         short_run(tiny_cifar10, run_dir, "trainer.total_steps=4")
     assert (run_dir / "metrics.json").read_text() == before
     assert short_run(tiny_cifar10, run_dir, "trainer.total_steps=7")["step"] == 7
+
+
+def test_a_folder_another_process_trains_in_is_refused(tiny_cifar10, tmp_path):
+    # Before: a rerun (or a requeue) while the first job still trained resumed from its
+    # last checkpoint beside it; both appended to metrics.jsonl (steps out of order, twice).
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir, "trainer.total_steps=3")
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    held = FolderLock(run_dir).acquire()  # flock: another open of the folder is another holder
+    try:
+        with pytest.raises(UserError, match=r"another process is training in .*run right now"):
+            short_run(tiny_cifar10, run_dir)
+        with pytest.raises(UserError, match="another process is training"):
+            short_run(tiny_cifar10, run_dir, "trainer.resume=false")  # decided in the folder
+    finally:
+        held.release()
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+    assert short_run(tiny_cifar10, run_dir)["step"] == 6  # released when the holder is done
 
 
 def test_resume_false_starts_fresh_in_a_new_folder(tiny_cifar10, tmp_path):
@@ -306,6 +336,7 @@ def test_a_completed_run_whose_checkpoints_were_deleted_is_never_overwritten(tin
     files = ("metrics.json", "metrics.jsonl", "config_resolved.yaml", "split.json")
     before = {name: (run_dir / name).read_bytes() for name in files}
     summary = short_run(tiny_cifar10, run_dir)
+    assert summary.pop("run_dir") == str(run_dir)
     assert summary == json.loads(before["metrics.json"]) and summary["status"] == "completed"
     for change, message in [("ssl.num_labeled=20", r"another experiment .*ssl.num_labeled \(40 -> 20\)"),
                             ("trainer.total_steps=9", "cannot continue to trainer.total_steps=9")]:

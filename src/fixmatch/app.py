@@ -33,6 +33,7 @@ from fixmatch.distributed import (
     destroy_process_group,
     environment,
     init_process_group,
+    stop_with_the_launcher,
 )
 from fixmatch.errors import UserError
 from fixmatch.metrics import MetricWriter
@@ -59,7 +60,8 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     Under torchrun every rank calls this; rank 0's folder is the run's folder.
 
     Returns:
-        The final metrics.json summary (status `completed` or `preempted`).
+        The final metrics.json summary (status `completed` or `preempted`) and `run_dir`, the
+        folder the run used.
     """
     try:
         config: Config = OmegaConf.to_object(cfg)
@@ -67,8 +69,11 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         raise UserError(f"{error.full_key} must be given (it is ??? in the config): add "
                         f"{error.full_key}=... to the command") from None
     env = environment()
+    stop_with_the_launcher(env)
     if not env.is_main:
-        logging.getLogger("fixmatch").setLevel(logging.WARNING)  # rank 0 reports for all
+        # Rank 0 reports for all: the others' warnings (a signal received, a checkpoint
+        # saved) would repeat its lines; errors still name their rank (run.py).
+        logging.getLogger("fixmatch").setLevel(logging.ERROR)
     device = select_device(config.trainer.device, env.local_rank if env.is_distributed else None)
     init_process_group(env, device)
     record = RunRecord(cfg, keep_log=env.is_main and HydraConfig.initialized())
@@ -97,7 +102,8 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
         record: writes the run's config, notes and log once it may (config only when None).
 
     Returns:
-        The final metrics.json summary.
+        The final metrics.json summary and `run_dir`, the folder the run used (a fresh
+        sibling with trainer.resume=false).
 
     Raises:
         UserError: for any input the user can fix (reported as one line by run.py).
@@ -105,18 +111,27 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
     device = device or select_device(config.trainer.device)
     plan = plan_on_rank_zero(run_dir, resolved_yaml, config.trainer.resume,
                              config.trainer.keep_checkpoints, env)
+    try:
+        return _train_as_planned(config, plan, resolved_yaml, env, device, record or RunRecord())
+    finally:
+        plan.release_folder()
+
+
+def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: DistEnv,
+                      device: torch.device, record: RunRecord) -> dict:
+    """`train` once the run's folder is decided (and held by this process)."""
     run_dir = plan.run_dir
     finished = finished_summary(plan, config.trainer.total_steps)
     if finished is not None:
         pipeline.check_finished_run_data(config, run_dir, lambda: load_dataset(config.dataset))
         log.info("%s already completed %d steps; nothing to do", run_dir, finished["step"])
-        return finished
+        return {**finished, "run_dir": str(run_dir)}
     state = plan.checkpoint or {}
     writer = MetricWriter(run_dir, config.trainer.total_steps, history=state.get("history"),
                           elapsed_s=state.get("elapsed_s", 0.0), resume_step=state.get("step"),
                           write=env.is_main)
     trainer = _build_or_record_failure(config, run_dir, resolved_yaml, writer, plan, env, device,
-                                       record or RunRecord())
+                                       record)
     writer.open()  # training starts: from here on the run's files are rewritten
     try:
         summary = trainer.fit()
@@ -127,10 +142,13 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
     finally:
         writer.close()
     if summary["top1_ema_final"] is not None:
-        log.info("%s at step %d: final top-1 %.2f %% (EMA), median of the last %d evaluations %.2f %%",
-                 summary["status"], summary["step"], summary["top1_ema_final"],
-                 min(20, summary["num_evaluations"]), summary["top1_ema_median_last20"])
-    return summary
+        log.info("%s at step %d: %s top-1 %.2f %% (EMA), median of the last %d evaluations %.2f %%",
+                 summary["status"], summary["step"],
+                 "final" if summary["status"] == "completed" else "last evaluation's",
+                 summary["top1_ema_final"], min(20, summary["num_evaluations"]),
+                 summary["top1_ema_median_last20"])
+    # Not in metrics.json (folders move): where the run is, for run.py's resume hint.
+    return {**summary, "run_dir": str(run_dir)}
 
 
 def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,

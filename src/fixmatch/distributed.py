@@ -4,7 +4,10 @@ One process is one rank. Without torchrun (no WORLD_SIZE) everything here degrad
 single rank and every collective is the identity, so the rest of the code has one path.
 """
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any, List
 
@@ -12,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 from fixmatch.errors import UserError
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,24 @@ def environment() -> DistEnv:
         )
     except ValueError as error:
         raise UserError(f"cannot read RANK/LOCAL_RANK/WORLD_SIZE from the environment ({error})") from None
+
+
+def stop_with_the_launcher(env: DistEnv) -> None:
+    """Have the kernel send this rank SIGHUP when its launcher dies (Linux).
+
+    torchrun starts each rank in a session of its own and forwards SIGTERM and SIGINT, but a
+    signal it does not handle (SIGUSR1, which Slurm is often asked to send) or a SIGKILL
+    ends torchrun alone, and the ranks trained on as orphans. With this they checkpoint
+    and stop (preemption.py). SIGHUP, not SIGTERM: the kernel repeats the signal for each
+    thread of the launcher, and a repeated SIGTERM means "stop at once".
+    """
+    if not env.is_distributed or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # no prctl: as before
 
 
 def init_process_group(env: DistEnv, device: torch.device) -> None:

@@ -1,5 +1,10 @@
 """Preemption: SIGTERM, SIGINT and SIGUSR1 ask the run to checkpoint and stop at the next
-step boundary, so a cluster scheduler can requeue it; a second signal stops at once."""
+step boundary, so a cluster scheduler can requeue it; a second signal stops at once.
+
+SIGHUP asks the same but never stops at once: it is also the signal a torchrun rank gets
+when torchrun dies (distributed.stop_with_the_launcher), and the kernel sends that once
+for every thread of the dying launcher its rank is handed to.
+"""
 
 import logging
 import signal
@@ -9,7 +14,8 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+REPEATABLE_SIGNALS = (signal.SIGHUP,)  # a repeat is not a second request
 EXIT_CODE_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", i.e. rerun to resume
 
 
@@ -40,6 +46,8 @@ class StopRequest:
 
     def _handle(self, number: int, frame: Optional[FrameType]) -> None:
         name = signal.Signals(number).name
+        if self.requested and number in REPEATABLE_SIGNALS:
+            return
         if self.requested:
             # The second signal: the user (or scheduler) does not want to wait.
             raise KeyboardInterrupt(f"second stop signal ({name})")

@@ -19,6 +19,7 @@ from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore, load_checkpoint
 from fixmatch.config import Config, DatasetConfig, ModelConfig, OptimConfig, SSLConfig, TrainerConfig
 from fixmatch.distributed import DistEnv, broadcast_object
 from fixmatch.errors import UserError
+from fixmatch.folder_lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ class StartPlan:
     checkpoint_path: Optional[Path] = None
     # metrics.json of a completed run whose checkpoints were deleted: nothing to do
     completed: Optional[dict] = None
+    lock: Optional[FolderLock] = None  # rank 0 holds run_dir while the run uses it
+
+    def release_folder(self) -> None:
+        """Let other processes use the folder (call when the run is over, however it ended)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints: int) -> StartPlan:
@@ -182,9 +189,7 @@ def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_chec
     decision = None
     if env.is_main:
         try:
-            make_writable(run_dir)
-            plan = plan_start(run_dir, resolved_yaml, resume, keep_checkpoints)
-            make_writable(plan.run_dir)
+            plan = _plan_holding_the_folder(run_dir, resolved_yaml, resume, keep_checkpoints)
             decision = (plan.run_dir, plan.checkpoint_path, plan.completed)
         except UserError as error:
             decision = error
@@ -196,6 +201,26 @@ def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_chec
     folder, checkpoint_path, completed = decision
     return StartPlan(folder, load_checkpoint(checkpoint_path) if checkpoint_path else None,
                      checkpoint_path, completed)
+
+
+def _plan_holding_the_folder(run_dir: Path, resolved_yaml: str, resume: bool,
+                             keep_checkpoints: int) -> StartPlan:
+    """`plan_start` with the folder locked first (its checkpoints are read while no other
+    process can write them); a fresh sibling folder is locked in its place."""
+    make_writable(run_dir)
+    lock = FolderLock(run_dir).acquire()
+    try:
+        plan = plan_start(run_dir, resolved_yaml, resume, keep_checkpoints)
+        if plan.run_dir != run_dir:
+            make_writable(plan.run_dir)
+            sibling = FolderLock(plan.run_dir).acquire()
+            lock.release()
+            lock = sibling
+    except BaseException:
+        lock.release()
+        raise
+    plan.lock = lock
+    return plan
 
 
 def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:

@@ -109,7 +109,7 @@ class Trainer:
         progress.close()
         if stop.requested or self.step < self.config.total_steps:
             self._save_checkpoint()
-            log.warning("stopped by %s at step %d; rerun the same command to resume",
+            log.warning("stopped by %s at step %d; checkpoint saved",
                         stop.signal_name or "a signal to another rank", self.step)
             return self.writer.summary("preempted", self.step)
         return self.writer.summary("completed", self.step)

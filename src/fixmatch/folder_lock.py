@@ -1,0 +1,53 @@
+"""One training process per run folder.
+
+Two processes resuming the same folder (a rerun or a scheduler's requeue while the old
+job still runs) would both append to metrics.jsonl and overwrite each other's
+checkpoints. The folder itself is locked with flock(2): the lock needs no file in the
+folder (a completed run's folder stays byte for byte as it was) and the kernel drops it
+when its process dies, even by SIGKILL, so it never goes stale.
+"""
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from fixmatch.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no lock, as before
+    fcntl = None
+
+
+class FolderLock:
+    """An exclusive lock on `folder` held by this process until `release()`.
+
+    Raises:
+        UserError: from `acquire()` when another process holds the folder.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "FolderLock":
+        if fcntl is None or self._fd is not None:
+            return self
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"another process is training in {self.folder} right now; wait for it "
+                            "to finish (or stop it: it saves a checkpoint) and rerun, or use another "
+                            "hydra.run.dir") from None
+        except OSError:
+            os.close(fd)  # a filesystem without flock (some network mounts): train unlocked
+            return self
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
