@@ -1,5 +1,7 @@
 """Weak augmentation and the eval / weak / strong / weak-strong pipelines."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.data.normalization import Normalization
 from fixmatch.data.randaugment import RandAugment
 from fixmatch.data.transforms import (
-    EvalTransform, StrongTransform, WeakStrongTransform, WeakTransform, weak_augment,
+    EvalTransform, StrongTransform, WeakStrongTransform, WeakTransform, to_chw_tensor, weak_augment,
 )
 
 
@@ -142,3 +144,15 @@ def test_normalisation_channels_must_match_the_images():
 def test_images_without_a_channel_axis_are_rejected():
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         EvalTransform()(np.zeros((8, 8), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_read_only_image_becomes_a_tensor_without_a_warning(channels):
+    # np.asarray(PIL image) is read-only; for one channel the transpose made no copy and
+    # torch warned "The given NumPy array is not writable" for every image.
+    image = np.arange(4 * 5 * channels, dtype=np.uint8).reshape(4, 5, channels)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor = to_chw_tensor(image)
+    assert torch.equal(tensor, torch.from_numpy(image.transpose(2, 0, 1).copy()))

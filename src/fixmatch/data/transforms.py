@@ -28,7 +28,12 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     """
     if image.ndim != 3:
         raise ValueError(f"expected an (H, W, C) image array, got shape {image.shape}")
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    if not chw.flags.writeable:
+        # A 1-channel transpose is already contiguous, so no copy was made of a read-only
+        # array (np.asarray of a PIL image): torch warns about such arrays on every image.
+        chw = chw.copy()
+    return torch.from_numpy(chw)
 
 
 @lru_cache(maxsize=64)
