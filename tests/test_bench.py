@@ -3,34 +3,105 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+import fixmatch
+from fixmatch.bench.__main__ import main, parse_args
 from fixmatch.bench.port import PortWeakStrong
 from fixmatch.bench.step import matmul_flops_per_s, step_flops
+from fixmatch.trained_model import run_command
 
 from conftest import compose_config
 
 
+# The subprocesses run the fixmatch this process imported (not another installed copy).
+SOURCE = str(Path(fixmatch.__file__).resolve().parents[1])
+
+
 def _bench(tmp_path, *args):
     result = subprocess.run([sys.executable, "-m", "fixmatch.bench", *args, "--json",
-                             str(tmp_path / "bench.json")], capture_output=True, text=True,
-                            cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                             str(tmp_path / "bench.json")], capture_output=True, text=True, cwd=tmp_path,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": SOURCE})
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout, json.loads((tmp_path / "bench.json").read_text())
 
 
 def test_data_bench_prints_ours_and_the_port_side_by_side(tmp_path):
     out, figures = _bench(tmp_path, "data", "experiment=quickstart", "--synthetic", "64",
-                          "--seconds", "0.05", "--steps", "2", "--workers", "0")
+                          "--seconds", "0.05", "--steps", "2")
+    # quickstart's trainer.num_workers=0 is what --workers defaults to
     assert "augmentation pairs/s, one core" in out and "loader steps/s, 0 workers" in out
     for key in ("ours", "port"):
         assert len(figures["augmentation_pairs_per_s"][key]) == 3
         assert all(rate > 0 for rate in figures["loader_steps_per_s"]["0"][key])
     assert figures["images"] == [64, 8, 8, 1]
+    assert figures["machine"]["torch_threads"] == 2  # quickstart's trainer.num_threads, not OMP's 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--steps", "5", "experiment=quickstart", "ssl.batch_size=4"],
+    ["train", "experiment=quickstart", "--steps", "5", "ssl.batch_size=4"],
+    ["experiment=quickstart", "--steps=5", "ssl.batch_size=4", "train"],
+])
+def test_options_and_overrides_mix_in_any_order(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = parse_args(argv)
+    assert (args.command, args.steps, args.overrides) == ("train", 5, ["experiment=quickstart", "ssl.batch_size=4"])
+
+
+def test_an_override_after_a_list_option_is_no_list_item_and_an_option_value_is_no_override(tmp_path):
+    args = parse_args(["data", "--workers", "0", "2", "experiment=quickstart", "--synthetic", "8",
+                       "--json", str(tmp_path / "a=b.json"), "seed=1"])
+    assert args.workers == [0, 2] and args.synthetic == 8 and args.json == tmp_path / "a=b.json"
+    assert args.overrides == ["experiment=quickstart", "seed=1"]
+
+
+BAD_ARGUMENTS = [  # (what the message must name, the command line)
+    ("--synthetic", ["data", "--synthetic", "-5"]),
+    ("--synthetic", ["data", "--synthetic", "0"]),
+    ("--workers", ["data", "--synthetic", "64", "--workers", "-1"]),
+    ("--seconds", ["data", "--synthetic", "64", "--seconds", "0"]),
+    ("--seconds", ["data", "--seconds", "nan"]),
+    ("--max-images", ["data", "--max-images", "0"]),
+    ("--rounds", ["step", "experiment=quickstart", "--rounds", "0"]),
+    ("--steps", ["step", "experiment=quickstart", "--steps", "0"]),
+    ("--steps", ["data", "--steps", "x"]),
+    ("--json", ["train", "experiment=quickstart", "--steps", "20", "--json", "/nonexistent/dir/x.json"]),
+    ("--rounds", ["train", "--rounds", "3"]),  # step's option: train would ignore it
+    ("--synthetic", ["step", "--synthetic", "8"]),  # step always times random batches
+    ("--threads", ["step", "--threads", "2"]),  # replaced by trainer.num_threads
+    ("trainer.num_workers", ["data", "--synthetic", "8", "trainer.num_workers=-1"]),
+    ("trainer.num_threads", ["data", "--synthetic", "8", "trainer.num_threads=-1"]),
+    ("command", ["foo"]),
+    ("no command", ["experiment=quickstart", "--steps", "2"]),
+]
+
+
+@pytest.mark.parametrize("named, argv", BAD_ARGUMENTS, ids=[" ".join(argv) for _, argv in BAD_ARGUMENTS])
+def test_a_bad_argument_is_one_line_naming_it_before_any_work(named, argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        run_command(main)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert named in err
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_no_command_is_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fixmatch.bench"], capture_output=True, text=True,
+                            cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": SOURCE})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: no command: give data, step or train")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_port_pipeline_gives_normalised_float_views_of_the_image():
@@ -48,9 +119,10 @@ def test_a_bad_override_is_one_line(tmp_path):
 
 
 def test_step_bench_splits_our_step_and_times_the_port(tmp_path):
-    out, figures = _bench(tmp_path, "step", "experiment=quickstart", "trainer.num_threads=1",
-                          "--steps", "1", "--rounds", "1")
+    out, figures = _bench(tmp_path, "step", "--steps", "1", "--rounds", "1", "experiment=quickstart",
+                          "trainer.num_threads=2")
     assert "ours / port step time" in out
+    assert figures["threads"] == 2 and ", 2 threads;" in out  # the override, not OMP_NUM_THREADS=1
     assert set(figures["ours"]["phases_s"]) == {"forward", "backward", "optimizer", "ema"}
     assert figures["ours"]["step_s"] > 0 and figures["port"]["step_s"] > 0
     assert figures["port"]["peak_memory_gb"] > 0

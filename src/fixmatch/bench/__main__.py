@@ -1,4 +1,4 @@
-"""python -m fixmatch.bench data|step|train [--synthetic] [options] [run.py overrides ...]
+"""python -m fixmatch.bench data|step|train [options] [run.py overrides ...]
 
     data   augmentation pairs/s on one core and loader steps/s for N workers
     step   the training step split into forward, backward, optimiser and EMA
@@ -6,16 +6,24 @@
 
 Each prints a table next to a straightforward implementation (fixmatch.bench.port), measured
 in the same run, and writes the figures as JSON (--json).
+
+Options and overrides mix in any order. The overrides configure the run as for run.py:
+trainer.num_threads sets torch's threads for every command (0: torch's default, one per
+core; data's pairs/s figure is one core by design), trainer.num_workers the loader processes
+(data times them unless --workers says otherwise; train always uses them). Options only
+apply to the commands named in their help; another command refuses them.
 """
 
 import argparse
-import os
 import json
+import logging
+import math
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +35,9 @@ from omegaconf import OmegaConf
 from fixmatch.config import Config, register_configs
 from fixmatch.errors import UserError
 from fixmatch.preview import find_conf_dir
+from fixmatch.runtime import configure_threads
+
+log = logging.getLogger(__name__)
 
 
 def compose_config(overrides: List[str]) -> Config:
@@ -46,9 +57,9 @@ def compose_config(overrides: List[str]) -> Config:
         raise UserError(" ".join(part.strip() for part in parts if part.strip())) from None
 
 
-def training_images(config: Config, synthetic: int) -> np.ndarray:
+def training_images(config: Config, synthetic: Optional[int]) -> np.ndarray:
     """The configured dataset's training images, or `synthetic` random ones of its shape."""
-    if synthetic:
+    if synthetic is not None:
         shape = (synthetic, config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
         return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     from fixmatch.data.datasets import load_dataset
@@ -80,6 +91,9 @@ def bench_data(args, config: Config) -> dict:
     from fixmatch.data.transforms import WeakStrongTransform
     from fixmatch.pipeline import build_views
 
+    if config.trainer.augment_on.value == "device":
+        log.warning("data times the CPU views of trainer.augment_on=cpu; with trainer.augment_on=device "
+                    "the views are made on the device, which `train` measures")
     images = np.asarray(training_images(config, args.synthetic)[:args.max_images])
     ours = WeakStrongTransform(*build_views(config))
     channels = config.dataset.channels
@@ -110,7 +124,7 @@ def bench_step(args, config: Config) -> dict:
     from fixmatch.runtime import resolve_precision, select_device
 
     device = select_device(config.trainer.device)
-    threads = args.threads or torch.get_num_threads()
+    threads = torch.get_num_threads()  # trainer.num_threads, set by main(), or torch's default
     rounds = {"ours": [], "port": []}
     for _ in range(args.rounds):  # alternating, each in a fresh process
         for which in rounds:
@@ -186,32 +200,132 @@ def bench_train(args, config: Config) -> dict:
 COMMANDS = {"data": bench_data, "step": bench_step, "train": bench_train}
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fixmatch.bench", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py")
-    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
-                        help="use N random images of the configured shape instead of the dataset")
-    parser.add_argument("--max-images", type=int, default=10_000, help="images to draw from (data)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per round of pairs/s (data)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="loader workers (data)")
-    parser.add_argument("--steps", type=int, default=30, help="steps timed per round (train: steps run)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (step)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (step; 0: torch's default)")
-    parser.add_argument("--json", type=Path, default=None, help="where to write the figures "
-                        "(default bench-<command>.json in the current folder)")
-    return parser.parse_args(argv)
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as a UserError: one `error: ...` line and exit status 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see python -m fixmatch.bench --help)")
 
 
-def main(argv: List[str]) -> dict:
+# Options that only some commands use (the others would silently ignore them), and defaults.
+APPLIES_TO = {"synthetic": ("data",), "max_images": ("data",), "seconds": ("data",),
+              "workers": ("data",), "rounds": ("step",)}
+DEFAULTS = {"max_images": 10_000, "seconds": 3.0, "rounds": 2}
+ELSEWHERE = {"synthetic": "step times random batches of the configured shape, train the dataset",
+             "workers": "step loads nothing, train uses trainer.num_workers"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m fixmatch.bench", usage=__doc__.splitlines()[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), help="what to measure")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py (optional)")
+    parser.add_argument("--synthetic", type=int, default=None, metavar="N",
+                        help="data: use N >= 1 random images of the configured shape instead of the dataset")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+                        help=f"data: images to draw from, >= 1 (default {DEFAULTS['max_images']})")
+    parser.add_argument("--seconds", type=float, default=None, metavar="S",
+                        help=f"data: seconds per round of pairs/s, > 0 (default {DEFAULTS['seconds']:g})")
+    parser.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
+                        help="data: loader workers to time, each >= 0 (default trainer.num_workers)")
+    parser.add_argument("--steps", type=int, default=30, metavar="N",
+                        help="steps timed per round (train: steps run), >= 1 (default 30)")
+    parser.add_argument("--rounds", type=int, default=None, metavar="N",
+                        help=f"step: alternating rounds, >= 1 (default {DEFAULTS['rounds']})")
+    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)  # replaced: validate()
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="where to write the figures (default bench-<command>.json in the current folder)")
+    return parser
+
+
+def _split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]):
+    """(overrides, the rest): key=value, +key=value and ~key tokens wherever they stand, except
+    as the value of a one-value option (`--json a=b.json`), so that they never end up in a
+    list option such as --workers."""
+    one_value = [option for action in parser._actions if action.nargs is None  # flags have nargs 0
+                 for option in action.option_strings if option.startswith("--")]
+    overrides, rest = [], []
+    for index, token in enumerate(argv):
+        previous = argv[index - 1] if index else ""
+        is_value = (previous.startswith("--") and "=" not in previous
+                    and sum(option.startswith(previous) for option in one_value) == 1)
+        if not token.startswith("-") and ("=" in token or token.startswith("~")) and not is_value:
+            overrides.append(token)
+        else:
+            rest.append(token)
+    return overrides, rest
+
+
+def _at_least(option: str, value, minimum: int, what: str = "") -> None:
+    if value is not None and value < minimum:
+        raise UserError(f"{option} must be {minimum} or more{what}, got {value}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Refuse any option a command would misuse or ignore, before any work.
+
+    Raises:
+        UserError: naming the option and its allowed range.
+    """
+    if args.threads is not None:
+        raise UserError(f"--threads was replaced by the override trainer.num_threads={args.threads} "
+                        "(as for run.py; 0 keeps torch's default)")
+    for name, commands in APPLIES_TO.items():
+        if getattr(args, name) is not None and args.command not in commands:
+            hint = f" ({ELSEWHERE[name]})" if name in ELSEWHERE else ""
+            raise UserError(f"--{name.replace('_', '-')} applies to {' and '.join(commands)} only, "
+                            f"not to {args.command}{hint}")
+    _at_least("--synthetic", args.synthetic, 1, " (images)")
+    _at_least("--max-images", args.max_images, 1)
+    _at_least("--steps", args.steps, 1)
+    _at_least("--rounds", args.rounds, 1)
+    for workers in args.workers or []:
+        _at_least("--workers", workers, 0, " (loader processes; 0 loads in the main process)")
+    if args.seconds is not None and not (0 < args.seconds < math.inf):
+        raise UserError(f"--seconds must be a positive number of seconds, got {args.seconds:g}")
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None and args.command in APPLIES_TO[name]:
+            setattr(args, name, default)
+    where = f"--json {args.json}" if args.json else f"{Path.cwd() / f'bench-{args.command}.json'} (--json)"
+    args.json = args.json or Path(f"bench-{args.command}.json")
+    _check_writable(args.json, where)
+
+
+def _check_writable(path: Path, where: str) -> None:
+    """Refuse a JSON path that could not be written, before the benchmark runs."""
+    if path.is_dir():
+        raise UserError(f"{where}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{where}: folder {path.parent} does not exist")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise UserError(f"{where}: not writable")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command, its options and the run.py overrides, in any order; validated."""
+    parser = _parser()
+    overrides, rest = _split_overrides(parser, list(argv))
+    args = parser.parse_intermixed_args(rest)
+    args.overrides = overrides + args.overrides  # anything left is no override: Hydra says why
+    if args.command is None:
+        raise UserError("no command: give data, step or train, e.g. python -m fixmatch.bench data "
+                        "--synthetic 64 (see --help)")
+    validate(args)
+    return args
+
+
+def main(argv: Sequence[str]) -> dict:
     args = parse_args(argv)
     config = compose_config(args.overrides)
+    configure_threads(config.trainer.num_threads)  # as run.py does; step's processes use the same count
+    if args.command == "data" and args.workers is None:
+        _at_least("trainer.num_workers", config.trainer.num_workers, 0, " (0 loads in the main process)")
+        args.workers = [config.trainer.num_workers]
     figures = {"command": args.command, "overrides": args.overrides, "machine": machine(),
                **COMMANDS[args.command](args, config)}
-    path = args.json or Path(f"bench-{args.command}.json")
-    path.write_text(json.dumps(figures, indent=1) + "\n")
-    print(f"\nwrote {path}")
+    args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"\nwrote {args.json}")
     return figures
 
 
