@@ -2,11 +2,14 @@
 
 import csv
 import importlib.util
+import io
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,8 @@ from fixmatch import evaluate, export, predict
 from fixmatch.app import build_model, run_experiment
 from fixmatch.checkpoint import CheckpointError, CheckpointStore
 from fixmatch.data.datasets import load_dataset
+from fixmatch.data.device_inputs import DeviceInputs
+from fixmatch.data.image_folder import Preprocessing, Resize, decode_image
 from fixmatch.data.normalization import Normalization
 from fixmatch.data.transforms import EvalTransform
 from fixmatch.errors import UserError
@@ -216,10 +221,16 @@ def test_bad_arguments_are_one_line(trained_run):
         predict.main([f"checkpoint={run_dir}"])
 
 
-def test_torchscript_export_round_trips(trained_run, tmp_path):
+@pytest.fixture(scope="module")
+def torchscript_export(trained_run, tmp_path_factory):
+    """The run's model exported as <folder>/model.pt and model.json (tracing takes seconds)."""
+    return export.main([f"checkpoint={trained_run[0]}", "format=torchscript",
+                        f"output={tmp_path_factory.mktemp('export') / 'model.pt'}"])
+
+
+def test_torchscript_export_round_trips(trained_run, torchscript_export):
     run_dir, _, _ = trained_run
-    output = export.main([f"checkpoint={run_dir}", "format=torchscript",
-                          f"output={tmp_path / 'model.pt'}"])
+    output = torchscript_export
     meta = json.loads(output.with_suffix(".json").read_text())
     assert meta["image_size"] == 32 and meta["channels"] == 3 and len(meta["class_names"]) == 10
     assert meta["resize"] == "resize" and len(meta["mean"]) == 3 and meta["weights"] == "ema"
@@ -447,3 +458,144 @@ def test_unreadable_checkpoints_get_advice_that_fits_the_command(trained_run, tm
     # Training's own advice is unchanged: it can start fresh.
     with pytest.raises(CheckpointError, match="set trainer.resume=false to start fresh"):
         CheckpointStore(run_dir / "checkpoints", keep=1).newest_valid()
+
+
+def test_evaluate_never_writes_into_checkpoints_or_over_files_it_did_not_write(trained_run,
+                                                                               tmp_path):
+    # Before: out=<run>/checkpoints put eval.json and confusion.* among the checkpoints, and
+    # an eval.json, confusion.csv or confusion.png that evaluate did not write was replaced.
+    run_dir, _, _ = trained_run
+    checkpoints = run_dir / "checkpoints"
+    listed = sorted(path.name for path in checkpoints.iterdir())
+    with pytest.raises(UserError, match=r"^out=.*checkpoints is a run's checkpoints/ folder, which "
+                                        r"holds only its checkpoints; write the report elsewhere "
+                                        r"\(leave out= off for the run folder\)$"):
+        evaluate.main([f"checkpoint={run_dir}", f"out={checkpoints}"])
+    with pytest.raises(UserError, match="is a run's checkpoints/ folder"):
+        evaluate.main([f"checkpoint={run_dir}", f"out={tmp_path / 'new' / 'checkpoints'}"])
+    assert sorted(path.name for path in checkpoints.iterdir()) == listed
+    assert not (tmp_path / "new" / "checkpoints").exists()  # refused before it was created
+    foreign = {"eval.json": b'{"accuracy": 0.9}\n', "confusion.csv": b"a,b\n1,2\n"}
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    foreign["confusion.png"] = buffer.getvalue()
+    for name, content in foreign.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_bytes(content)
+        with pytest.raises(UserError, match=rf"^out=.* would overwrite .*{name}, which no evaluate "
+                                            r"wrote; choose another out= folder$"):
+            evaluate.main([f"checkpoint={run_dir}", f"out={folder}"])
+        assert (folder / name).read_bytes() == content and len(list(folder.iterdir())) == 1
+    # Its own earlier report is replaced, beside files it leaves alone (a run's metrics.json),
+    # and so is a confusion.png of a version that did not mark it, beside its eval.json.
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"top1_ema_final": 1}\n')
+    evaluate.main([f"checkpoint={run_dir}", f"out={folder}"])
+    assert all(evaluate.is_report_file(folder / name) for name in ("eval.json", "confusion.csv"))
+    (folder / "confusion.png").write_bytes(foreign["confusion.png"])
+    record = evaluate.main([f"checkpoint={run_dir}", f"out={folder}", "model=raw"])
+    assert json.loads((folder / "eval.json").read_text()) == record and record["weights"] == "raw"
+    assert (folder / "metrics.json").read_text() == '{"top1_ema_final": 1}\n'
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (folder / "confusion.png").read_bytes() != foreign["confusion.png"]
+        assert evaluate.is_report_file(folder / "confusion.png")
+
+
+@pytest.mark.parametrize("command, flag", [(evaluate, "--help"), (predict, "--help"),
+                                           (export, "-h")])
+def test_help_lists_each_argument_with_its_default(command, flag, monkeypatch, capsys):
+    # Before: "error: --help: arguments are key=value", exit 2, and no usage anywhere.
+    name = command.__name__.rpartition(".")[2]
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "checkpoint=x", flag])
+    with pytest.raises(SystemExit) as exit_:
+        command.console_main()
+    printed = capsys.readouterr()
+    assert exit_.value.code == 0 and printed.err == ""
+    assert printed.out.startswith(f"usage: python -m fixmatch.{name} checkpoint=... ")
+    for key, default in command.DEFAULTS.items():
+        assert f"  {key}={default or '...'} " in printed.out, key
+    assert max(map(len, printed.out.splitlines())) <= 100
+
+
+def test_an_argument_without_equals_points_to_help():
+    with pytest.raises(UserError, match=r"^-x: arguments are key=value .*; --help lists them$"):
+        evaluate.main(["-x"])
+
+
+def _readme_snippets() -> list:
+    """The python blocks of README's "Use a trained model" section: preprocessing,
+    TorchScript, ONNX."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use a trained model: evaluate, predict, export\n")[1]
+    blocks = re.findall(r"```python\n(.*?)```", section.split("\n## ")[0], re.S)
+    assert len(blocks) == 3, "README: expected the preprocessing, TorchScript and ONNX snippets"
+    return blocks
+
+
+def _snippet_images(folder: Path) -> list:
+    """The files the README snippet names: a JPEG turned by its EXIF orientation, a gray PNG."""
+    rng = np.random.default_rng(4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.fromarray(rng.integers(0, 255, (40, 28, 3), dtype=np.uint8)).save(folder / "cat.jpg",
+                                                                          exif=exif)
+    Image.fromarray(rng.integers(0, 255, (9, 20), dtype=np.uint8)).save(folder / "dog.png")
+    return [folder / "cat.jpg", folder / "dog.png"]
+
+
+def _predicted_probabilities(trained, paths) -> np.ndarray:
+    records = predict.predict_files(trained, paths, len(trained.class_names), len(paths))
+    return np.array([[dict(record["top_k"])[name] for name in trained.class_names]
+                     for record in records])
+
+
+def test_readme_snippet_runs_the_torchscript_export_as_predict_does(trained_run, tmp_path,
+                                                                   torchscript_export, monkeypatch):
+    run_dir, _, _ = trained_run
+    prepare, torchscript, _ = _readme_snippets()
+    for name in ("model.pt", "model.json"):  # the files the snippet names, as export wrote them
+        shutil.copy(torchscript_export.with_name(name), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    paths = _snippet_images(tmp_path)
+    namespace = {}
+    exec(prepare, namespace)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(torchscript, namespace)
+    # README: the one warning it may print is TorchScript's deprecation.
+    assert all(issubclass(w.category, FutureWarning) and "`torch.jit.load` is deprecated"
+               in str(w.message) for w in caught), [str(w.message) for w in caught]
+    expected = _predicted_probabilities(load_trained_model(str(run_dir)), paths)
+    np.testing.assert_allclose(namespace["probabilities"], expected, atol=1e-5)
+
+
+def test_readme_snippet_runs_the_onnx_export_as_predict_does(trained_run, tmp_path, monkeypatch):
+    if importlib.util.find_spec("onnx") is None:
+        pytest.skip("format=onnx needs the onnx package")
+    pytest.importorskip("onnxruntime")
+    run_dir, _, _ = trained_run
+    prepare, _, onnx_snippet = _readme_snippets()
+    monkeypatch.chdir(tmp_path)
+    paths = _snippet_images(tmp_path)
+    export.main([f"checkpoint={run_dir}", "format=onnx", "output=model.onnx"])
+    namespace = {}
+    exec(prepare + onnx_snippet, namespace)
+    expected = _predicted_probabilities(load_trained_model(str(run_dir)), paths)
+    np.testing.assert_allclose(namespace["probabilities"], expected, atol=1e-5)
+
+
+def test_readme_preprocessing_matches_predict_for_gray_center_crops(tmp_path, monkeypatch):
+    """The snippet's other branches: 1 channel, center_crop of a large and of a short image."""
+    prepare = _readme_snippets()[0]
+    monkeypatch.chdir(tmp_path)
+    paths = _snippet_images(tmp_path)
+    meta = {"image_size": 12, "channels": 1, "resize": "center_crop", "mean": [0.4], "std": [0.2]}
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    namespace = {}
+    exec(prepare, namespace)
+    prep = Preprocessing(12, 1, Resize.center_crop)
+    images = torch.stack([EvalTransform()(decode_image(path, prep)) for path in paths])
+    inputs = DeviceInputs(Normalization([0.4], [0.2], "checkpoint"), torch.device("cpu"))
+    np.testing.assert_allclose(namespace["batch"], inputs.images(images).numpy(), atol=1e-5)

@@ -128,6 +128,11 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor) -> Classi
     )
 
 
+REPORT_FILES = ("eval.json", "confusion.csv", "confusion.png")  # what write_report writes
+PNG_MARK = {"Description": "fixmatch evaluate: confusion matrix"}  # a tEXt chunk of confusion.png
+CSV_CORNER = "true \\ predicted"  # confusion.csv's first header cell
+
+
 def write_report(report: ClassificationReport, class_names: Sequence[str], out: Path,
                  about: dict) -> List[Path]:
     """Write eval.json, confusion.csv and (with matplotlib) confusion.png into `out`."""
@@ -138,7 +143,7 @@ def write_report(report: ClassificationReport, class_names: Sequence[str], out: 
     written[0].write_text(json.dumps(record, indent=1) + "\n")
     with written[1].open("w", newline="") as file:
         rows = csv.writer(file)
-        rows.writerow(["true \\ predicted", *class_names])
+        rows.writerow([CSV_CORNER, *class_names])
         rows.writerows([name, *counts] for name, counts in zip(class_names, report.confusion))
     if _plot_confusion(report.confusion, class_names, out / "confusion.png"):
         written.append(out / "confusion.png")
@@ -168,9 +173,50 @@ def _plot_confusion(confusion: List[List[int]], class_names: Sequence[str], path
                 axes.text(column, row, str(value), ha="center", va="center", fontsize=7,
                           color="white" if value > darkest / 2 else "black")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, metadata=PNG_MARK)
     plt.close(figure)
     return True
+
+
+def is_report_file(path: Path) -> bool:
+    """Whether `path` (eval.json, confusion.csv or confusion.png) is an earlier evaluate's,
+    which a rerun may replace: eval.json by its keys, confusion.csv by its header corner,
+    confusion.png by the tEXt chunk written with it (or, from versions without that chunk,
+    by evaluate's eval.json beside it)."""
+    try:
+        if path.name == "eval.json":
+            record = json.loads(path.read_text())
+            return isinstance(record, dict) and {"top1", "confusion", "class_names", "weights",
+                                                 "checkpoint"} <= set(record)
+        if path.name == "confusion.csv":
+            with path.open(newline="") as file:
+                return next(csv.reader([file.readline(65536)]), [""])[0] == CSV_CORNER
+        from PIL import Image
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                return False
+            marked = getattr(image, "text", {}).get("Description") == PNG_MARK["Description"]
+        return marked or is_report_file(path.with_name("eval.json"))
+    except (OSError, ValueError, SyntaxError):  # unreadable, not JSON / CSV text, not an image
+        return False
+
+
+def check_out(value: str) -> Path:
+    """The folder `out=value` (created when missing), refused when it is a run's checkpoints/
+    folder or holds an eval.json, confusion.csv or confusion.png that no evaluate wrote.
+
+    Raises:
+        UserError: for such a folder, a file where the folder is meant or an unwritable place.
+    """
+    from fixmatch.trained_model import output_path, refuse_checkpoints_folder, refuse_foreign_file
+
+    folder = Path(value).expanduser()
+    refuse_checkpoints_folder(folder, "out", "the report", folder=True)  # before it is created
+    folder = output_path(value, "out", folder=True)
+    for name in REPORT_FILES:
+        refuse_foreign_file(folder, "out", "evaluate", is_report_file, target=folder / name,
+                            advice="choose another out= folder")
+    return folder
 
 
 def _test_images(trained):
@@ -190,22 +236,37 @@ def _test_images(trained):
     return arrays.test
 
 
+DEFAULTS = {"model": "ema", "out": "", "device": "auto"}  # out: the run folder
+ABOUT = ("Scores a trained run's model on its test set, or on another with dataset.root=: top-1,\n"
+         "top-5, per-class accuracy, macro F1. Writes eval.json, confusion.csv and confusion.png.")
+DESCRIPTIONS = {
+    "checkpoint": "a run folder (its newest readable checkpoint) or a checkpoints/step_*.pt file",
+    "model": "ema (the averaged weights) or raw (the live ones)",
+    "out": "the folder for the report; by default the run folder (never its checkpoints/)",
+    "device": "auto, cpu or cuda",
+    "dataset.*": "where the test data lives, e.g. dataset.root=/data/new_chips (the same "
+                 "classes); not image_size, channels, resize, mean or std: the checkpoint's",
+}
+
+
 def main(argv: Sequence[str]) -> dict:
-    """`checkpoint=<run dir or .pt> [model=ema|raw] [out=<dir>] [device=auto] [dataset.*=...]`.
+    """`checkpoint=<run dir or .pt> [model=ema|raw] [out=<dir>] [device=auto] [dataset.*=...]`
+    (DESCRIPTIONS: each argument, as --help prints it).
 
     Returns:
         The eval.json record.
 
     Raises:
-        UserError: for bad arguments, a bad checkpoint or data whose classes differ.
+        UserError: for bad arguments, a bad checkpoint, data whose classes differ, or an out=
+            folder that is a run's checkpoints/ or holds report files evaluate did not write.
     """
     # Imported here: the trainer imports `evaluate` and must not pull in the app.
     from fixmatch.data.loaders import AugmentedImages, build_eval_loader
     from fixmatch.data.transforms import EvalTransform
-    from fixmatch.trained_model import load_trained_model, output_path, parse_arguments
+    from fixmatch.trained_model import load_trained_model, parse_arguments
 
-    settings, overrides = parse_arguments(argv, {"model": "ema", "out": "", "device": "auto"})
-    out = output_path(settings["out"], "out", folder=True) if settings["out"] else None
+    settings, overrides = parse_arguments(argv, DEFAULTS)
+    out = check_out(settings["out"]) if settings["out"] else None  # before the model is loaded
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
     test = _test_images(trained)
@@ -215,7 +276,7 @@ def main(argv: Sequence[str]) -> dict:
     report = classification_report(*predict_logits(trained.model, loader, trained.inputs))
     about = {"checkpoint": str(trained.checkpoint_path), "step": trained.step,
              "weights": trained.weights, "dataset_root": trained.config.dataset.root}
-    out = out or output_path(str(trained.run_dir), "out", folder=True)
+    out = out or check_out(str(trained.run_dir))
     written = write_report(report, trained.class_names, out, about)
     print(f"top-1 {report.top1:.2f} %, top-5 {report.top5:.2f} %, macro F1 {report.macro_f1:.4f} "
           f"({trained.weights} weights, step {trained.step}, {report.num_images} test images)")
@@ -225,8 +286,8 @@ def main(argv: Sequence[str]) -> dict:
 
 def console_main() -> None:
     """The `fixmatch-evaluate` console script."""
-    from fixmatch.trained_model import run_command
-    run_command(main)
+    from fixmatch.trained_model import run_command, usage
+    run_command(main, usage("evaluate", ABOUT, DEFAULTS, DESCRIPTIONS))
 
 
 if __name__ == "__main__":

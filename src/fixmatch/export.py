@@ -22,6 +22,7 @@ from fixmatch.trained_model import (
     refuse_checkpoints_folder,
     refuse_foreign_file,
     run_command,
+    usage,
 )
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -115,15 +116,27 @@ def _is_export_metadata(path: Path) -> bool:
     return isinstance(record, dict) and record.get("format") in FORMATS and "class_names" in record
 
 
+DEFAULTS = {"format": "torchscript", "output": "", "model": "ema", "device": "auto"}
+ABOUT = ("Writes a trained run's model as TorchScript or ONNX, and <name>.json beside it: class\n"
+         "names, image size, channels, resize rule, mean/std (README: how to load and feed it).")
+DESCRIPTIONS = {  # each argument, as --help prints it
+    "checkpoint": "a run folder (its newest readable checkpoint) or a checkpoints/step_*.pt file",
+    "format": "torchscript (.pt) or onnx (.onnx; needs pip install onnx onnxscript)",
+    "output": "the model file; by default <run folder>/model.pt or model.onnx (never in "
+              "checkpoints/)",
+    "model": "ema (the averaged weights) or raw (the live ones)",
+    "device": "auto, cpu or cuda (where the model is traced)",
+}
+
+
 def main(argv: Sequence[str]) -> Path:
     """`checkpoint=... [format=torchscript|onnx] [output=<run dir>/model.pt] [model=ema|raw]
-    [device=auto]`.
+    [device=auto]` (DESCRIPTIONS: each argument, as --help prints it).
 
     Raises:
         UserError: for bad arguments or a bad checkpoint.
     """
-    settings, overrides = parse_arguments(
-        argv, {"format": "torchscript", "output": "", "model": "ema", "device": "auto"})
+    settings, overrides = parse_arguments(argv, DEFAULTS)
     if settings["format"] not in FORMATS:
         raise UserError(f"format={settings['format']} is not known; use torchscript or onnx")
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
@@ -138,7 +151,7 @@ def main(argv: Sequence[str]) -> Path:
 
 def console_main() -> None:
     """The `fixmatch-export` console script."""
-    run_command(main)
+    run_command(main, usage("export", ABOUT, DEFAULTS, DESCRIPTIONS))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,23 @@ from fixmatch.trained_model import (
     refuse_checkpoints_folder,
     refuse_foreign_file,
     run_command,
+    usage,
 )
 
 DEFAULTS = {"inputs": "", "output": "predictions.csv", "top_k": "5", "batch_size": "256",
             "model": "ema", "device": "auto"}
+REQUIRED = ("checkpoint", "inputs")
+ABOUT = ("Classifies image files with a trained run's model, decoded and normalised as its\n"
+         "training images were; writes one CSV row per file: the predicted class and the top-k.")
+DESCRIPTIONS = {  # each argument, as --help prints it
+    "checkpoint": "a run folder (its newest readable checkpoint) or a checkpoints/step_*.pt file",
+    "inputs": "a folder (searched recursively for images) or comma-separated image files",
+    "output": "the CSV file to write; never over a file that predict did not write",
+    "top_k": "how many classes, with their probabilities, each row lists",
+    "batch_size": "images per forward pass",
+    "model": "ema (the averaged weights) or raw (the live ones)",
+    "device": "auto, cpu or cuda",
+}
 
 
 def list_inputs(inputs: str) -> List[Path]:
@@ -162,12 +175,12 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
 
 def main(argv: Sequence[str]) -> List[dict]:
     """`checkpoint=... inputs=... [output=predictions.csv] [top_k=5] [batch_size=256]
-    [model=ema|raw] [device=auto]`.
+    [model=ema|raw] [device=auto]` (DESCRIPTIONS: each argument, as --help prints it).
 
     Raises:
         UserError: for bad arguments, a bad checkpoint or missing inputs.
     """
-    settings, overrides = parse_arguments(argv, DEFAULTS, required=("checkpoint", "inputs"))
+    settings, overrides = parse_arguments(argv, DEFAULTS, REQUIRED)
     try:
         top_k, batch_size = int(settings["top_k"]), int(settings["batch_size"])
     except ValueError:
@@ -193,7 +206,7 @@ def main(argv: Sequence[str]) -> List[dict]:
 
 def console_main() -> None:
     """The `fixmatch-predict` console script."""
-    run_command(main)
+    run_command(main, usage("predict", ABOUT, DEFAULTS, DESCRIPTIONS, REQUIRED))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ checkpoint file and must see the model exactly as training left it.
 import logging
 import os
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -165,7 +166,8 @@ def parse_arguments(argv: Sequence[str], defaults: Dict[str, str],
     for argument in argv:
         key, equals, value = argument.partition("=")
         if not equals:
-            raise UserError(f"{argument}: arguments are key=value (e.g. checkpoint=outputs/run)")
+            raise UserError(f"{argument}: arguments are key=value (e.g. checkpoint=outputs/run); "
+                            "--help lists them")
         if "." in key:
             overrides.append(argument)  # rebuild_config accepts dataset.* only
         elif key in defaults or key in required:
@@ -210,22 +212,30 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
 
 
 def refuse_checkpoints_folder(output: Path, setting: str, what: str,
-                              checkpoint: Optional[Path] = None) -> None:
+                              checkpoint: Optional[Path] = None, folder: bool = False) -> None:
     """Refuse to write into a run's checkpoints/ folder or over the checkpoint in use.
 
     A checkpoint is the run itself (resuming, evaluating, exporting start from it), and
     last.pt is a link that a write would follow into the newest step file.
 
     Args:
-        output: the file a command will write.
-        setting: the argument's name, for the message (output).
+        output: the file a command will write, or with `folder` the folder it writes into.
+        setting: the argument's name, for the message (output, out).
         what: what the command writes, for the message (the model, the predictions).
         checkpoint: the checkpoint file in use, refused also outside a checkpoints/ folder.
+        folder: `output` is a folder that the command writes several files into (evaluate).
 
     Raises:
-        UserError: when `output` (links followed) is in a checkpoints/ folder or is `checkpoint`.
+        UserError: when `output` (links followed) is in a checkpoints/ folder or is `checkpoint`,
+            or with `folder`, when it is a checkpoints/ folder.
     """
     resolved = output.resolve()
+    if folder:
+        if resolved.name == CHECKPOINT_DIR:
+            raise UserError(f"{setting}={output} is a run's {CHECKPOINT_DIR}/ folder, which "
+                            f"holds only its checkpoints; write {what} elsewhere (leave "
+                            f"{setting}= off for the run folder)")
+        return
     if resolved.parent.name == CHECKPOINT_DIR or (
             checkpoint is not None and resolved == checkpoint.resolve()):
         raise UserError(f"{setting}={output} is in a run's {CHECKPOINT_DIR}/ folder (or is the "
@@ -234,7 +244,8 @@ def refuse_checkpoints_folder(output: Path, setting: str, what: str,
 
 def refuse_foreign_file(output: Path, setting: str, command: str,
                         written_by_command: Callable[[Path], bool],
-                        target: Optional[Path] = None) -> None:
+                        target: Optional[Path] = None,
+                        advice: str = "choose another name") -> None:
     """Refuse to overwrite an existing file unless `command` wrote it on an earlier run.
 
     A run's config_resolved.yaml, metrics.json or a training image has no other copy, but
@@ -242,11 +253,12 @@ def refuse_foreign_file(output: Path, setting: str, command: str,
 
     Args:
         output: the file named by `setting=`.
-        setting: the argument's name, for the message (output).
-        command: the command's name, for the message (predict, export).
+        setting: the argument's name, for the message (output, out).
+        command: the command's name, for the message (predict, export, evaluate).
         written_by_command: whether an existing file is an earlier output of `command`.
         target: the file that would be overwritten, when not `output` itself (export's
-            <name>.json beside the model).
+            <name>.json beside the model, evaluate's eval.json in its out= folder).
+        advice: what to do instead, ending the message.
 
     Raises:
         UserError: when the file exists and `written_by_command` does not recognise it.
@@ -255,10 +267,9 @@ def refuse_foreign_file(output: Path, setting: str, command: str,
     if not target.exists() or written_by_command(target):
         return
     if target == output:
-        raise UserError(f"{setting}={output} already exists and no {command} wrote it; "
-                        "choose another name")
+        raise UserError(f"{setting}={output} already exists and no {command} wrote it; {advice}")
     raise UserError(f"{setting}={output} would overwrite {target}, which no {command} wrote; "
-                    "choose another name")
+                    f"{advice}")
 
 
 class _LevelPrefix(logging.Formatter):
@@ -268,9 +279,44 @@ class _LevelPrefix(logging.Formatter):
         return f"{record.levelname.lower()}: {super().format(record)}"
 
 
-def run_command(main: Callable[[Sequence[str]], object]) -> None:
-    """Run a command's `main(argv)`: warnings (a skipped checkpoint, ...) become
-    `warning: ...` lines on stderr, a user mistake one `error: ...` line and exit 2."""
+def usage(command: str, about: str, defaults: Dict[str, str], descriptions: Dict[str, str],
+          required: Sequence[str] = ("checkpoint",)) -> str:
+    """A command's --help text: its synopsis, what it does, then each argument with its default.
+
+    Args:
+        command: the module's name (evaluate, predict, export).
+        about: what the command does, a sentence or two.
+        defaults: the settings that parse_arguments is given, with their defaults ("" for one
+            computed later, which its description then names).
+        descriptions: a line on each argument, in the order listed: every key of `required`
+            and `defaults`, and any other accepted form (dataset.*).
+        required: the settings that must be given.
+
+    Raises:
+        KeyError: when an argument has no description (so the help cannot fall behind).
+    """
+    missing = [key for key in [*required, *defaults] if key not in descriptions]
+    if missing:
+        raise KeyError(f"no --help line for {', '.join(missing)}")
+    synopsis = " ".join(f"{key}=..." for key in required)
+    lines = [f"usage: python -m fixmatch.{command} {synopsis} [key=value ...]", "", about, "",
+             "arguments (key=default):"]
+    for key, description in descriptions.items():
+        shown = f"{key}={defaults[key]}" if defaults.get(key) else f"{key}=..."
+        if key in required:
+            description = f"required: {description}"
+        lines += textwrap.wrap(description, 96, initial_indent=f"  {shown:<23} ",
+                               subsequent_indent=" " * 26, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def run_command(main: Callable[[Sequence[str]], object], usage_text: str = "") -> None:
+    """Run a command's `main(argv)`: -h/--help prints `usage_text` and exits 0, warnings
+    (a skipped checkpoint, ...) become `warning: ...` lines on stderr, a user mistake one
+    `error: ...` line and exit 2."""
+    if usage_text and any(argument in ("-h", "--help") for argument in sys.argv[1:]):
+        print(usage_text)
+        sys.exit(0)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LevelPrefix("%(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
