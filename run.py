@@ -46,6 +46,7 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
         summary = run_experiment(cfg)
     except UserError as error:
         _print_error(str(error))  # a mistake the user can fix: one line, no traceback
+        _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
         if HydraConfig.get().mode is RunMode.MULTIRUN:
             # The sweep's other jobs still run; it exits 2 at the end (sweep.FailedJobsReport).
             return JobFailure(str(error))
@@ -59,6 +60,15 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
                   f"{_how_to_resume(cfg, summary['run_dir'])}", file=sys.stderr)
         sys.exit(EXIT_CODE_PREEMPTED)
     return summary["top1_ema_median_last20"]
+
+
+def _remove_if_empty(folder: Path) -> None:
+    # Hydra creates the run's folder before the run starts; a mistake found before the run
+    # wrote anything (trainer.device=cuda without a GPU, say) would leave it empty.
+    try:
+        folder.rmdir()  # only ever succeeds on an empty folder
+    except OSError:
+        pass
 
 
 def _how_to_resume(cfg: DictConfig, run_dir: str) -> str:

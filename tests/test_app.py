@@ -140,6 +140,15 @@ def test_cli_reruns_leave_a_completed_run_byte_for_byte(tiny_cifar10, tmp_path):
     assert "- trainer.resume=false" in (tmp_path / "run_2" / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_mistake_found_before_the_run_wrote_anything_leaves_no_empty_folder(tiny_cifar10, tmp_path):
+    # Before: Hydra's freshly made run folder stayed behind, empty.
+    result = run_cli(*tiny_cifar_overrides(tiny_cifar10, "trainer.device=cuda",
+                                           f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_sweep_runs_every_job_then_exits_2_naming_the_failed_ones(tiny_cifar10, tmp_path):
     # Before: the sweep exited 0 when a job stopped on a mistake (45 labels, 10 classes).
     overrides = [o for o in tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
