@@ -74,10 +74,10 @@ def test_ranks_checkpoint_and_stop_when_torchrun_dies_of_a_signal_it_does_not_fo
         assert (run_dir / "metrics.jsonl").exists(), launcher.stderr.read().decode()[-2000:]
         launcher.send_signal(signal.SIGUSR1)
         launcher.wait(timeout=30)
-        summary = {}
+        summary, metrics = {}, run_dir / "metrics.json"  # written when the run stops
         while summary.get("status") != "preempted" and time.monotonic() < deadline + 60:
             time.sleep(0.5)
-            summary = json.loads((run_dir / "metrics.json").read_text())
+            summary = json.loads(metrics.read_text()) if metrics.exists() else {}
         assert summary["status"] == "preempted" and summary["step"] < 100000, summary
         assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == summary["step"]
     finally:
