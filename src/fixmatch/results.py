@@ -9,8 +9,6 @@ folder layout and several sweeps at once work:
 """
 
 import argparse
-import csv
-import io
 import json
 import posixpath
 import statistics
@@ -25,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from fixmatch.paper import PaperResult, paper_result
+from fixmatch.results_table import FORMATS, format_table
 
 FIGURE = "top1_ema_median_last20"  # the paper's figure of one run
 FINAL = "top1_ema_final"
@@ -40,17 +39,12 @@ PER_RUN_KEYS = {"seed", "ssl.split_seed", "dataset.root", "dataset.download", "t
                 "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
                 "trainer.eval_batch_size", "trainer.log_every_steps",
                 "trainer.checkpoint_every_steps", "trainer.keep_checkpoints", "trainer.resume"}
-CELL_KEYS = ["dataset", "model", "algorithm", "labels"]
 # dataset.name of the datasets read from the user's own folder, dataset.root (dataset=folder
 # and the presets built on it, such as dataset=mstar, which keep its name): there the root
 # *is* the data, so runs on two roots are two rows, each named `folder:<root>` (`root_names`).
 ROOT_IS_DATA = {"folder"}
 # How `algorithm_label` names FixMatch per ssl.strong_augment (the ssl option's name, too).
 STRONG_AUGMENT_SUFFIX = {"randaugment": "", "ctaugment": "_cta"}
-FORMATS = ["markdown", "csv", "latex"]
-LATEX_ESCAPES = {"&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
-                 "}": "\\}", "\\": "\\textbackslash{}", "~": "\\textasciitilde{}",
-                 "^": "\\textasciicircum{}", "±": "$\\pm$", "–": "--"}
 
 
 class ResultsError(Exception):
@@ -302,31 +296,6 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
     return warnings
 
 
-def format_table(rows: Sequence[Row], by: Sequence[str] = (), style: str = "markdown") -> str:
-    """The table as text.
-
-    Args:
-        rows: from `build_rows`.
-        by: the --by keys the rows were split by (their column names).
-        style: markdown, csv (means and stds in separate numeric columns, empty where
-            undefined) or latex (a booktabs tabular).
-
-    Returns:
-        The table, ending with a newline.
-    """
-    if style == "csv":
-        return _csv(rows, by)
-    header = [*CELL_KEYS, *by, "runs", "accuracy (%)", "paper accuracy (%)",
-              "final accuracy (%)", "error rate (%)", "paper error rate (%)"]
-    body = [_display_cells(row) for row in rows]
-    if style == "latex":
-        return _latex(header, body)
-    # A `|` in a cell (a folder's name) would end it.
-    lines = [header, ["---"] * len(header), *([cell.replace("|", "\\|") for cell in line]
-                                              for line in body)]
-    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: prints the table on stdout, warnings and errors on stderr.
 
@@ -375,54 +344,6 @@ def _row(key: Tuple, runs: List[Run]) -> Row:
         dataset, algorithm, strong_augment = variants.pop()
         paper = paper_result(dataset, key[3], algorithm, strong_augment)
     return Row(key, runs, Stat.of(figures), Stat.of(finals), paper)
-
-
-def _display_cells(row: Row) -> List[str]:
-    paper_accuracy = paper_error = "–"
-    if row.paper is not None:
-        paper_accuracy = _pm(row.paper.accuracy_mean, row.paper.accuracy_std)
-        paper_error = _pm(row.paper.error_mean, row.paper.error_std)
-    error = row.accuracy.error_rate()
-    return [*("–" if part is None else str(part) for part in row.key), row.status_text(),
-            _pm(row.accuracy.mean, row.accuracy.std), paper_accuracy,
-            _pm(row.final.mean, row.final.std), _pm(error.mean, error.std), paper_error]
-
-
-def _pm(mean: Optional[float], std: Optional[float]) -> str:
-    """Mean ± std at 2 decimals; "–" for what does not exist (no completed run; std of one)."""
-    if mean is None:
-        return "–"
-    return f"{mean:.2f} ± {'–' if std is None else f'{std:.2f}'}"
-
-
-def _csv(rows: Sequence[Row], by: Sequence[str]) -> str:
-    header = ["dataset", "model", "algorithm", "num_labeled", *by, "runs", "done", "status"]
-    for name in ["accuracy", "final_accuracy", "error_rate", "paper_accuracy", "paper_error_rate"]:
-        header += [f"{name}_mean", f"{name}_std"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        paper = row.paper
-        error = row.accuracy.error_rate()
-        numbers = [row.accuracy.mean, row.accuracy.std, row.final.mean, row.final.std,
-                   error.mean, error.std,
-                   *((paper.accuracy_mean, paper.accuracy_std, paper.error_mean, paper.error_std)
-                     if paper else (None,) * 4)]
-        writer.writerow([*row.key, len(row.runs), row.done, row.status_text(),
-                         *("" if number is None else round(number, 4) for number in numbers)])
-    return buffer.getvalue()
-
-
-def _latex(header: List[str], body: List[List[str]]) -> str:
-    def cell(text: str) -> str:
-        return "".join(LATEX_ESCAPES.get(char, char) for char in text)
-
-    lines = ["\\begin{tabular}{" + "l" * (len(header) - 5) + "r" * 5 + "}", "\\toprule",
-             " & ".join(map(cell, header)) + " \\\\", "\\midrule",
-             *(" & ".join(map(cell, line)) + " \\\\" for line in body),
-             "\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
 
 
 def _flatten(node: dict, prefix: str = "") -> Dict[str, object]:
