@@ -32,10 +32,16 @@ def test_tiny_cifar_run_writes_every_output_file(tiny_cifar10, tmp_path):
     assert len(split["indices"]) == 40 and split["num_per_class"] == [4] * 10
     assert split["seed"] == 1 and len(split["sha256"]) == 64
 
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    def strict(constant):  # NaN and Infinity are not JSON: other languages' parsers refuse them
+        raise ValueError(f"{constant} in metrics.jsonl")
+
+    lines = [json.loads(line, parse_constant=strict)
+             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [3, 6]
     for line in lines:
         assert TRAIN_KEYS | EVAL_KEYS <= set(line), set(line)
+    # No confident pseudo-label in these first steps: their accuracy is undefined, null.
+    assert [line["train/pseudo_label_acc"] for line in lines] == [None, None]
 
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "completed"

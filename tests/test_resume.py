@@ -326,6 +326,31 @@ def test_resume_with_data_of_other_classes_is_refused_before_writing(tiny_cifar1
     assert short_run(tiny_cifar10, run_dir)["step"] == 6  # the run's own data still resumes
 
 
+def test_results_without_a_checkpoint_are_never_written_over_by_another_experiment(tiny_cifar10, tmp_path):
+    # Before: "has metrics but no checkpoint; starting the run over" for any config, also
+    # another experiment's, and trainer.resume=false overwrote the folder in place.
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    shutil.rmtree(run_dir / "checkpoints")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**summary, "status": "preempted"}))
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    with pytest.raises(UserError, match=r"holds a run's results \(2 evaluations in metrics.jsonl\) "
+                                        r"of another experiment .* trainer.resume=false starts fresh"):
+        short_run(tiny_cifar10, run_dir, "ssl.threshold=0.5")
+    assert short_run(tiny_cifar10, run_dir, "trainer.resume=false")["step"] == 6
+    assert (tmp_path / "run_2" / "metrics.json").exists()
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == before
+    foreign = tmp_path / "foreign"  # another tool's files under fixmatch's names
+    foreign.mkdir()
+    (foreign / "metrics.json").write_text('{"accuracy": 0.9}')
+    with pytest.raises(UserError, match=r"holds a metrics.json \(status None\) of another experiment"):
+        short_run(tiny_cifar10, foreign)
+    assert (foreign / "metrics.json").read_text() == '{"accuracy": 0.9}'
+    # The same experiment starts over: runs are deterministic, so nothing is lost.
+    assert short_run(tiny_cifar10, run_dir)["status"] == "completed"
+
+
 def test_a_completed_run_whose_checkpoints_were_deleted_is_never_overwritten(tiny_cifar10, tmp_path):
     # Checkpoints deleted to save space, then the same command (or a sweep adding seeds) is
     # rerun. Before: "has metrics but no checkpoint; starting the run over" retrained it, and

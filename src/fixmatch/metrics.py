@@ -2,6 +2,7 @@
 and TensorBoard scalars, all under the same slash-namespaced names."""
 
 import json
+import math
 import os
 import statistics
 import time
@@ -29,6 +30,14 @@ def write_text_atomic(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def json_line(record: Dict[str, float]) -> str:
+    """One evaluation as strict JSON: a value that is not finite (the pseudo-label accuracy
+    of a window without a confident pseudo-label is NaN) is null, which every parser reads;
+    json.dumps would write NaN, which is not JSON."""
+    return json.dumps({name: value if not isinstance(value, float) or math.isfinite(value) else None
+                       for name, value in record.items()}, allow_nan=False)
 
 
 class MetricWriter:
@@ -62,8 +71,7 @@ class MetricWriter:
         """Start writing: metrics.jsonl is rewritten to the history, TensorBoard opened."""
         if not self.write:
             return
-        write_lines_atomic(self.run_dir / "metrics.jsonl",
-                           [json.dumps(record) for record in self.history])
+        write_lines_atomic(self.run_dir / "metrics.jsonl", [json_line(record) for record in self.history])
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step hides events an interrupted process logged after its checkpoint.
@@ -87,7 +95,7 @@ class MetricWriter:
         self.history.append(record)
         if self.write:
             with (self.run_dir / "metrics.jsonl").open("a") as file:
-                file.write(json.dumps(record) + "\n")
+                file.write(json_line(record) + "\n")
         self.scalars(step, values)
         self.summary("running", step)
 

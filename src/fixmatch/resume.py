@@ -74,9 +74,21 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
         completed = _completed_summary(run_dir)
         if completed is not None:  # its checkpoints were deleted, say to save space
             return _plan_after_completed(run_dir, completed, resolved_yaml, resume)
-        if (run_dir / "metrics.jsonl").exists():
-            log.warning("%s has metrics but no checkpoint; starting the run over", run_dir)
-        return StartPlan(run_dir)
+        kept = _results_without_checkpoint(run_dir)
+        if kept is not None:
+            if not resume:
+                fresh = _free_sibling(run_dir)
+                log.warning("trainer.resume=false: %s holds %s; starting fresh in %s", run_dir, kept, fresh)
+                return StartPlan(fresh)
+            if _same_experiment(run_dir, resolved_yaml):
+                # Runs are deterministic for a config: starting over recomputes these results.
+                log.warning("%s holds %s but no checkpoint; starting the same run over", run_dir, kept)
+                return StartPlan(run_dir)
+            raise UserError(f"{run_dir} holds {kept} of another experiment (or none it can read) "
+                            "but no checkpoint to continue from; trainer.resume=false starts "
+                            "fresh in a new folder (its files are left as they are), or use "
+                            "another hydra.run.dir")
+        return StartPlan(run_dir)  # empty, or a start that failed before it trained
     if not resume:
         fresh = _free_sibling(run_dir)
         log.warning("trainer.resume=false: %s holds a run; starting fresh in %s", run_dir, fresh)
@@ -102,6 +114,39 @@ def _check_not_past_the_end(run_dir: Path, step: int, resolved_yaml: str) -> Non
         raise UserError(f"cannot resume {run_dir}: it is at step {step}, past trainer.total_steps="
                         f"{total_steps}; set trainer.total_steps to at least {step}, or use another "
                         "hydra.run.dir for a new run")
+
+
+def _results_without_checkpoint(run_dir: Path) -> Optional[str]:
+    """What a folder without checkpoints holds that a new start would overwrite: a run's
+    evaluations (its checkpoints deleted), or a metrics.json that is not a start that
+    failed before training (another run's, another tool's); None when there is nothing."""
+    try:
+        evaluations = sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError):
+        evaluations = 0
+    try:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+    except FileNotFoundError:
+        summary = None
+    except (OSError, ValueError):
+        return "a metrics.json it cannot read"
+    if evaluations:
+        return f"a run's results ({evaluations} evaluations in metrics.jsonl)"
+    if summary is None:
+        return None
+    if isinstance(summary, dict) and summary.get("status") == "failed" and not summary.get("step"):
+        return None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    return f"a metrics.json (status {status!r})"
+
+
+def _same_experiment(run_dir: Path, resolved_yaml: str) -> bool:
+    """Whether the folder's config_resolved.yaml is this experiment (readable, no key that
+    changes the experiment differs)."""
+    try:
+        return not experiment_differences((run_dir / "config_resolved.yaml").read_text(), resolved_yaml)
+    except (OSError, ValueError, OmegaConfBaseException, YAMLError):
+        return False
 
 
 def _completed_summary(run_dir: Path) -> Optional[dict]:
