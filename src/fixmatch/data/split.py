@@ -113,7 +113,8 @@ def _labels_per_class(num_labeled: int, num_classes: int) -> int:
             f"ssl.num_labeled={num_labeled} must be a positive multiple of the "
             f"{num_classes} classes (FixMatch draws the same number of labels per class), "
             f"e.g. ssl.num_labeled={num_classes * max(1, round(num_labeled / num_classes))} "
-            f"(or {ALL_LABELED} to label every training image)"
+            f"(or {ALL_LABELED} to label every training image, or dataset.labeled_split="
+            f"proportional to draw them in proportion to the class sizes)"
         )
     return num_labeled // num_classes
 
