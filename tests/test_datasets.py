@@ -130,6 +130,32 @@ def test_missing_cifar_without_download_names_the_folder_and_the_fix(tmp_path, f
     assert "dataset.download=false" in message
     assert "put the extracted 'cifar-10-batches-py/' folder" in message
     assert "dataset.root" in message
+    if present:  # names what is missing instead of "no dataset files"
+        assert f"{folder.resolve()} is missing data_batch_1 and dataset.download=false" in message
+    else:
+        assert "no dataset files in" in message
+
+
+@pytest.mark.parametrize("name,removed,expected", [
+    ("cifar10", ["data_batch_3"], "is missing data_batch_3 and"),
+    ("cifar10", ["data_batch_3", "batches.meta"], "is missing data_batch_3, batches.meta and"),
+    ("cifar100", ["meta"], "is missing meta and"),
+    ("cifar100", ["train", "test"], "is missing train, test and"),
+])
+def test_partly_present_cifar_names_the_missing_files(tmp_path, forbid_download, name, removed,
+                                                      expected):
+    # Before: "no dataset files in <folder>" although the other files were there.
+    if name == "cifar10":
+        folder = write_cifar10(tmp_path, train_per_class=1, test_per_class=1) / "cifar-10-batches-py"
+    else:
+        folder = _write_cifar100(tmp_path, train_per_class=1, test_per_class=1) / "cifar-100-python"
+    for file_name in removed:
+        (folder / file_name).unlink()
+    with pytest.raises(UserError) as caught:
+        load_dataset(_cifar10_config(tmp_path, name=name, num_classes=100 if name == "cifar100" else 10))
+    message = str(caught.value)
+    assert message.startswith(f"{name}: {folder.resolve()} {expected} dataset.download=false; ")
+    assert "no dataset files" not in message
 
 
 @pytest.mark.parametrize("error", [urllib.error.URLError("no route to host"),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import fixmatch.overrides as overrides
 from conftest import CONF_DIR
 from fixmatch.config import register_configs
 from fixmatch.overrides import override_error
@@ -65,3 +66,44 @@ def test_run_py_stops_on_a_misspelt_key_with_one_line_and_status_2(tmp_path):
     assert result.stderr.splitlines() == ["error: ssl.treshold is not a setting; did you mean ssl.threshold? "
                      "(`python run.py --cfg job` prints every key)"]
     assert not (tmp_path / "run").exists()  # stopped before Hydra made the run's folder
+
+
+@pytest.mark.parametrize("args,extra", [
+    (["-m", "hydra/launcher=joblib", "seed=1,2"], "joblib"),
+    (["-m", "hydra/launcher=submitit_local", "seed=1,2"], "slurm"),
+    (["hydra/launcher=submitit_slurm"], "slurm"),
+    (["-m", "hydra/launcher=basic,joblib", "seed=1,2"], "joblib"),
+])
+def test_a_launcher_whose_plugin_is_missing_names_the_extra(monkeypatch, args, extra):
+    monkeypatch.setattr(overrides, "_importable", lambda module: False)
+    error = override_error(args, CONF_DIR)
+    option = next(arg for arg in args if arg.startswith("hydra/launcher=")).split("=")[1]
+    option = option.split(",")[-1]
+    assert error == (f"hydra/launcher={option} needs the launcher plugin "
+                     f"{overrides.LAUNCHER_PLUGINS[option][1]}, which is not installed: "
+                     f'pip install -e ".[{extra}]" in the checkout')
+
+
+def test_a_launcher_whose_plugin_is_installed_is_left_to_hydra(monkeypatch):
+    monkeypatch.setattr(overrides, "_importable", lambda module: True)
+    assert override_error(["-m", "hydra/launcher=joblib", "seed=1,2"], CONF_DIR) is None
+
+
+def test_the_plugin_check_imports_nothing_and_tolerates_a_missing_namespace():
+    assert overrides._importable("hydra_plugins.no_such_launcher_plugin") is False
+    assert overrides._importable("no_such_namespace_package.child") is False
+    assert overrides._importable("hydra") is True
+
+
+@pytest.mark.skipif(overrides._importable("hydra_plugins.hydra_joblib_launcher"),
+                    reason="the joblib launcher plugin is installed here")
+def test_run_py_without_the_joblib_plugin_is_one_line_and_status_2(tmp_path):
+    # Before: Hydra's several-line "Could not find 'hydra/launcher/joblib'", exit 1.
+    run_py = Path(__file__).resolve().parents[1] / "run.py"
+    result = subprocess.run([sys.executable, str(run_py), "-m", "hydra/launcher=joblib", "seed=1,2",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: hydra/launcher=joblib needs the launcher plugin hydra-joblib-launcher, which is not "
+        'installed: pip install -e ".[joblib]" in the checkout']

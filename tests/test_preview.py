@@ -99,3 +99,63 @@ def test_a_missing_conf_dir_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(preview, "CONF_DIR", tmp_path / "conf")
     with pytest.raises(UserError, match="no config folder at .*conf/config.yaml"):
         preview.find_conf_dir()
+
+
+def _run_preview(tmp_path, *overrides):
+    return subprocess.run([sys.executable, "-m", "fixmatch.preview", f"hydra.run.dir={tmp_path / 'run'}",
+                           *overrides], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
+def test_cli_without_a_required_value_says_which_key_in_one_line(tmp_path):
+    # Before: omegaconf's MissingMandatoryValue traceback, exit 1; now run.py's line.
+    result = _run_preview(tmp_path, "dataset=folder")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: dataset.root must be given (it is ??? in the config): add dataset.root=... to the command"]
+
+
+def test_cli_refuses_a_file_name_pil_cannot_write_before_loading(tmp_path):
+    # Before: PIL's "unknown file extension: .txt" traceback after drawing the grid.
+    result = _run_preview(tmp_path, "experiment=quickstart", "preview.file_name=x.txt")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: preview.file_name=x.txt: PIL cannot write .txt files; end it with an image "
+        "extension such as .png, .jpg, .jpeg, .bmp, .gif, .tif, .tiff, .webp"]
+    assert not (tmp_path / "run" / "x.txt").exists()
+
+
+@pytest.mark.parametrize("file_name", ["grid.jpg", "grid.PNG", "grid.webp"])
+def test_image_file_names_pass_and_are_written(tmp_path, file_name):
+    config = OmegaConf.to_object(_compose(["experiment=quickstart", "preview.num_images=1",
+                                           "preview.num_strong=1", f"preview.file_name={file_name}"]))
+    with Image.open(preview.write_preview(config, tmp_path / file_name)) as grid:
+        assert grid.size == preview.grid_size(1, 1, 96)
+
+
+@pytest.mark.parametrize("file_name,expected", [
+    ("preview", "preview.file_name=preview: no file extension; end it with an image extension such as .png"),
+    ("x.txt", "preview.file_name=x.txt: PIL cannot write .txt files; end it with an image extension "
+              "such as .png, .jpg"),
+])
+def test_a_file_name_without_an_image_extension_is_refused(file_name, expected):
+    with pytest.raises(UserError) as caught:
+        preview.check_options(preview.PreviewConfig(file_name=file_name), image_size=32)
+    assert str(caught.value).startswith(expected)
+
+
+def test_a_grid_over_the_size_limit_is_refused_naming_the_limit():
+    # Before: preview.num_images=5000 on the digits wrote a 590x127124 px PNG.
+    with pytest.raises(UserError) as caught:
+        preview.check_options(preview.PreviewConfig(num_images=5000), image_size=8)
+    assert str(caught.value) == (
+        "preview.num_images=5000, preview.num_strong=4 and preview.cell_size=96 make a "
+        f"590x{16 + 5000 * 96 + 5001 * 2} px grid, over the limit of 8192 px a side; with 96 px "
+        "cells that allows at most 83 images and 81 strong views")
+    preview.check_options(preview.PreviewConfig(num_images=83, num_strong=81), image_size=8)
+    assert max(preview.grid_size(83, 81, 96)) <= preview.MAX_SIDE
+    for too_many in (dict(num_images=84), dict(num_strong=82), dict(cell_size=9000)):
+        with pytest.raises(UserError, match="over the limit of 8192 px a side"):
+            preview.check_options(preview.PreviewConfig(**too_many), image_size=8)
+    # The cell is the image enlarged by a whole factor: 96 px images (STL-10) and 100 px become 192.
+    with pytest.raises(UserError, match="with 192 px cells that allows at most 42 images"):
+        preview.check_options(preview.PreviewConfig(num_images=50, cell_size=100), image_size=96)

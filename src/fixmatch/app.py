@@ -40,6 +40,7 @@ from fixmatch.metrics import MetricWriter
 from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
+from fixmatch.overrides import missing_value_message
 from fixmatch.resume import StartPlan, finished_summary, holds_a_run, plan_on_rank_zero
 from fixmatch.run_record import RunRecord
 from fixmatch.runtime import (
@@ -66,8 +67,7 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     try:
         config: Config = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as error:
-        raise UserError(f"{error.full_key} must be given (it is ??? in the config): add "
-                        f"{error.full_key}=... to the command") from None
+        raise UserError(missing_value_message(error)) from None
     env = environment()
     stop_with_the_launcher(env)
     if not env.is_main:

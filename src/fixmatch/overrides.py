@@ -8,6 +8,7 @@ sweep (`-m key=a,b,c`) is checked before the first job starts.
 """
 
 import difflib
+import importlib.util
 import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
@@ -17,11 +18,24 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                              ValidationError)
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 RUN_PY = "python run.py"
 SCHEMA_SUFFIX = "_schema"  # conf groups' typed schemas in the ConfigStore (config.register_configs)
+# hydra/launcher options that come from a plugin: (its package, its pip name, setup.cfg's extra)
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+}
+
+
+def missing_value_message(error: MissingMandatoryValue) -> str:
+    """The line for a key left ??? in the config (dataset.root of dataset=folder, say)."""
+    return (f"{error.full_key} must be given (it is ??? in the config): add "
+            f"{error.full_key}=... to the command")
 
 
 def _listing(program: str) -> str:
@@ -52,8 +66,11 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
                 f"(e.g. dataset=cifar100); {_listing(program)}")
     fixed, sweeps = [], []
     for override, text in zip(parsed, overrides):
-        if override.get_key_element().startswith("hydra"):
-            continue
+        if override.get_key_element().lstrip("+~").startswith("hydra"):
+            missing = _missing_launcher(override)
+            if missing:
+                return missing
+            continue  # the rest of Hydra's own settings are left to Hydra
         schema = next((value for value in _plain_values(override) if value.endswith(SCHEMA_SUFFIX)), None)
         if schema is not None and "." not in override.get_key_element():
             return (f"{override.get_key_element()}={schema}: {schema} is the typed schema the "
@@ -69,6 +86,25 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
                 return None  # a sweep form Hydra expands itself (glob, ranges with steps, ...)
             sweeps.append([f"{override.get_key_element()}={value}" for value in values])
     return _first_failure(config_dir, config_name, fixed, sweeps, program)
+
+
+def _missing_launcher(override) -> Optional[str]:
+    """hydra/launcher=<a plugin's launcher> without the plugin: Hydra reports several lines."""
+    if override.key_or_group != "hydra/launcher":
+        return None
+    for option in _plain_values(override):
+        if option in LAUNCHER_PLUGINS and not _importable(LAUNCHER_PLUGINS[option][0]):
+            _, package, extra = LAUNCHER_PLUGINS[option]
+            return (f"hydra/launcher={option} needs the launcher plugin {package}, which is not "
+                    f"installed: pip install -e \".[{extra}]\" in the checkout")
+    return None
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package (hydra_plugins) is missing too
+        return False
 
 
 def _plain_values(override) -> List[str]:

@@ -8,7 +8,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import hydra
 import numpy as np
@@ -16,13 +16,14 @@ import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from PIL import Image, ImageDraw
 
 from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
-from fixmatch.overrides import override_error
+from fixmatch.overrides import missing_value_message, override_error
 from fixmatch.pipeline import build_views
 
 # The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
@@ -30,6 +31,8 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GAP = 2  # px of background between cells
 HEADER = 16  # px of column titles above the grid
 BACKGROUND = (255, 255, 255)
+MAX_SIDE = 8192  # px: the longest grid side written (preview.num_images=5000 would be ~500k px)
+COMMON_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -65,6 +68,48 @@ def grid_size(num_images: int, num_strong: int, cell: int) -> Tuple[int, int]:
     return columns * cell + (columns + 1) * GAP, HEADER + num_images * cell + (num_images + 1) * GAP
 
 
+def check_options(options: PreviewConfig, image_size: int) -> None:
+    """Refuse a preview setting before loading anything: bad counts, a file name PIL cannot
+    write, or a grid over MAX_SIDE px a side (`image_size`: the dataset's image side).
+
+    Raises:
+        UserError: naming the setting and what would work.
+    """
+    if options.num_images < 1 or options.num_strong < 0 or options.cell_size < 1:
+        raise UserError(f"preview.num_images={options.num_images} must be at least 1, "
+                        f"preview.num_strong={options.num_strong} not negative and "
+                        f"preview.cell_size={options.cell_size} positive")
+    suffix = Path(options.file_name).suffix.lower()
+    writable = image_extensions()
+    if suffix not in writable:
+        common = [extension for extension in COMMON_EXTENSIONS if extension in writable]
+        raise UserError(f"preview.file_name={options.file_name}: "
+                        + (f"PIL cannot write {suffix} files" if suffix else "no file extension")
+                        + f"; end it with an image extension such as {', '.join(common)}")
+    cell = cell_side(image_size, options.cell_size)
+    width, height = grid_size(options.num_images, options.num_strong, cell)
+    if max(width, height) > MAX_SIDE:
+        most_rows = (MAX_SIDE - HEADER - GAP) // (cell + GAP)
+        most_strong = (MAX_SIDE - GAP) // (cell + GAP) - 2
+        raise UserError(f"preview.num_images={options.num_images}, preview.num_strong="
+                        f"{options.num_strong} and preview.cell_size={options.cell_size} make a "
+                        f"{width}x{height} px grid, over the limit of {MAX_SIDE} px a side; with "
+                        f"{cell} px cells that allows at most {max(most_rows, 0)} images and "
+                        f"{max(most_strong, 0)} strong views")
+
+
+def image_extensions() -> List[str]:
+    """The file extensions PIL can write (".png", ".jpg", ...)."""
+    Image.init()
+    return sorted(extension for extension, image_format in Image.registered_extensions().items()
+                  if image_format in Image.SAVE)
+
+
+def cell_side(image_side: int, cell_size: int) -> int:
+    """The displayed side of an image: enlarged by a whole factor to at least `cell_size`."""
+    return image_side * max(1, math.ceil(cell_size / image_side))
+
+
 def to_display(view: torch.Tensor) -> np.ndarray:
     """A uint8 (C, H, W) view as a uint8 (H, W, C) image."""
     return view.permute(1, 2, 0).numpy()
@@ -85,9 +130,7 @@ def preview_grid(images: Sequence[np.ndarray], weak: Pipeline, strong: Pipeline,
     Returns:
         An RGB image of `grid_size(len(images), num_strong, cell)` px.
     """
-    side = images[0].shape[0]
-    scale = max(1, math.ceil(cell_size / side))
-    cell = side * scale
+    cell = cell_side(images[0].shape[0], cell_size)
     grid = Image.new("RGB", grid_size(len(images), num_strong, cell), BACKGROUND)
     draw = ImageDraw.Draw(grid)
     titles = ["original", "weak"] + [f"strong {j + 1}" for j in range(num_strong)]
@@ -111,10 +154,7 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
         UserError: for a dataset that cannot be loaded or a bad preview setting.
     """
     options = config.preview
-    if options.num_images < 1 or options.num_strong < 0 or options.cell_size < 1:
-        raise UserError(f"preview.num_images={options.num_images} must be at least 1, "
-                        f"preview.num_strong={options.num_strong} not negative and "
-                        f"preview.cell_size={options.cell_size} positive")
+    check_options(options, config.dataset.image_size)
     train = load_dataset(config.dataset).train
     weak, strong = build_views(config)
     rng = np.random.default_rng(config.seed)
@@ -122,7 +162,11 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
                               replace=False))
     grid = preview_grid([np.asarray(train.images[i]) for i in rows], weak, strong,
                         options.num_strong, config.seed, options.cell_size)
-    grid.save(path)
+    try:
+        grid.save(path)
+    except (OSError, ValueError) as error:  # a format PIL lists but cannot write RGB to, say
+        raise UserError(f"cannot write preview.file_name={options.file_name} to {path} "
+                        f"({error}); a .png always works") from None
     return path
 
 
@@ -143,7 +187,10 @@ def find_conf_dir() -> Path:
 def main(cfg: DictConfig) -> None:
     """Compose like run.py, then write the preview into Hydra's run directory."""
     try:
-        config: PreviewAppConfig = OmegaConf.to_object(cfg)
+        try:
+            config: PreviewAppConfig = OmegaConf.to_object(cfg)
+        except MissingMandatoryValue as error:
+            raise UserError(missing_value_message(error)) from None
         path = Path(HydraConfig.get().runtime.output_dir) / config.preview.file_name
         print(write_preview(config, path))
     except UserError as error:

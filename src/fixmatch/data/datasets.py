@@ -158,9 +158,12 @@ def load_cifar(config: DatasetConfig, layout: _CifarLayout) -> DatasetArrays:
     return DatasetArrays(train=train, test=test, class_names=list(meta[layout.names_key]))
 
 
+def _cifar_files(layout: _CifarLayout) -> Tuple[str, ...]:
+    return layout.train_files + (layout.test_file, layout.meta_file)
+
+
 def _cifar_complete(folder: Path, layout: _CifarLayout) -> bool:
-    names = layout.train_files + (layout.test_file, layout.meta_file)
-    return all((folder / name).is_file() for name in names)
+    return all((folder / name).is_file() for name in _cifar_files(layout))
 
 
 def _download_cifar(config: DatasetConfig, layout: _CifarLayout, folder: Path) -> None:
@@ -168,11 +171,17 @@ def _download_cifar(config: DatasetConfig, layout: _CifarLayout, folder: Path) -
         f"put the extracted '{layout.folder}/' folder (torchvision's python format) "
         f"under {folder.parent} or point dataset.root at the folder that holds it"
     )
-    download_with_torchvision(config, folder, hint, layout.torchvision_class, str(folder.parent))
+    missing = [name for name in _cifar_files(layout) if not (folder / name).is_file()]
+    lacking = None
+    if len(missing) < len(_cifar_files(layout)):  # some are there: name the others
+        lacking = f"{folder} is missing {', '.join(missing)}"
+    download_with_torchvision(config, folder, hint, layout.torchvision_class, str(folder.parent),
+                              lacking=lacking)
 
 
 def download_with_torchvision(config: DatasetConfig, folder: Path, hint: str,
-                              torchvision_class: str, root: str, **kwargs) -> None:
+                              torchvision_class: str, root: str, *, lacking: Optional[str] = None,
+                              **kwargs) -> None:
     """Fetch missing files with `torchvision.datasets.<torchvision_class>(root, download=True)`.
 
     Args:
@@ -181,20 +190,23 @@ def download_with_torchvision(config: DatasetConfig, folder: Path, hint: str,
         hint: how to put the files there by hand.
         torchvision_class: the torchvision dataset class that knows the download.
         root: its `root` argument.
+        lacking: what is missing, for the message, when some files are there
+            ("<folder> is missing data_batch_3"); "no dataset files in <folder>" by default.
         **kwargs: its other arguments (e.g. `split="train"`).
 
     Raises:
         UserError: when downloads are off or the download fails (offline, say).
     """
+    lacking = lacking or f"no dataset files in {folder}"
     if not config.download:
-        raise UserError(f"{config.name}: no dataset files in {folder} and dataset.download=false; {hint}")
+        raise UserError(f"{config.name}: {lacking} and dataset.download=false; {hint}")
     import torchvision  # only needed for the download
 
     try:
         getattr(torchvision.datasets, torchvision_class)(root, download=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{config.name}: no dataset files in {folder} and the download failed ({reason}); {hint}") from None
+        raise UserError(f"{config.name}: {lacking} and the download failed ({reason}); {hint}") from None
 
 
 def _unpickle(path: Path) -> dict:
