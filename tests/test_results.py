@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from conftest import CONF_DIR, compose_config
 from fixmatch.curves import mean_band, read_curve
 from fixmatch.config import register_configs
-from fixmatch.results import build_rows, cell_warnings, find_runs, format_table, main
+from fixmatch.results import (build_rows, cell_warnings, find_runs, format_table, main,
+                              protocol_warnings)
 
 REPO = CONF_DIR.parent
 CIFAR10_40 = ["ssl.num_labeled=40"]
@@ -157,7 +158,14 @@ def test_by_splits_rows_and_mixed_cells_are_flagged(tmp_path, capsys):
     assert [row.accuracy.mean for row in rows] == [61.5, 71.5]
     assert main([str(tmp_path), "--by", "ssl.threshold"]) == 0
     output = capsys.readouterr()
-    assert "ssl.threshold" in output.out.splitlines()[0] and not output.err
+    # Split, the rows' runs agree; only the 0.8 row is off the paper's protocol (its paper
+    # cells are marked).
+    assert "ssl.threshold" in output.out.splitlines()[0]
+    assert output.err == ("warning: cifar10 WRN-28-2 fixmatch 40 labels ssl.threshold=0.8: not "
+                          "the paper's protocol (ssl.threshold 0.8 vs 0.95); its paper columns "
+                          "are the paper's runs, for reference\n")
+    assert "86.19 ± 3.37* |" in output.out.splitlines()[2]
+    assert "86.19 ± 3.37 |" in output.out.splitlines()[3]
 
 
 def test_two_sweep_folders_merge(tmp_path, capsys):
@@ -441,3 +449,70 @@ def test_unreadable_run_files_are_counted_with_a_warning(tmp_path, capsys, confi
     assert "1 unreadable" in output.out and "Traceback" not in output.err
     warnings = [line for line in output.err.splitlines() if line.startswith(f"warning: {bad}")]
     assert len(warnings) == 1 and "cannot read" in warnings[0]
+
+
+# The user's case: 20 steps of a WRN-10-1 at batch 4 printed beside the paper's 86.19 as if
+# it were a failed reproduction.
+TINY = [*CIFAR10_40, "model.depth=10", "model.widen_factor=1", "trainer.total_steps=20",
+        "ssl.batch_size=4"]
+
+
+def test_runs_off_the_paper_protocol_are_warned_about_and_their_paper_cells_marked(tmp_path,
+                                                                                  capsys):
+    for seed in [1, 2]:
+        make_run(tmp_path / "tiny" / str(seed), [*TINY, f"seed={seed}"], done(9.0, 9.0))
+        make_run(tmp_path / "paper" / str(seed), ["experiment=cifar10_250", f"seed={seed}"],
+                 done(94.0, 94.0))
+        make_run(tmp_path / "wide" / str(seed), ["experiment=cifar100_400", f"seed={seed}",
+                                                 "model.widen_factor=2", "optim.nesterov=false"],
+                 done(50.0, 50.0))
+    make_run(tmp_path / "wide" / "3", ["experiment=cifar100_400", "seed=3",
+                                       "model.widen_factor=2", "ssl.threshold=0.8"],
+             done(50.0, 50.0))
+
+    assert main([str(tmp_path)]) == 0
+    output = capsys.readouterr()
+    assert output.err.splitlines() == [
+        "warning: cifar100 WRN-28-2 fixmatch 400 labels: its runs differ in optim.nesterov, "
+        "ssl.threshold; split them with --by optim.nesterov",
+        "warning: cifar10 WRN-10-1 fixmatch 40 labels: not the paper's protocol (model WRN-10-1 "
+        "vs WRN-28-2, ssl.batch_size 4 vs 64, trainer.total_steps 20 vs 1048576); its paper "
+        "columns are the paper's runs, for reference",
+        "warning: cifar100 WRN-28-2 fixmatch 400 labels: not the paper's protocol (model "
+        "WRN-28-2 vs WRN-28-8, ssl.threshold 0.8 vs 0.95, optim.nesterov False vs True); its "
+        "paper columns are the paper's runs, for reference"]
+    lines = output.out.splitlines()
+    assert lines[2] == ("| cifar10 | WRN-10-1 | fixmatch | 40 | 2/2 done | 9.00 ± 0.00 "
+                        "| 86.19 ± 3.37* | 9.00 ± 0.00 | 91.00 ± 0.00 | 13.81 ± 3.37* |")
+    assert lines[3] == ("| cifar10 | WRN-28-2 | fixmatch | 250 | 2/2 done | 94.00 ± 0.00 "
+                        "| 94.93 ± 0.65 | 94.00 ± 0.00 | 6.00 ± 0.00 | 5.07 ± 0.65 |")
+    assert "| 51.15 ± 1.75* |" in lines[4]
+    assert lines[5:] == ["", "Paper figures marked * are the paper's runs, for reference: that "
+                         "row's runs do not follow the paper's protocol (see the warnings)"]
+
+    rows = build_rows(find_runs([str(tmp_path)]))
+    records = list(csv.DictReader(io.StringIO(format_table(rows, style="csv"))))
+    assert [record["paper_protocol"] for record in records] == ["False", "True", "False"]
+    assert float(records[0]["paper_accuracy_mean"]) == 86.19  # the figure itself, unmarked
+    latex = format_table(rows, style="latex").splitlines()
+    assert "86.19 $\\pm$ 3.37* & " in latex[4] and "94.93 $\\pm$ 0.65 & " in latex[5]
+    assert latex[-2].startswith("\\multicolumn{10}{l}{\\footnotesize Paper figures marked *")
+
+
+def test_runs_of_the_paper_presets_follow_the_protocol_and_are_unmarked(tmp_path, capsys):
+    # paper.PROTOCOL is what every paper preset composes to (and only the presets' cells).
+    presets = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+    presets.remove("quickstart")
+    for preset in presets:
+        make_run(tmp_path / preset, [f"experiment={preset}"], done(90.0, 90.0))
+    make_run(tmp_path / "quickstart", ["experiment=quickstart"], done(90.0, 90.0))
+    rows = build_rows(find_runs([str(tmp_path)]))
+    assert len(rows) == len(presets) + 1
+    assert {row.key[0]: row.paper_protocol for row in rows if row.paper is None} == {
+        "digits": None}  # the quickstart has no paper figure to compare with
+    assert all(row.paper_protocol for row in rows if row.paper is not None)
+    assert not protocol_warnings(rows)
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    output = capsys.readouterr()
+    assert output.err == "" and "*" not in output.out
+    assert "*" not in format_table(rows) and "*" not in format_table(rows, style="latex")

@@ -1,5 +1,6 @@
 """The paper's reference figures (Sohn et al. 2020, Table 2, the "FixMatch (RA)" and
-"FixMatch (CTA)" rows), so a results table can print them beside a sweep's own numbers."""
+"FixMatch (CTA)" rows), so a results table can print them beside a sweep's own numbers, and
+the protocol those figures were trained with, so it can tell when a row's runs are not."""
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -71,3 +72,39 @@ def paper_result(
     if algorithm != "fixmatch" or strong_augment not in _BY_STRONG_AUGMENT:
         return None
     return _BY_STRONG_AUGMENT[strong_augment].get((dataset, num_labeled))
+
+
+# The paper's protocol (docs/PROTOCOL.md) in the keys that change a cell's figure, as
+# config_resolved.yaml writes them (dotted): a row whose runs differ from it in any of these
+# is not a reproduction of the paper's cell, and the results table says so (`fixmatch.results`,
+# `protocol_differences`). These are the values the paper presets compose to
+# (conf/experiment/<dataset>_<labels>[_cta].yaml; tests/test_results.py checks each preset
+# against this). The strong augmentation is not here: it picks the paper's row itself.
+PROTOCOL: Dict[str, object] = {
+    "model.name": "wide_resnet",
+    "model.depth": 28,
+    "model.widen_factor": 2,
+    "model.num_stages": 3,
+    "ssl.batch_size": 64,  # B
+    "ssl.unlabeled_ratio": 7,  # mu
+    "ssl.threshold": 0.95,
+    "ssl.lambda_u": 1.0,
+    "trainer.total_steps": 2**20,
+    "optim.lr": 0.03,
+    "optim.momentum": 0.9,
+    "optim.nesterov": True,
+    "optim.weight_decay": 5e-4,
+    "optim.cosine_fraction": 7 / 16,
+    "optim.ema_enabled": True,  # the paper reports the EMA model
+    "optim.ema_decay": 0.999,
+}
+# Where a dataset's protocol differs (conf/dataset_model/, conf/dataset_optim/).
+PROTOCOL_BY_DATASET: Dict[str, Dict[str, object]] = {
+    "cifar100": {"model.widen_factor": 8, "optim.weight_decay": 1e-3},  # WRN-28-8
+    "stl10": {"model.depth": 37, "model.num_stages": 4},  # WRN-37-2
+}
+
+
+def paper_protocol(dataset: str) -> Dict[str, object]:
+    """The paper's protocol for a dataset's cells: `PROTOCOL` with that dataset's changes."""
+    return {**PROTOCOL, **PROTOCOL_BY_DATASET.get(dataset, {})}

@@ -10,6 +10,7 @@ folder layout and several sweeps at once work:
 
 import argparse
 import json
+import math
 import posixpath
 import statistics
 import sys
@@ -22,7 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from fixmatch.paper import PaperResult, paper_result
+from fixmatch.paper import PaperResult, paper_protocol, paper_result
 from fixmatch.results_table import FORMATS, format_table
 
 FIGURE = "top1_ema_median_last20"  # the paper's figure of one run
@@ -101,6 +102,14 @@ class Row:
     accuracy: Stat  # of top1_ema_median_last20 over completed runs
     final: Stat  # of top1_ema_final over completed runs
     paper: Optional[PaperResult]
+    # How its runs differ from the paper's protocol for the cell (`protocol_differences`), e.g.
+    # "trainer.total_steps 20 vs 1048576"; empty when they follow it or there is no paper figure.
+    off_protocol: Tuple[str, ...] = ()
+
+    @property
+    def paper_protocol(self) -> Optional[bool]:
+        """Whether its runs follow the protocol of the paper's figure; None without a figure."""
+        return None if self.paper is None else not self.off_protocol
 
     @property
     def done(self) -> int:
@@ -296,6 +305,50 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
     return warnings
 
 
+def protocol_differences(runs: Sequence[Run], dataset: str) -> List[str]:
+    """How the runs differ from the paper's protocol for `dataset` (`paper.PROTOCOL`): one
+    entry per key, "ssl.batch_size 4 vs 64" (the runs' values, then the paper's), the model
+    named as one, "model WRN-10-1 vs WRN-28-2". A key a run's config lacks (an older run, an
+    unreadable file) is not held against it."""
+    protocol = paper_protocol(dataset)
+    model_keys = ("model.name", "model.depth", "model.widen_factor")
+    differences = []
+    models = sorted({str(model_name(run.config)) for run in runs
+                     if any(_differs(run.config, key, protocol[key]) for key in model_keys)})
+    if models:
+        wanted = model_name({key: protocol[key] for key in model_keys})
+        differences.append(f"model {'/'.join(models)} vs {wanted}")
+    for key, wanted in protocol.items():
+        if key in model_keys:
+            continue
+        values = sorted({repr(run.config[key]): run.config[key] for run in runs
+                         if _differs(run.config, key, wanted)}.items())
+        if values:
+            differences.append(f"{key} {'/'.join(str(value) for _, value in values)} vs {wanted}")
+    return differences
+
+
+def protocol_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
+    """Rows beside a paper figure whose runs do not follow the paper's protocol: the figure is
+    the paper's runs, not what these runs should reach."""
+    return [f"{_label(row.key, by)}: not the paper's protocol ({', '.join(row.off_protocol)}); "
+            "its paper columns are the paper's runs, for reference" for row in rows
+            if row.off_protocol]
+
+
+def _differs(config: Dict[str, object], key: str, wanted: object) -> bool:
+    """Whether a run's config has `key` at another value than `wanted` (numbers compared as
+    numbers, 1 == 1.0, but a bool only equals a bool)."""
+    if key not in config:
+        return False
+    value = config[key]
+    if isinstance(value, bool) or isinstance(wanted, bool):
+        return value is not wanted
+    if isinstance(value, (int, float)) and isinstance(wanted, (int, float)):
+        return not math.isclose(value, wanted, rel_tol=1e-9)
+    return value != wanted
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line: prints the table on stdout, warnings and errors on stderr.
 
@@ -315,7 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if run.problem:
                 print(f"warning: {run.path}: cannot read {run.problem}; counted as "
                       f"{UNREADABLE}", file=sys.stderr)
-        for warning in cell_warnings(rows, args.by):
+        for warning in [*cell_warnings(rows, args.by), *protocol_warnings(rows, args.by)]:
             print(f"warning: {warning}", file=sys.stderr)
         print(format_table(rows, args.by, args.format), end="")
         if args.plot:
@@ -339,11 +392,13 @@ def _row(key: Tuple, runs: List[Run]) -> Row:
     finals = [run.value(FINAL) for run in completed if run.value(FINAL) is not None]
     variants = {(run.config.get("dataset.name"), run.config.get("ssl.algorithm"),
                  run.config.get("ssl.strong_augment")) for run in runs}
-    paper = None
+    paper, off_protocol = None, ()
     if len(variants) == 1:
         dataset, algorithm, strong_augment = variants.pop()
         paper = paper_result(dataset, key[3], algorithm, strong_augment)
-    return Row(key, runs, Stat.of(figures), Stat.of(finals), paper)
+        if paper is not None:
+            off_protocol = tuple(protocol_differences(runs, dataset))
+    return Row(key, runs, Stat.of(figures), Stat.of(finals), paper, off_protocol)
 
 
 def _flatten(node: dict, prefix: str = "") -> Dict[str, object]:
