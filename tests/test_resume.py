@@ -336,7 +336,8 @@ def test_results_without_a_checkpoint_are_never_written_over_by_another_experime
     (run_dir / "metrics.json").write_text(json.dumps({**summary, "status": "preempted"}))
     before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
     with pytest.raises(UserError, match=r"holds a run's results \(2 evaluations in metrics.jsonl\) "
-                                        r"of another experiment .* trainer.resume=false starts fresh"):
+                                        r"of another experiment \(the config differs in ssl.threshold \(0.95 -> 0.5\)\) "
+                                        r"but no checkpoint .* trainer.resume=false starts fresh"):
         short_run(tiny_cifar10, run_dir, "ssl.threshold=0.5")
     assert short_run(tiny_cifar10, run_dir, "trainer.resume=false")["step"] == 6
     assert (tmp_path / "run_2" / "metrics.json").exists()
@@ -344,7 +345,8 @@ def test_results_without_a_checkpoint_are_never_written_over_by_another_experime
     foreign = tmp_path / "foreign"  # another tool's files under fixmatch's names
     foreign.mkdir()
     (foreign / "metrics.json").write_text('{"accuracy": 0.9}')
-    with pytest.raises(UserError, match=r"holds a metrics.json \(status None\) of another experiment"):
+    with pytest.raises(UserError, match=r"holds a metrics.json \(status None\) of another experiment "
+                                        r"\(the config differs in config_resolved.yaml \(missing"):
         short_run(tiny_cifar10, foreign)
     assert (foreign / "metrics.json").read_text() == '{"accuracy": 0.9}'
     # The same experiment starts over: runs are deterministic, so nothing is lost.

@@ -80,14 +80,15 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
                 fresh = _free_sibling(run_dir)
                 log.warning("trainer.resume=false: %s holds %s; starting fresh in %s", run_dir, kept, fresh)
                 return StartPlan(fresh)
-            if _same_experiment(run_dir, resolved_yaml):
+            differences = _folder_differences(run_dir, resolved_yaml)
+            if not differences:
                 # Runs are deterministic for a config: starting over recomputes these results.
                 log.warning("%s holds %s but no checkpoint; starting the same run over", run_dir, kept)
                 return StartPlan(run_dir)
-            raise UserError(f"{run_dir} holds {kept} of another experiment (or none it can read) "
-                            "but no checkpoint to continue from; trainer.resume=false starts "
-                            "fresh in a new folder (its files are left as they are), or use "
-                            "another hydra.run.dir")
+            raise UserError(f"{run_dir} holds {kept} of another experiment (the config differs in "
+                            f"{', '.join(differences)}) but no checkpoint to continue from; "
+                            "trainer.resume=false starts fresh in a new folder (its files are "
+                            "left as they are), or use another hydra.run.dir")
         return StartPlan(run_dir)  # empty, or a start that failed before it trained
     if not resume:
         fresh = _free_sibling(run_dir)
@@ -140,13 +141,13 @@ def _results_without_checkpoint(run_dir: Path) -> Optional[str]:
     return f"a metrics.json (status {status!r})"
 
 
-def _same_experiment(run_dir: Path, resolved_yaml: str) -> bool:
-    """Whether the folder's config_resolved.yaml is this experiment (readable, no key that
-    changes the experiment differs)."""
+def _folder_differences(run_dir: Path, resolved_yaml: str) -> List[str]:
+    """`experiment_differences` between the folder's config_resolved.yaml and this config;
+    a missing or unreadable file is itself a difference (the experiment is unknown)."""
     try:
-        return not experiment_differences((run_dir / "config_resolved.yaml").read_text(), resolved_yaml)
+        return experiment_differences((run_dir / "config_resolved.yaml").read_text(), resolved_yaml)
     except (OSError, ValueError, OmegaConfBaseException, YAMLError):
-        return False
+        return ["config_resolved.yaml (missing or unreadable)"]
 
 
 def _completed_summary(run_dir: Path) -> Optional[dict]:
@@ -168,11 +169,7 @@ def _plan_after_completed(run_dir: Path, completed: dict, resolved_yaml: str,
         return StartPlan(fresh)
     keep = ("use another hydra.run.dir, or trainer.resume=false to start fresh in a new "
             "folder; its results are left as they are")
-    try:
-        saved_yaml = (run_dir / "config_resolved.yaml").read_text()
-        differences = experiment_differences(saved_yaml, resolved_yaml)
-    except (OSError, ValueError, OmegaConfBaseException, YAMLError):
-        differences = ["config_resolved.yaml (missing or unreadable)"]
+    differences = _folder_differences(run_dir, resolved_yaml)
     if differences:
         raise UserError(f"{run_dir} holds a completed run of another experiment (the config "
                         f"differs in {', '.join(differences)}) and no checkpoint; {keep}")
