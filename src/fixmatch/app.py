@@ -14,7 +14,6 @@ from typing import Optional
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -40,7 +39,7 @@ from fixmatch.metrics import MetricWriter
 from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
-from fixmatch.overrides import missing_value_message
+from fixmatch.overrides import typed_config
 from fixmatch.resume import StartPlan, finished_summary, holds_a_run, plan_on_rank_zero
 from fixmatch.run_record import RunRecord
 from fixmatch.runtime import (
@@ -64,10 +63,7 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         The final metrics.json summary (status `completed` or `preempted`) and `run_dir`, the
         folder the run used.
     """
-    try:
-        config: Config = OmegaConf.to_object(cfg)
-    except MissingMandatoryValue as error:
-        raise UserError(missing_value_message(error)) from None
+    config: Config = typed_config(cfg)
     env = environment()
     stop_with_the_launcher(env)
     if not env.is_main:

@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
                               ValidationError)
 
+from fixmatch.errors import UserError
+
 MULTIRUN_FLAGS = ("-m", "--multirun")
 RUN_PY = "python run.py"
 SCHEMA_SUFFIX = "_schema"  # conf groups' typed schemas in the ConfigStore (config.register_configs)
@@ -32,10 +34,17 @@ LAUNCHER_PLUGINS = {
 }
 
 
-def missing_value_message(error: MissingMandatoryValue) -> str:
-    """The line for a key left ??? in the config (dataset.root of dataset=folder, say)."""
-    return (f"{error.full_key} must be given (it is ??? in the config): add "
-            f"{error.full_key}=... to the command")
+def typed_config(cfg: DictConfig):
+    """The composed config as its dataclasses (`OmegaConf.to_object`), for run.py and preview.
+
+    Raises:
+        UserError: for a key left ??? in the config (dataset.root of dataset=folder, say).
+    """
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as error:
+        raise UserError(f"{error.full_key} must be given (it is ??? in the config): add "
+                        f"{error.full_key}=... to the command") from None
 
 
 def _listing(program: str) -> str:

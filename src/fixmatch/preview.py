@@ -15,15 +15,14 @@ import numpy as np
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
-from fixmatch.overrides import missing_value_message, override_error
+from fixmatch.overrides import override_error, typed_config
 from fixmatch.pipeline import build_views
 
 # The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
@@ -187,10 +186,7 @@ def find_conf_dir() -> Path:
 def main(cfg: DictConfig) -> None:
     """Compose like run.py, then write the preview into Hydra's run directory."""
     try:
-        try:
-            config: PreviewAppConfig = OmegaConf.to_object(cfg)
-        except MissingMandatoryValue as error:
-            raise UserError(missing_value_message(error)) from None
+        config: PreviewAppConfig = typed_config(cfg)
         path = Path(HydraConfig.get().runtime.output_dir) / config.preview.file_name
         print(write_preview(config, path))
     except UserError as error:
