@@ -239,11 +239,8 @@ def _test_images(trained):
 DEFAULTS = {"model": "ema", "out": "", "device": "auto"}  # out: the run folder
 ABOUT = ("Scores a trained run's model on its test set, or on another with dataset.root=: top-1,\n"
          "top-5, per-class accuracy, macro F1. Writes eval.json, confusion.csv and confusion.png.")
-DESCRIPTIONS = {
-    "checkpoint": "a run folder (its newest readable checkpoint) or a checkpoints/step_*.pt file",
-    "model": "ema (the averaged weights) or raw (the live ones)",
+DESCRIPTIONS = {  # --help lines beyond trained_model.SHARED_DESCRIPTIONS
     "out": "the folder for the report; by default the run folder (never its checkpoints/)",
-    "device": "auto, cpu or cuda",
     "dataset.*": "where the test data lives, e.g. dataset.root=/data/new_chips (the same "
                  "classes); not image_size, channels, resize, mean or std: the checkpoint's",
 }
@@ -251,7 +248,7 @@ DESCRIPTIONS = {
 
 def main(argv: Sequence[str]) -> dict:
     """`checkpoint=<run dir or .pt> [model=ema|raw] [out=<dir>] [device=auto] [dataset.*=...]`
-    (DESCRIPTIONS: each argument, as --help prints it).
+    (`--help` describes each argument).
 
     Returns:
         The eval.json record.

@@ -119,19 +119,17 @@ def _is_export_metadata(path: Path) -> bool:
 DEFAULTS = {"format": "torchscript", "output": "", "model": "ema", "device": "auto"}
 ABOUT = ("Writes a trained run's model as TorchScript or ONNX, and <name>.json beside it: class\n"
          "names, image size, channels, resize rule, mean/std (README: how to load and feed it).")
-DESCRIPTIONS = {  # each argument, as --help prints it
-    "checkpoint": "a run folder (its newest readable checkpoint) or a checkpoints/step_*.pt file",
+DESCRIPTIONS = {  # --help lines beyond trained_model.SHARED_DESCRIPTIONS
     "format": "torchscript (.pt) or onnx (.onnx; needs pip install onnx onnxscript)",
     "output": "the model file; by default <run folder>/model.pt or model.onnx (never in "
               "checkpoints/)",
-    "model": "ema (the averaged weights) or raw (the live ones)",
     "device": "auto, cpu or cuda (where the model is traced)",
 }
 
 
 def main(argv: Sequence[str]) -> Path:
     """`checkpoint=... [format=torchscript|onnx] [output=<run dir>/model.pt] [model=ema|raw]
-    [device=auto]` (DESCRIPTIONS: each argument, as --help prints it).
+    [device=auto]` (`--help` describes each argument).
 
     Raises:
         UserError: for bad arguments or a bad checkpoint.

@@ -33,14 +33,11 @@ DEFAULTS = {"inputs": "", "output": "predictions.csv", "top_k": "5", "batch_size
 REQUIRED = ("checkpoint", "inputs")
 ABOUT = ("Classifies image files with a trained run's model, decoded and normalised as its\n"
          "training images were; writes one CSV row per file: the predicted class and the top-k.")
-DESCRIPTIONS = {  # each argument, as --help prints it
-    "checkpoint": "a run folder (its newest readable checkpoint) or a checkpoints/step_*.pt file",
+DESCRIPTIONS = {  # --help lines beyond trained_model.SHARED_DESCRIPTIONS
     "inputs": "a folder (searched recursively for images) or comma-separated image files",
     "output": "the CSV file to write; never over a file that predict did not write",
     "top_k": "how many classes, with their probabilities, each row lists",
     "batch_size": "images per forward pass",
-    "model": "ema (the averaged weights) or raw (the live ones)",
-    "device": "auto, cpu or cuda",
 }
 
 
@@ -175,7 +172,7 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
 
 def main(argv: Sequence[str]) -> List[dict]:
     """`checkpoint=... inputs=... [output=predictions.csv] [top_k=5] [batch_size=256]
-    [model=ema|raw] [device=auto]` (DESCRIPTIONS: each argument, as --help prints it).
+    [model=ema|raw] [device=auto]` (`--help` describes each argument).
 
     Raises:
         UserError: for bad arguments, a bad checkpoint or missing inputs.

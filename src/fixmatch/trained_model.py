@@ -279,6 +279,14 @@ class _LevelPrefix(logging.Formatter):
         return f"{record.levelname.lower()}: {super().format(record)}"
 
 
+# --help lines of the arguments every model command takes (a command may word its own).
+SHARED_DESCRIPTIONS = {
+    "checkpoint": "a run folder (its newest readable checkpoint) or a checkpoints/step_*.pt file",
+    "model": "ema (the averaged weights) or raw (the live ones)",
+    "device": "auto, cpu or cuda",
+}
+
+
 def usage(command: str, about: str, defaults: Dict[str, str], descriptions: Dict[str, str],
           required: Sequence[str] = ("checkpoint",)) -> str:
     """A command's --help text: its synopsis, what it does, then each argument with its default.
@@ -288,20 +296,23 @@ def usage(command: str, about: str, defaults: Dict[str, str], descriptions: Dict
         about: what the command does, a sentence or two.
         defaults: the settings that parse_arguments is given, with their defaults ("" for one
             computed later, which its description then names).
-        descriptions: a line on each argument, in the order listed: every key of `required`
-            and `defaults`, and any other accepted form (dataset.*).
+        descriptions: a line on each argument but those of SHARED_DESCRIPTIONS (unless the
+            command words its own), and on any other accepted form (dataset.*); listed in the
+            order of `required`, `defaults`, then the rest.
         required: the settings that must be given.
 
     Raises:
         KeyError: when an argument has no description (so the help cannot fall behind).
     """
-    missing = [key for key in [*required, *defaults] if key not in descriptions]
+    described = {key: descriptions.get(key, SHARED_DESCRIPTIONS.get(key))
+                 for key in [*required, *defaults, *descriptions]}
+    missing = [key for key, description in described.items() if description is None]
     if missing:
         raise KeyError(f"no --help line for {', '.join(missing)}")
     synopsis = " ".join(f"{key}=..." for key in required)
     lines = [f"usage: python -m fixmatch.{command} {synopsis} [key=value ...]", "", about, "",
              "arguments (key=default):"]
-    for key, description in descriptions.items():
+    for key, description in described.items():
         shown = f"{key}={defaults[key]}" if defaults.get(key) else f"{key}=..."
         if key in required:
             description = f"required: {description}"
