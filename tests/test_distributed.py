@@ -68,10 +68,12 @@ def test_ranks_checkpoint_and_stop_when_torchrun_dies_of_a_signal_it_does_not_fo
                str(REPO / "run.py"), *overrides]
     launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
-            time.sleep(0.5)  # training has started once the first evaluation is written
-        assert (run_dir / "metrics.jsonl").exists(), launcher.stderr.read().decode()[-2000:]
+        deadline, evaluations = time.monotonic() + 120, run_dir / "metrics.jsonl"
+        # metrics.jsonl is created (empty) when training starts; its first line means the
+        # ranks are in the step loop, where a stop signal means "checkpoint, then stop".
+        while not (evaluations.exists() and evaluations.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert evaluations.read_text().strip(), launcher.stderr.read().decode()[-2000:]
         launcher.send_signal(signal.SIGUSR1)
         launcher.wait(timeout=30)
         summary, metrics = {}, run_dir / "metrics.json"  # written when the run stops
