@@ -10,7 +10,9 @@ interrupted at once.
 A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep.py).
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,8 +38,10 @@ def _keep_other_ranks_out_of_the_output_folder() -> None:
     # per rank. Rank 0's folder is the run's (app.py broadcasts it); the others get a
     # throwaway folder and no log file of their own.
     if int(os.environ.get("RANK", "0")) > 0:
-        sys.argv += [f"hydra.run.dir={tempfile.mkdtemp(prefix='fixmatch-rank')}",
-                     "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+        throwaway = tempfile.mkdtemp(prefix="fixmatch-rank")
+        atexit.register(shutil.rmtree, throwaway, ignore_errors=True)
+        sys.argv += [f"hydra.run.dir={throwaway}", "hydra.output_subdir=null",
+                     "hydra/job_logging=stdout"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -45,11 +49,13 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
     try:
         summary = run_experiment(cfg)
     except UserError as error:
-        _print_error(str(error))  # a mistake the user can fix: one line, no traceback
+        in_sweep = HydraConfig.get().mode is RunMode.MULTIRUN
+        message = _in_sweep_terms(str(error)) if in_sweep else str(error)
+        _print_error(message)  # a mistake the user can fix: one line, no traceback
         _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
-        if HydraConfig.get().mode is RunMode.MULTIRUN:
+        if in_sweep:
             # The sweep's other jobs still run; it exits 2 at the end (sweep.FailedJobsReport).
-            return JobFailure(str(error))
+            return JobFailure(message)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
@@ -60,6 +66,24 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
                   f"{_how_to_resume(cfg, summary['run_dir'])}", file=sys.stderr)
         sys.exit(EXIT_CODE_PREEMPTED)
     return summary["top1_ema_median_last20"]
+
+
+def _in_sweep_terms(message: str) -> str:
+    # The run's messages name the settings of a single run. A sweep job's folder comes from
+    # hydra.sweep.dir and hydra.sweep.subdir, and trainer.resume=false would retrain every
+    # job of a rerun sweep (completed ones too) into new sibling folders.
+    for single, sweep in SWEEP_TERMS:
+        message = message.replace(single, sweep)
+    return message
+
+
+SWEEP_TERMS = [
+    ("trainer.resume=false starts fresh in a new folder (its files are left as they are)",
+     "name the key that changed in hydra.sweep.subdir (multirun/README.md)"),
+    ("trainer.resume=false to start fresh in a new folder",
+     "name the key that changed in hydra.sweep.subdir (multirun/README.md)"),
+    ("hydra.run.dir", "hydra.sweep.dir"),
+]
 
 
 def _remove_if_empty(folder: Path) -> None:

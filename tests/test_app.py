@@ -171,6 +171,20 @@ def test_a_sweep_runs_every_job_then_exits_2_naming_the_failed_ones(tiny_cifar10
     assert json.loads((job / "40/fixmatch/1/metrics.json").read_text())["status"] == "completed"
 
 
+def test_a_sweep_rerun_with_a_changed_key_names_the_sweep_settings(tiny_cifar10, tmp_path):
+    # Before: the refusal said "use another hydra.run.dir (ignored by a sweep), or
+    # trainer.resume=false" (which retrains every job of the sweep into copies).
+    overrides = [*tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
+                                       "trainer.eval_every_steps=2"), "hydra.sweep.dir=sweep"]
+    assert run_cli("-m", *overrides, "seed=1", cwd=tmp_path).returncode == 0
+    result = run_cli("-m", *overrides, "seed=1", "ssl.threshold=0.8", cwd=tmp_path)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[0]
+    assert "in ssl.threshold (0.95 -> 0.8)" in error and "hydra.run.dir" not in error, error
+    assert "resume=false" not in error
+    assert "hydra.sweep.dir" in error and "name the key that changed in hydra.sweep.subdir" in error
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"dataset.root": "{missing}"}, "no dataset files in"),
     ({"ssl.num_labeled": "45"}, "multiple of the 10 classes"),

@@ -37,6 +37,18 @@ register_configs()
                                  "dataset options extend, not an option"),
     (["--multirun", "ssl=fixmatch,supervisd"], "ssl=supervisd: ssl has no option 'supervisd'; did "
                                                "you mean ssl=supervised?"),
+    # sweeps that would run no job, or not the jobs written
+    (["-m", "seed=range(3,1)"], "seed=range(3,1) gives no value, so the sweep would run no job"),
+    (["-m", "seed=1,2", "seed=3"], "seed=1,2 and seed=3 both set seed; Hydra would keep only seed=3"),
+    (["-m", "seed=1,1"], "lists 1 twice"),
+    # two jobs in one folder: the second would continue (or skip) the first's run
+    (["-m", "trainer.total_steps=20,40"],
+     "the jobs of trainer.total_steps=20 and trainer.total_steps=40 would share the folder "
+     "<sweep dir>/cifar10/4000/fixmatch/1 (hydra.sweep.subdir does not name trainer.total_steps)"
+     ", so the second would continue or skip the first's run: name it there, e.g. "
+     "'hydra.sweep.subdir=${dataset.name}/${ssl.num_labeled}/${hydra:runtime.choices.ssl}/"
+     "total_steps${trainer.total_steps}/${seed}'"),
+    (["-m", "seed=1,2", "hydra.sweep.subdir=${dataset.name}"], "the jobs of seed=1 and seed=2"),
 ])
 def test_a_bad_override_is_one_line_naming_it(args, expected):
     error = override_error(args, CONF_DIR)
@@ -50,6 +62,11 @@ def test_a_bad_override_is_one_line_naming_it(args, expected):
     ["-m", "ssl.num_labeled=40,250,4000", "seed=1,2,3,4,5", "ssl=fixmatch,supervised"],
     ["dataset=cifar100", "ssl.num_labeled=10000", "dataset.mean=[0.5,0.5,0.5]"],
     ["seed=1,2", "-m"],  # the flag last: Hydra takes it
+    # a swept key the folder names: each job has its own folder
+    ["-m", "ssl.threshold=0.8,0.9", "seed=1,2",
+     "hydra.sweep.subdir=${dataset.name}/tau${ssl.threshold}/${seed}"],
+    ["-m", "experiment=cifar10_40,cifar10_250", "seed=1,2"],
+    ["-m", "seed=1,2", "hydra.sweep.subdir=${hydra.job.num}"],  # known only as the job runs
     ["--cfg", "job", "ssl.nope=1"],  # other Hydra flags: left to Hydra
     ["hydra/launcher=nothing_like_this", "seed=3"],  # Hydra's own groups: left to Hydra
 ])

@@ -4,9 +4,11 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -16,6 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
 from fixmatch.curves import mean_band, read_curve
+from fixmatch.folder_lock import FolderLock
 from fixmatch.config import register_configs
 from fixmatch.results import (build_rows, cell_warnings, find_runs, format_table, main,
                               protocol_warnings)
@@ -50,7 +53,7 @@ def failed() -> dict:
 
 
 @pytest.fixture
-def sweep(tmp_path) -> Path:
+def sweep(tmp_path) -> Iterator[Path]:
     """CIFAR-10/40: seeds 1-3 done (80, 85, 90), 4 failed, 5 running, 6 without metrics;
     CIFAR-10/250 supervised: one run done."""
     root = tmp_path / "sweep"
@@ -60,7 +63,15 @@ def sweep(tmp_path) -> Path:
     make_run(root / "b5", [*CIFAR10_40, "seed=5"], {**done(50.0, 50.0), "status": "running"})
     make_run(root / "b6", [*CIFAR10_40, "seed=6"])
     make_run(root / "c1", ["ssl.num_labeled=250", "ssl=supervised"], done(70.0, 71.5))
-    return root
+    training = FolderLock(root / "b5").acquire()  # as the process training there holds it
+    yield root
+    training.release()
+
+
+def test_a_running_run_that_no_process_holds_was_killed(sweep):
+    make_run(sweep / "b7", [*CIFAR10_40, "seed=7"], {**done(50.0, 50.0), "status": "running"})
+    fixmatch, _ = build_rows(find_runs([str(sweep)]))
+    assert fixmatch.status_text() == "3/7 done, 1 running, 1 starting, 1 killed, 1 failed"
 
 
 def test_rows_hold_hand_computed_mean_and_std(sweep):
@@ -256,11 +267,15 @@ def test_a_repeated_seed_names_its_copies_and_other_images_under_one_root_are_fl
         tmp_path, capsys):
     # The same relative root on two machines: one row, and seed 1 twice.
     first = folder_run(tmp_path / "a" / "1", "data/shapes", 1, 70.0, training_set="aa")
-    second = folder_run(tmp_path / "b" / "1", "data/shapes", 1, 70.0, training_set="aa")
+    second = folder_run(tmp_path / "b" / "1", "data/shapes", 1, 80.0, training_set="aa")
+    os.utime(first / "metrics.json", (1e9, 1e9))  # the copy in b/ finished last
     row, = build_rows(find_runs([str(tmp_path)]))
     warning, = cell_warnings([row])
-    assert warning == (f"folder:shapes WRN-10-1 fixmatch 3 labels: seed 1 found more than once "
-                       f"(seed 1 in {first}, {second}); each copy counts as a run")
+    assert warning == (f"folder:shapes WRN-10-1 fixmatch 3 labels: seed 1 completed more than "
+                       f"once; only the newest run of a seed counts (seed 1: {second}, "
+                       f"not {first})")
+    # One seed is one run of the mean, however often it ran.
+    assert (row.accuracy.n, row.accuracy.mean, row.status_text()) == (1, 80.0, "1/2 done, 1 repeated")
 
     # Other images there (split.json's training set differs): not copies of one experiment.
     (second / "split.json").write_text(json.dumps(
@@ -286,6 +301,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     assert output.err.startswith("error: ")
     if case == "a file":  # before: "no such folder", for a file that is there
         assert "a file, not a folder" in output.err
+    if case == "unknown key":
+        assert "did you mean ssl.threshold?" in output.err
+
+
+def test_sweeps_linked_into_a_folder_are_found_once(tmp_path):
+    make_run(tmp_path / "sweep" / "1", CIFAR10_40, done(80.0, 80.0))
+    (tmp_path / "all").mkdir()
+    (tmp_path / "all" / "sweep").symlink_to(tmp_path / "sweep")
+    (tmp_path / "all" / "again").symlink_to(tmp_path / "sweep")
+    (tmp_path / "sweep" / "loop").symlink_to(tmp_path / "all")  # a link back up the tree
+    row, = build_rows(find_runs([str(tmp_path / "all")]))
+    assert row.status_text() == "1/1 done"
 
 
 def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
@@ -294,6 +321,15 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
     assert main([str(tmp_path), "--plot", str(tmp_path / "curves.png")]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --plot needs matplotlib: pip install 'fixmatch[plot]'")
+
+
+def test_plot_with_no_evaluation_anywhere_is_one_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    make_run(tmp_path / "1", CIFAR10_40, failed())
+    assert main([str(tmp_path), "--plot", str(tmp_path / "curves.png")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --plot: no run has an evaluation yet (metrics.jsonl), so there is no curve to draw")
+    assert not (tmp_path / "curves.png").exists()
 
 
 def test_plot_draws_mean_and_band(tmp_path, capsys):

@@ -210,6 +210,34 @@ def test_resume_allows_a_longer_run_and_other_hardware_settings(tiny_cifar10, tm
     assert steps == [3, 6, 9]
 
 
+def test_a_longer_run_warns_that_its_schedule_changed(tiny_cifar10, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    with caplog.at_level(logging.WARNING, logger="fixmatch.resume"):
+        short_run(tiny_cifar10, run_dir, "trainer.total_steps=9")
+    assert "trainer.total_steps 6 -> 9: from step 6 on, the learning rate follows the cosine " \
+           "over 9 steps, so this run differs from a fresh 9-step run" in caplog.text
+
+
+def test_an_interrupt_before_training_is_interrupted_not_failed_and_a_rerun_starts(
+        tiny_cifar10, tmp_path, monkeypatch):
+    # Before: Ctrl-C while the data loaded wrote status "failed", which results counted as a
+    # mistake of the user's.
+    run_dir = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("second stop signal (SIGINT)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("fixmatch.app.load_dataset", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            short_run(tiny_cifar10, run_dir)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["status"] == "interrupted" and summary["step"] == 0
+    assert summary["error"] == "KeyboardInterrupt: second stop signal (SIGINT)"
+    assert short_run(tiny_cifar10, run_dir)["status"] == "completed"  # a new start, same folder
+
+
 def test_resume_refuses_a_length_below_the_step_it_reached(tiny_cifar10, tmp_path):
     # Before: a stopped 6-step run resumed with trainer.total_steps=4 said "completed" at
     # step 6 of 4; a shorter length above the reached step is allowed (like a longer one).

@@ -53,6 +53,9 @@ def test_split_saves_indices_counts_seed_and_hash(tmp_path):
     (0, "positive multiple"),
     (-10, "positive multiple"),
     (510, "only 50"),
+    # the count suggested is one the classes can give (before: 99990 for 99995)
+    (99995, r"multiple of the 10 classes .*, e\.g\. ssl\.num_labeled=500 "),
+    (7, r"e\.g\. ssl\.num_labeled=10 "),
 ])
 def test_impossible_label_counts_fail_with_a_clear_message(num_labeled, message):
     with pytest.raises(UserError, match=message):

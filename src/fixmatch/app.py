@@ -132,8 +132,8 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     try:
         summary = trainer.fit()
     except BaseException as error:
-        # metrics.json must say "failed" (with why) whatever stopped the run.
-        writer.summary("failed", trainer.step, error=f"{type(error).__name__}: {error}")
+        # metrics.json must say why the run stopped, whatever stopped it.
+        writer.stopped(error, trainer.step)
         raise
     finally:
         writer.close()
@@ -160,7 +160,7 @@ def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
     except BaseException as error:
         if env.is_main and not holds_a_run(plan):
             record.write(run_dir, resolved_yaml)
-            writer.summary("failed", 0, error=f"{type(error).__name__}: {error}")
+            writer.stopped(error, 0)
         raise
     if env.is_main:
         record.write(run_dir, resolved_yaml)

@@ -58,12 +58,19 @@ def plot_curves(pyplot, cells: Sequence[Tuple[str, Sequence]], path: Path) -> No
         pyplot: matplotlib.pyplot, imported by the caller (an optional dependency).
         cells: (label, runs) pairs; each run has a `path` to its folder.
         path: the image to write (format from its suffix, e.g. .png or .pdf).
+
+    Raises:
+        ValueError: no run of any cell has an evaluation.
+        OSError: the image cannot be written.
     """
+    drawn = [(label, curves) for label, curves in
+             ((label, [curve for curve in map(read_curve, (run.path for run in runs)) if curve])
+              for label, runs in cells) if curves]
+    if not drawn:
+        raise ValueError("no run has an evaluation yet (metrics.jsonl), so there is no curve "
+                         "to draw")
     figure, axes = pyplot.subplots(figsize=(8, 5))
-    for label, runs in cells:
-        curves = [curve for curve in (read_curve(run.path) for run in runs) if curve]
-        if not curves:
-            continue
+    for label, curves in drawn:
         steps, means, stds = mean_band(curves)
         line, = axes.plot(steps, means, label=f"{label} (n={len(curves)})")
         axes.fill_between(steps, [m - s for m, s in zip(means, stds)],

@@ -51,3 +51,23 @@ class FolderLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
+
+
+def is_held(folder: Path) -> Optional[bool]:
+    """Whether a process holds `folder` (is training there) right now; None where that cannot
+    be told (no flock here, or on that filesystem, or the folder cannot be opened)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # drops the lock if this probe took it
+    return False

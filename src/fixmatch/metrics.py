@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 MEDIAN_WINDOW = 20  # the paper reports the median of the last 20 evaluations
+STATUS_FAILED = "failed"  # a mistake (or a crash) ended the run
+STATUS_INTERRUPTED = "interrupted"  # an interrupt ended it (resumes on a rerun, like preempted)
+# metrics.json of a start that ended before its first step: its folder is rewritten by the
+# next start (resume.holds_a_run); any other status is a run's result, never overwritten.
+RESTARTABLE_STATUSES = (STATUS_FAILED, STATUS_INTERRUPTED)
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -99,8 +104,17 @@ class MetricWriter:
         self.scalars(step, values)
         self.summary("running", step)
 
+    def stopped(self, error: BaseException, step: int) -> dict:
+        """metrics.json for a run that `error` ended: `interrupted` for an interrupt (a second
+        stop signal, Ctrl-C before training began), which is no mistake and resumes on a
+        rerun; `failed`, with why, for anything else."""
+        status = STATUS_INTERRUPTED if isinstance(error, KeyboardInterrupt) else STATUS_FAILED
+        why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return self.summary(status, step, error=why)
+
     def summary(self, status: str, step: int, error: Optional[str] = None) -> dict:
-        """Write metrics.json with `status` (running, completed or failed) and any error."""
+        """Write metrics.json with `status` (running, completed, preempted, interrupted or
+        failed) and any error."""
         top1 = [record["eval/top1_ema"] for record in self.history if "eval/top1_ema" in record]
         payload = {
             "status": status,

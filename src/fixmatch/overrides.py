@@ -4,7 +4,8 @@ Hydra reports a misspelt key, a value of the wrong type or a missing group optio
 lines, exits 1, and for a misspelt key suggests appending it with `+key=...` (which the run
 then refuses). Composing the config here first turns each of these into one line naming the
 key and what would work, with the exit status of every other mistake (2). Every value of a
-sweep (`-m key=a,b,c`) is checked before the first job starts.
+sweep (`-m key=a,b,c`) is checked before the first job starts, and so is where its jobs will
+write: two jobs in one folder would make the second continue (or skip) the first's run.
 """
 
 import difflib
@@ -15,6 +16,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
@@ -73,12 +75,17 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
         bad = next(arg for arg in overrides if not _parses(arg))
         return (f"{bad!r} is not an override: write key=value (e.g. seed=2) or group=option "
                 f"(e.g. dataset=cifar100); {_listing(program)}")
-    fixed, sweeps = [], []
+    repeated = _sweep_given_twice(parsed, overrides)
+    if repeated:
+        return repeated
+    fixed, sweeps, subdir = [], [], []
     for override, text in zip(parsed, overrides):
         if override.get_key_element().lstrip("+~").startswith("hydra"):
             missing = _missing_launcher(override)
             if missing:
                 return missing
+            if override.get_key_element() == SUBDIR_KEY and not override.is_sweep_override():
+                subdir = [text]  # where the jobs write: checked for collisions
             continue  # the rest of Hydra's own settings are left to Hydra
         schema = next((value for value in _plain_values(override) if value.endswith(SCHEMA_SUFFIX)), None)
         if schema is not None and "." not in override.get_key_element():
@@ -93,8 +100,27 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
             values = _sweep_values(override)
             if values is None:
                 return None  # a sweep form Hydra expands itself (glob, ranges with steps, ...)
+            if not values:
+                return (f"{text} gives no value, so the sweep would run no job: give at least one "
+                        "(e.g. seed=range(1,4) is 1, 2, 3)")
             sweeps.append([f"{override.get_key_element()}={value}" for value in values])
-    return _first_failure(config_dir, config_name, fixed, sweeps, program)
+    return _first_failure(config_dir, config_name, fixed, sweeps, program, subdir)
+
+
+SUBDIR_KEY = "hydra.sweep.subdir"
+
+
+def _sweep_given_twice(parsed, texts: Sequence[str]) -> Optional[str]:
+    """A key swept and also given again: Hydra keeps only the last, and drops the sweep."""
+    by_key = {}
+    for override, text in zip(parsed, texts):
+        by_key.setdefault(override.get_key_element().lstrip("+~"), []).append((override, text))
+    for key, given in by_key.items():
+        if len(given) > 1 and any(override.is_sweep_override() for override, _ in given):
+            written = " and ".join(text for _, text in given)
+            return (f"{written} both set {key}; Hydra would keep only {given[-1][1]}: give {key} "
+                    f"once, with every value (e.g. {key}=a,b,c)")
+    return None
 
 
 def _missing_launcher(override) -> Optional[str]:
@@ -149,7 +175,7 @@ def _candidates(fixed: List[str], sweeps: List[List[str]]) -> Iterator[List[str]
 
 
 def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
-                   sweeps: List[List[str]], program: str) -> Optional[str]:
+                   sweeps: List[List[str]], program: str, subdir: List[str]) -> Optional[str]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -157,9 +183,61 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
                 error = _compose_error(config_name, overrides, program)
                 if error:
                     return error
+            if sweeps:
+                return _shared_job_folder(config_name, fixed + subdir, sweeps)
     finally:
         GlobalHydra.instance().clear()  # hydra.main initialises its own
+        HydraConfig.instance().cfg = None  # set by _job_folder; hydra.main sets its own
     return None
+
+
+def _shared_job_folder(config_name: str, fixed: List[str],
+                       sweeps: List[List[str]]) -> Optional[str]:
+    """Two values of one swept key whose jobs would write to the same folder, in one line
+    saying how to tell them apart (the key in hydra.sweep.subdir); None when none do.
+
+    Each key's values are compared with the other keys at their first value: the folder is
+    built from the job's config (conf/config.yaml), so a key it names tells every job apart.
+    """
+    firsts = [values[0] for values in sweeps]
+    for i, values in enumerate(sweeps):
+        seen = {}
+        for value in values:
+            folder, template = _job_folder(config_name, fixed + firsts[:i] + [value] + firsts[i + 1:])
+            if folder is None:
+                return None  # a subdir built at run time (hydra.job.num, ...): no collision
+            if folder in seen:
+                return _collision(seen[folder], value, folder, template)
+            seen[folder] = value
+    return None
+
+
+def _job_folder(config_name: str, overrides: List[str]):
+    """(the job's folder below hydra.sweep.dir, hydra.sweep.subdir as written), or (None,
+    None) when it is only known once the job runs."""
+    cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    template = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+    HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.choices.ssl}
+    try:
+        return str(cfg.hydra.sweep.subdir), template
+    except Exception:  # noqa: BLE001 - e.g. ${hydra.job.num}, which Hydra fills per job
+        return None, None
+
+
+def _collision(first: str, second: str, folder: str, template: str) -> str:
+    key, value = first.split("=", 1)[0].lstrip("+~"), second.split("=", 1)[1]
+    if first.split("=", 1)[1] == value:
+        return f"-m {key}=...: lists {value} twice; give each value once"
+    group = "." not in key
+    named = f"${{hydra:runtime.choices.{key}}}" if group else f"${{{key}}}"
+    parts = str(template).rsplit("/", 1)
+    leaf = key.rsplit(".", 1)[-1]
+    example = "/".join([parts[0], f"{leaf}{named}", parts[1]] if len(parts) == 2
+                       else [str(template), f"{leaf}{named}"])
+    return (f"-m {key}=...: the jobs of {first} and {second} would share the folder "
+            f"<sweep dir>/{folder} ({SUBDIR_KEY} does not name {key}), so the second would "
+            f"continue or skip the first's run: name it there, e.g. '{SUBDIR_KEY}={example}' "
+            "(single quotes keep the shell off the $)")
 
 
 def _compose_error(config_name: str, overrides: List[str], program: str) -> Optional[str]:

@@ -9,8 +9,10 @@ folder layout and several sweeps at once work:
 """
 
 import argparse
+import difflib
 import json
 import math
+import os
 import posixpath
 import statistics
 import sys
@@ -23,15 +25,24 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
+from fixmatch.folder_lock import is_held
 from fixmatch.paper import PaperResult, paper_protocol, paper_result
 from fixmatch.results_table import FORMATS, format_table
 
 FIGURE = "top1_ema_median_last20"  # the paper's figure of one run
 FINAL = "top1_ema_final"
 COMPLETED = "completed"
+RUNNING = "running"
 STARTING = "starting"  # config written, no metrics.json yet: before the first evaluation
 UNREADABLE = "unreadable"  # its config_resolved.yaml or metrics.json cannot be parsed
-STATUS_ORDER = ["running", STARTING, "preempted", "failed"]
+# metrics.json says running, yet no process holds the folder (folder_lock): the run was
+# killed (SIGKILL, out of memory, a lost node) before it could say so; a rerun resumes it.
+KILLED = "killed"
+# A completed run of a seed that a newer completed run of the cell also has (a rerun with
+# trainer.resume=false, a copied folder): only the newest counts, or one seed would count
+# as several.
+REPEATED = "repeated"
+STATUS_ORDER = [RUNNING, STARTING, "preempted", "interrupted", KILLED, "failed", REPEATED]
 # Keys that may differ between the runs of one cell without making them different experiments.
 # (Unlike resume, a table does mind trainer.total_steps and trainer.eval_every_steps.)
 # dataset.root is one only where it is just where the same files are kept on each machine
@@ -40,6 +51,7 @@ PER_RUN_KEYS = {"seed", "ssl.split_seed", "dataset.root", "dataset.download", "t
                 "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
                 "trainer.eval_batch_size", "trainer.log_every_steps",
                 "trainer.checkpoint_every_steps", "trainer.keep_checkpoints", "trainer.resume"}
+SEED_KEYS = {"seed", "ssl.split_seed"}  # per run, but two runs that share them repeat each other
 # dataset.name of the datasets read from the user's own folder, dataset.root (dataset=folder
 # and the presets built on it, such as dataset=mstar, which keep its name): there the root
 # *is* the data, so runs on two roots are two rows, each named `folder:<root>` (`root_names`).
@@ -63,10 +75,28 @@ class Run:
     # The images it trained on, from split.json's training_set (count and sha256 of the labels
     # and, for image folders, the relative paths); None before the data was read, or in old runs.
     training_set: Optional[str] = None
+    held: Optional[bool] = None  # whether a process trains in it now (None: cannot be told)
 
     @property
     def status(self) -> str:
-        return STARTING if self.metrics is None else str(self.metrics.get("status", "unknown"))
+        if self.metrics is None:
+            return STARTING
+        status = str(self.metrics.get("status", "unknown"))
+        return KILLED if status == RUNNING and self.held is False else status
+
+    @property
+    def experiment(self) -> Tuple:
+        """What two runs share when one repeats the other: the config but for the keys that
+        only say where and how it ran (the seeds kept), and the images it trained on."""
+        kept = (key for key in sorted(self.config) if key not in PER_RUN_KEYS - SEED_KEYS)
+        return (*((key, repr(self.config[key])) for key in kept), self.training_set)
+
+    def finished_at(self) -> float:
+        """When its metrics.json was last written (0 when it cannot be told)."""
+        try:
+            return (self.path / "metrics.json").stat().st_mtime
+        except OSError:
+            return 0.0
 
     def value(self, name: str) -> Optional[float]:
         """A number from metrics.json (None when absent)."""
@@ -98,26 +128,37 @@ class Row:
     """One cell of the table and the runs found for it, whatever their status."""
 
     key: Tuple  # (dataset label, model, algorithm, num_labeled, *values of the --by keys)
-    runs: List[Run]
-    accuracy: Stat  # of top1_ema_median_last20 over completed runs
-    final: Stat  # of top1_ema_final over completed runs
+    runs: List[Run]  # every run found, repeats included
+    accuracy: Stat  # of top1_ema_median_last20 over completed runs, one per seed
+    final: Stat  # of top1_ema_final over completed runs, one per seed
     paper: Optional[PaperResult]
     # How its runs differ from the paper's protocol for the cell (`protocol_differences`), e.g.
     # "trainer.total_steps 20 vs 1048576"; empty when they follow it or there is no paper figure.
     off_protocol: Tuple[str, ...] = ()
+    # Completed runs of a seed that a newer completed run also has (`REPEATED`), left out.
+    repeats: Tuple[Path, ...] = ()
 
     @property
     def paper_protocol(self) -> Optional[bool]:
         """Whether its runs follow the protocol of the paper's figure; None without a figure."""
         return None if self.paper is None else not self.off_protocol
 
+    def status_of(self, run: Run) -> str:
+        return REPEATED if run.path in self.repeats else run.status
+
+    @property
+    def counted_runs(self) -> List[Run]:
+        """The runs the row stands for: all but the repeats."""
+        return [run for run in self.runs if run.path not in self.repeats]
+
     @property
     def done(self) -> int:
-        return sum(run.status == COMPLETED for run in self.runs)
+        return sum(self.status_of(run) == COMPLETED for run in self.runs)
 
     def status_text(self) -> str:
         """E.g. "2/3 done, 1 failed": every run found is accounted for."""
-        counts = Counter(run.status for run in self.runs if run.status != COMPLETED)
+        counts = Counter(self.status_of(run) for run in self.runs
+                         if self.status_of(run) != COMPLETED)
         order = STATUS_ORDER + sorted(set(counts) - set(STATUS_ORDER))
         others = [f"{counts[status]} {status}" for status in order if counts[status]]
         return ", ".join([f"{self.done}/{len(self.runs)} done", *others])
@@ -141,13 +182,29 @@ def find_runs(folders: Sequence[str]) -> List[Run]:
             what = "a file, not a folder" if folder.exists() else "no such folder"
             raise ResultsError(f"{folder}: {what}; pass a sweep folder such as "
                                "multirun/<timestamp> (or a run folder)")
-        configs = sorted(folder.rglob("config_resolved.yaml"))
+        configs = _run_configs(folder)
         if not configs:
             raise ResultsError(f"{folder}: no runs in it (no config_resolved.yaml below it)")
         for config in configs:
             if config.parent.resolve() not in found:  # a folder given twice, or nested
                 found[config.parent.resolve()] = load_run(config.parent)
     return list(found.values())
+
+
+def _run_configs(folder: Path) -> List[Path]:
+    """Every config_resolved.yaml below `folder`, through symlinked folders too (a sweep
+    linked into a folder of sweeps), each real folder once."""
+    found, seen = [], set()
+    for parent, children, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            children.clear()
+            continue
+        seen.add(real)
+        children.sort()
+        if "config_resolved.yaml" in files:
+            found.append(Path(parent) / "config_resolved.yaml")
+    return found
 
 
 def load_run(run_dir: Path) -> Run:
@@ -171,7 +228,8 @@ def load_run(run_dir: Path) -> Run:
                 problem = "metrics.json: not a JSON object"
         if problem:
             metrics = {"status": UNREADABLE}
-    return Run(run_dir, _flatten(config), metrics, problem, _training_set(run_dir))
+    held = is_held(run_dir) if metrics is not None and metrics.get("status") == RUNNING else None
+    return Run(run_dir, _flatten(config), metrics, problem, _training_set(run_dir), held)
 
 
 def _training_set(run_dir: Path) -> Optional[str]:
@@ -199,7 +257,10 @@ def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
     """
     for key in by:
         if all(key not in run.config for run in runs):
-            raise ResultsError(f"--by {key}: no run's config_resolved.yaml has this key "
+            known = sorted({name for run in runs for name in run.config})
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ResultsError(f"--by {key}: no run's config_resolved.yaml has this key; {hint}"
                                "(keys are dotted paths such as ssl.threshold)")
     names = root_names(runs)
     groups: Dict[Tuple, List[Run]] = {}
@@ -294,14 +355,15 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
             warnings.append(f"{label}: its runs trained on {len(first_of)} different sets of "
                             f"images (training_set in their split.json), e.g. {examples}; "
                             "they are not seeds of one experiment")
-        copies: Dict[object, List[Run]] = {}
-        for run in row.runs:
-            copies.setdefault(run.config.get("seed"), []).append(run)
-        repeated = sorted((seed for seed, found in copies.items() if len(found) > 1), key=str)
-        if repeated and not differ and len(first_of) < 2:
-            where = ", ".join(str(run.path) for run in copies[repeated[0]])
-            warnings.append(f"{label}: seed {', '.join(map(str, repeated))} found more than "
-                            f"once (seed {repeated[0]} in {where}); each copy counts as a run")
+        if row.repeats:
+            seeds = sorted({str(run.config.get("seed")) for run in row.runs
+                            if run.path in row.repeats})
+            kept = {run.experiment: run for run in row.counted_runs if run.status == COMPLETED}
+            first = next(run for run in row.runs if run.path in row.repeats)
+            warnings.append(f"{label}: seed {', '.join(seeds)} completed more than once; only "
+                            f"the newest run of a seed counts (seed {first.config.get('seed')}: "
+                            f"{kept[first.experiment].path}, not {first.path}"
+                            f"{' and others' if len(row.repeats) > 1 else ''})")
     return warnings
 
 
@@ -375,9 +437,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from fixmatch.curves import plot_curves
 
             try:
-                plot_curves(pyplot, [(_label(row.key, args.by), row.runs) for row in rows],
-                            Path(args.plot))
-            except OSError as error:
+                plot_curves(pyplot, [(_label(row.key, args.by), row.counted_runs)
+                                     for row in rows], Path(args.plot))
+            except (OSError, ValueError) as error:
                 raise ResultsError(f"--plot: {error}") from None
             print(f"wrote {args.plot}", file=sys.stderr)
     except ResultsError as error:
@@ -387,7 +449,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _row(key: Tuple, runs: List[Run]) -> Row:
-    completed = [run for run in runs if run.status == COMPLETED]
+    repeats = _repeats(runs)
+    completed = [run for run in runs if run.status == COMPLETED and run.path not in repeats]
     figures = [run.value(FIGURE) for run in completed if run.value(FIGURE) is not None]
     finals = [run.value(FINAL) for run in completed if run.value(FINAL) is not None]
     variants = {(run.config.get("dataset.name"), run.config.get("ssl.algorithm"),
@@ -398,7 +461,22 @@ def _row(key: Tuple, runs: List[Run]) -> Row:
         paper = paper_result(dataset, key[3], algorithm, strong_augment)
         if paper is not None:
             off_protocol = tuple(protocol_differences(runs, dataset))
-    return Row(key, runs, Stat.of(figures), Stat.of(finals), paper, off_protocol)
+    return Row(key, runs, Stat.of(figures), Stat.of(finals), paper, off_protocol, repeats)
+
+
+def _repeats(runs: Sequence[Run]) -> Tuple[Path, ...]:
+    """The completed runs that a newer completed run (metrics.json written later) repeats:
+    the same experiment and seed (`Run.experiment`); runs whose config cannot be read repeat
+    nothing."""
+    newest: Dict[Tuple, Run] = {}
+    repeats = []
+    completed = [run for run in runs if run.status == COMPLETED and run.config]
+    for run in sorted(completed, key=lambda run: (run.finished_at(), str(run.path)), reverse=True):
+        if run.experiment in newest:
+            repeats.append(run.path)
+        else:
+            newest[run.experiment] = run
+    return tuple(sorted(repeats))
 
 
 def _flatten(node: dict, prefix: str = "") -> Dict[str, object]:

@@ -20,6 +20,7 @@ from fixmatch.config import Config, DatasetConfig, ModelConfig, OptimConfig, SSL
 from fixmatch.distributed import DistEnv, broadcast_object
 from fixmatch.errors import UserError
 from fixmatch.folder_lock import FolderLock
+from fixmatch.metrics import RESTARTABLE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,21 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
             "hydra.run.dir, or trainer.resume=false to start fresh in a new folder"
         )
     _check_not_past_the_end(run_dir, state["step"], resolved_yaml)
+    _warn_if_other_length(run_dir, state, resolved_yaml)
     log.info("resuming from %s (step %d)", path, state["step"])
     return StartPlan(run_dir, state, path)
+
+
+def _warn_if_other_length(run_dir: Path, state: dict, resolved_yaml: str) -> None:
+    """Another trainer.total_steps is allowed (to train longer, or stop sooner), but the
+    cosine schedule is over the run's length, so the run is no longer a fresh one of either."""
+    before = _flatten_yaml(state["config_yaml"]).get("trainer.total_steps")
+    after = _flatten_yaml(resolved_yaml).get("trainer.total_steps")
+    if before != after:
+        log.warning("%s: trainer.total_steps %s -> %s: from step %d on, the learning rate follows "
+                    "the cosine over %s steps, so this run differs from a fresh %s-step run (for "
+                    "that, use another output folder)", run_dir, before, after, state["step"],
+                    after, after)
 
 
 def _check_not_past_the_end(run_dir: Path, step: int, resolved_yaml: str) -> None:
@@ -135,7 +149,7 @@ def _results_without_checkpoint(run_dir: Path) -> Optional[str]:
         return f"a run's results ({evaluations} evaluations in metrics.jsonl)"
     if summary is None:
         return None
-    if isinstance(summary, dict) and summary.get("status") == "failed" and not summary.get("step"):
+    if _is_restartable_start(summary):
         return None
     status = summary.get("status") if isinstance(summary, dict) else None
     return f"a metrics.json (status {status!r})"
@@ -292,9 +306,13 @@ def holds_a_run(plan: StartPlan) -> bool:
         return False
     except (OSError, ValueError):
         return True  # unreadable: not ours to replace
-    failed_start = isinstance(summary, dict) and summary.get("status") == "failed" \
+    return not _is_restartable_start(summary)
+
+
+def _is_restartable_start(summary) -> bool:
+    """metrics.json of a start that failed or was interrupted before its first step."""
+    return isinstance(summary, dict) and summary.get("status") in RESTARTABLE_STATUSES \
         and not summary.get("step")
-    return not failed_start
 
 
 def make_writable(run_dir: Path) -> None:

@@ -71,7 +71,8 @@ def draw_labeled_split(
     """
     if num_labeled == ALL_LABELED:
         return all_labeled_split(targets, num_classes, seed)
-    per_class = _labels_per_class(num_labeled, num_classes)
+    smallest_class = int(np.bincount(targets, minlength=num_classes)[:num_classes].min())
+    per_class = _labels_per_class(num_labeled, num_classes, smallest_class)
     return _draw_per_class(targets, [per_class] * num_classes, seed, num_labeled, class_names)
 
 
@@ -107,12 +108,14 @@ def _draw_per_class(targets: np.ndarray, counts: Sequence[int], seed: int,
     )
 
 
-def _labels_per_class(num_labeled: int, num_classes: int) -> int:
+def _labels_per_class(num_labeled: int, num_classes: int, smallest_class: int) -> int:
     if num_labeled <= 0 or num_labeled % num_classes:
+        # The nearest count that works: per class, at least one and at most the smallest class.
+        per_class = min(max(1, round(num_labeled / num_classes)), max(1, smallest_class))
         raise UserError(
             f"ssl.num_labeled={num_labeled} must be a positive multiple of the "
             f"{num_classes} classes (FixMatch draws the same number of labels per class), "
-            f"e.g. ssl.num_labeled={num_classes * max(1, round(num_labeled / num_classes))} "
+            f"e.g. ssl.num_labeled={num_classes * per_class} "
             f"(or {ALL_LABELED} to label every training image, or dataset.labeled_split="
             f"proportional to draw them in proportion to the class sizes)"
         )
