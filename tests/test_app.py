@@ -193,6 +193,8 @@ def test_a_sweep_rerun_with_a_changed_key_names_the_sweep_settings(tiny_cifar10,
     ({"ssl.randaugment_variant": "strong"}, "randaugment_variant"),
     ({"trainer.total_steps": "0"}, "total_steps=0"),
     ({"seed": "-1"}, "seed=-1 must not be negative"),
+    # before: accepted, then "training diverged ... lower optim.lr"
+    ({"dataset.mean": "[0.5,0.5,0.5]", "dataset.std": "[0,0,0]"}, "every value must be positive"),
 ])
 def test_bad_inputs_fail_with_one_line(tiny_cifar10, tmp_path, overrides, message):
     settings = {"dataset.root": str(tiny_cifar10), "dataset.download": "false",

@@ -37,6 +37,11 @@ register_configs()
                                  "dataset options extend, not an option"),
     (["--multirun", "ssl=fixmatch,supervisd"], "ssl=supervisd: ssl has no option 'supervisd'; did "
                                                "you mean ssl=supervised?"),
+    # a path with Hydra's syntax characters: quoting is the fix, not key=value
+    (["dataset.root=/data/photos (2024)"], "\"dataset.root='/data/photos (2024)'\""),
+    (["dataset.root=~/data"], "has characters Hydra reads as syntax; quote it"),
+    (["dataset.root=/data/a,b"], "if the commas belong to one value (a path), quote it: "
+                                 "\"dataset.root='/data/a,b'\""),
     # sweeps that would run no job, or not the jobs written
     (["-m", "seed=range(3,1)"], "seed=range(3,1) gives no value, so the sweep would run no job"),
     (["-m", "seed=1,2", "seed=3"], "seed=1,2 and seed=3 both set seed; Hydra would keep only seed=3"),

@@ -162,6 +162,9 @@ def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
             record.write(run_dir, resolved_yaml)
             writer.stopped(error, 0)
         raise
+    # metrics.json first: the folder then holds a run before any other file of it
+    # (resume._refuse_files_of_no_run), and results see it running from its first step.
+    writer.summary("running", (plan.checkpoint or {}).get("step", 0))
     if env.is_main:
         record.write(run_dir, resolved_yaml)
         data.split.save(run_dir / "split.json", data.arrays.class_names,

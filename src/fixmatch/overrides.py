@@ -73,6 +73,11 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException:
         bad = next(arg for arg in overrides if not _parses(arg))
+        key, equals, value = bad.partition("=")
+        if equals and re.fullmatch(r"[+~]*[\w./@-]+", key):
+            # A path with ( ) [ ] { } , = ~ ' # ! & or spaces is Hydra syntax unless quoted.
+            return (f"{bad!r}: the value {value!r} has characters Hydra reads as syntax; quote "
+                    f"it inside the argument: \"{key}='{value}'\"")
         return (f"{bad!r} is not an override: write key=value (e.g. seed=2) or group=option "
                 f"(e.g. dataset=cifar100); {_listing(program)}")
     repeated = _sweep_given_twice(parsed, overrides)
@@ -95,7 +100,9 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
         if not override.is_sweep_override():
             fixed.append(text)
         elif not multirun:
-            return f"{text} gives several values, which is a sweep: add -m ({program} -m {text})"
+            key, _, value = text.partition("=")
+            return (f"{text} gives several values, which is a sweep: add -m ({program} -m {text}); "
+                    f"if the commas belong to one value (a path), quote it: \"{key}='{value}'\"")
         else:
             values = _sweep_values(override)
             if values is None:

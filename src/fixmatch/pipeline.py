@@ -146,16 +146,17 @@ def warn_if_other_test_images(config: Config, arrays: DatasetArrays, plan: Start
 
 
 def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], DatasetArrays]) -> None:
-    """Refuse to call a completed run done when dataset.root now names other data.
+    """Refuse to call a completed run done when dataset.root now holds other data.
 
-    dataset.root may change between runs of one experiment (the data moved), so a rerun
-    with a new root is only "nothing to do" if the root holds the run's classes and
-    training images; otherwise the user meant a new run and would get the old results.
+    A rerun of a completed run is only "nothing to do" if its root holds the run's classes
+    and training images: dataset.root may change between runs of one experiment (the data
+    moved), and the files below one root may change too (a class folder renamed, images
+    added); then the user meant a new run and would get the old results.
 
     Args:
         config: the current config.
         run_dir: the completed run's folder (its config_resolved.yaml and split.json).
-        load: loads the dataset at config.dataset.root; only called when the root changed.
+        load: loads the dataset at config.dataset.root.
 
     Raises:
         UserError: the root holds other classes or other training images.
@@ -166,8 +167,8 @@ def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], Da
     except (OSError, ValueError, OmegaConfBaseException, YAMLError):
         return  # nothing to compare with; the run's own files are not ours to judge
     saved_root = OmegaConf.select(saved, "dataset.root")
-    if saved_root == config.dataset.root or "class_names" not in recorded:
-        return
+    if "class_names" not in recorded:
+        return  # a run saved before split.json named its classes
     arrays = load()
     if list(recorded["class_names"]) != list(arrays.class_names):
         found = f"the classes {list(arrays.class_names)}, the run was trained on {list(recorded['class_names'])}"
@@ -175,9 +176,10 @@ def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], Da
         found = "other training images than the run was trained on"
     else:
         return
+    now = "now " if saved_root == config.dataset.root else ""
     raise UserError(
         f"{run_dir} holds a run completed on dataset.root={saved_root}, but dataset.root="
-        f"{config.dataset.root} has {found}; use another hydra.run.dir for a new run (the "
+        f"{config.dataset.root} {now}has {found}; use another hydra.run.dir for a new run (the "
         "completed run's results are left as they are)")
 
 

@@ -90,6 +90,7 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
                             f"{', '.join(differences)}) but no checkpoint to continue from; "
                             "trainer.resume=false starts fresh in a new folder (its files are "
                             "left as they are), or use another hydra.run.dir")
+        _refuse_files_of_no_run(run_dir)
         return StartPlan(run_dir)  # empty, or a start that failed before it trained
     if not resume:
         fresh = _free_sibling(run_dir)
@@ -153,6 +154,24 @@ def _results_without_checkpoint(run_dir: Path) -> Optional[str]:
         return None
     status = summary.get("status") if isinstance(summary, dict) else None
     return f"a metrics.json (status {status!r})"
+
+
+# What a run writes besides metrics and checkpoints (README "Outputs"): found in a folder
+# without a run's metrics.json, they are someone else's, and a start would overwrite them.
+RUN_OUTPUTS = ("config_resolved.yaml", "split.json", "normalization.json", "metrics.jsonl",
+               "run.log", "tensorboard", ".hydra")
+
+
+def _refuse_files_of_no_run(run_dir: Path) -> None:
+    """A folder with a run's file names but no metrics.json of a run (a start of this
+    toolkit writes one before anything else it could leave) holds files the user made or
+    copied there; a start would overwrite them."""
+    if (run_dir / "metrics.json").exists():
+        return  # a start that failed or was interrupted before training: rewritten
+    found = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if found:
+        raise UserError(f"{run_dir} holds {', '.join(found)} but no run (no metrics.json); a new "
+                        "run would overwrite them: move them away, or use another hydra.run.dir")
 
 
 def _folder_differences(run_dir: Path, resolved_yaml: str) -> List[str]:

@@ -81,11 +81,16 @@ def resolve_normalization(mean: Optional[List[float]], std: Optional[List[float]
         The statistics.
 
     Raises:
-        UserError: when only one of mean/std is given, or see `channel_statistics`.
+        UserError: when only one of mean/std is given, a std is not positive, or see
+            `channel_statistics`.
     """
     if (mean is None) != (std is None):
         raise UserError("give both dataset.mean and dataset.std, or set both to null to compute "
                         "them from the training images")
+    if std is not None and not all(np.isfinite(value) and value > 0 for value in std):
+        raise UserError(f"dataset.std={list(std)}: every value must be positive (the pixels are "
+                        "divided by it); give each channel's standard deviation in [0, 1] pixel "
+                        "units, or set dataset.mean and dataset.std to null to compute them")
     if saved is not None:
         return Normalization(list(saved["mean"]), list(saved["std"]), "checkpoint")
     if mean is not None:
