@@ -14,6 +14,18 @@ from fixmatch.overrides import override_error
 register_configs()
 
 
+def test_hydra_flags_that_exclude_each_other_and_a_file_as_run_dir_are_one_line(tmp_path):
+    # Before: Hydra's traceback (ValueError: Only one of --run, --multirun, --cfg ...) and
+    # FileExistsError for a run folder that is a file.
+    error = override_error(["-m", "seed=1,2", "--cfg", "job"], CONF_DIR)
+    assert error.startswith("-m and --cfg cannot be combined")
+    (tmp_path / "mine.csv").write_text("a,b\n")
+    error = override_error([f"hydra.run.dir={tmp_path}/mine.csv"], CONF_DIR)
+    assert error == (f"hydra.run.dir={tmp_path}/mine.csv: {tmp_path}/mine.csv is a file; "
+                     "hydra.run.dir must be a folder (new or existing)")
+    assert override_error(["--cfg", "job", "seed=2"], CONF_DIR) is None
+
+
 @pytest.mark.parametrize("args,expected", [
     (["ssl.num_labled=40"], "ssl.num_labled is not a setting; did you mean ssl.num_labeled?"),
     (["trainer.num_thread=2"], "trainer.num_thread is not a setting; did you mean trainer.num_threads?"),
@@ -46,6 +58,9 @@ register_configs()
     (["-m", "seed=range(3,1)"], "seed=range(3,1) gives no value, so the sweep would run no job"),
     (["-m", "seed=1,2", "seed=3"], "seed=1,2 and seed=3 both set seed; Hydra would keep only seed=3"),
     (["-m", "seed=1,1"], "lists 1 twice"),
+    # a value only the run's checks refuse: found before the first job trains
+    (["-m", "ssl.threshold=0.9,1.5", "hydra.sweep.subdir=${ssl.threshold}"],
+     "ssl.threshold=1.5 must lie in [0, 1]"),
     # two jobs in one folder: the second would continue (or skip) the first's run
     (["-m", "trainer.total_steps=20,40"],
      "the jobs of trainer.total_steps=20 and trainer.total_steps=40 would share the folder "

@@ -42,13 +42,14 @@ def test_cli_writes_a_grid_of_the_expected_size_into_the_run_dir(tmp_path):
 def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fixmatch.preview", "experiment=quickstart",
-         f"hydra.run.dir={tmp_path}", "preview.num_images=0"],
+         f"hydra.run.dir={tmp_path}/run", "preview.num_images=0"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: preview.num_images=0 must be at least 1, preview.num_strong=4 not negative and "
         "preview.cell_size=96 positive"]
+    assert not (tmp_path / "run").exists()  # before: Hydra's empty run folder stayed behind
 
 
 @pytest.mark.parametrize("override,message", [
@@ -159,3 +160,21 @@ def test_a_grid_over_the_size_limit_is_refused_naming_the_limit():
     # The cell is the image enlarged by a whole factor: 96 px images (STL-10) and 100 px become 192.
     with pytest.raises(UserError, match="with 192 px cells that allows at most 42 images"):
         preview.check_options(preview.PreviewConfig(num_images=50, cell_size=100), image_size=96)
+
+
+def test_a_preview_replaces_its_own_png_but_never_a_file_it_did_not_write(tmp_path):
+    # Before: preview.file_name=confusion.png in an evaluated run's folder replaced
+    # evaluate's confusion matrix, and a user's own preview.png went without a word.
+    config = OmegaConf.to_object(_compose(["experiment=quickstart", "preview.num_images=1",
+                                           "preview.num_strong=1"]))
+    path = preview.write_preview(config, tmp_path / "preview.png")
+    first = path.read_bytes()
+    assert preview.write_preview(config, path) == path  # a rerun replaces its own grid
+    assert path.read_bytes() == first
+    mine = tmp_path / "confusion.png"
+    Image.new("RGB", (4, 4)).save(mine)
+    before = mine.read_bytes()
+    with pytest.raises(UserError, match=r"preview.file_name=preview.png: .*confusion.png already "
+                                        r"exists and is a file no preview drew; choose another name"):
+        preview.write_preview(config, mine)
+    assert mine.read_bytes() == before

@@ -552,3 +552,22 @@ def test_runs_of_the_paper_presets_follow_the_protocol_and_are_unmarked(tmp_path
     output = capsys.readouterr()
     assert output.err == "" and "*" not in output.out
     assert "*" not in format_table(rows) and "*" not in format_table(rows, style="latex")
+
+
+def test_plot_replaces_its_own_image_but_never_a_file_it_did_not_draw(tmp_path, capsys):
+    # Before: --plot userpic.png replaced the user's image.
+    pytest.importorskip("matplotlib")
+    make_run(tmp_path / "runs" / "1", CIFAR10_40, done(30.0, 30.0), curve=[(2, 10.0)])
+    for name in ["curves.png", "curves.pdf", "curves.svg"]:
+        image = tmp_path / name
+        assert main([str(tmp_path / "runs"), "--plot", str(image)]) == 0
+        assert main([str(tmp_path / "runs"), "--plot", str(image)]) == 0  # its own: replaced
+    mine = tmp_path / "userpic.png"
+    mine.write_bytes(b"\x89PNG\r\n\x1a\n not a plot")
+    capsys.readouterr()
+    assert main([str(tmp_path / "runs"), "--plot", str(mine)]) == 2
+    output = capsys.readouterr()
+    assert output.out == "" and output.err.strip() == (
+        f"error: --plot {mine}: {mine} already exists and is a file no results --plot drew; "
+        "choose another name (or move it away)")
+    assert mine.read_bytes() == b"\x89PNG\r\n\x1a\n not a plot"

@@ -253,6 +253,22 @@ def test_resume_refuses_a_length_below_the_step_it_reached(tiny_cifar10, tmp_pat
     assert short_run(tiny_cifar10, run_dir, "trainer.total_steps=7")["step"] == 7
 
 
+def test_a_completed_run_is_not_called_done_for_a_shorter_length(tiny_cifar10, tmp_path):
+    # Before: "already completed 6 steps; nothing to do" for trainer.total_steps=4, and the
+    # 6-step results stood for a 4-step run.
+    run_dir = tmp_path / "run"
+    short_run(tiny_cifar10, run_dir)
+    before = (run_dir / "metrics.json").read_text()
+    with pytest.raises(UserError, match=r"holds a run completed at step 6, past "
+                                        r"trainer.total_steps=4; its results are not those of a "
+                                        r"4-step run: use another hydra.run.dir"):
+        short_run(tiny_cifar10, run_dir, "trainer.total_steps=4")
+    shutil.rmtree(run_dir / "checkpoints")  # the same once its checkpoints are deleted
+    with pytest.raises(UserError, match="holds a run completed at step 6, past"):
+        short_run(tiny_cifar10, run_dir, "trainer.total_steps=4")
+    assert (run_dir / "metrics.json").read_text() == before
+
+
 def test_a_folder_another_process_trains_in_is_refused(tiny_cifar10, tmp_path):
     # Before: a rerun (or a requeue) while the first job still trained resumed from its
     # last checkpoint beside it; both appended to metrics.jsonl (steps out of order, twice).

@@ -26,6 +26,10 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingManda
 from fixmatch.errors import UserError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Hydra's flags that choose what the command does; it takes one (several: a traceback).
+MODE_FLAGS = {"-m": "multirun", "--multirun": "multirun", "-c": "cfg", "--cfg": "cfg",
+              "-i": "info", "--info": "info", "-r": "run", "--run": "run",
+              "-sc": "shell_completion", "--shell-completion": "shell_completion"}
 RUN_PY = "python run.py"
 SCHEMA_SUFFIX = "_schema"  # conf groups' typed schemas in the ConfigStore (config.register_configs)
 # hydra/launcher options that come from a plugin: (its package, its pip name, setup.cfg's extra)
@@ -62,8 +66,16 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
     """
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
+    modes = [arg for arg in args if arg in MODE_FLAGS]
+    if len(set(MODE_FLAGS[arg] for arg in modes)) > 1:
+        return (f"{' and '.join(modes)} cannot be combined: run ({program} ...), sweep (-m), "
+                "print the config (--cfg job) and --info are one at a time")
     if any(arg.startswith("-") for arg in overrides):
         return None
+    for arg in overrides:
+        key, _, folder = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and Path(folder).is_file():
+            return f"{arg}: {folder} is a file; {key} must be a folder (new or existing)"
     flag_at = next((i for i, arg in enumerate(args) if arg in MULTIRUN_FLAGS), None)
     if flag_at is not None and 0 < flag_at < len(args) - 1:
         # Overrides on both sides of the flag: argparse stops with a usage dump.
@@ -188,6 +200,10 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             for overrides in _candidates(fixed, sweeps):
                 error = _compose_error(config_name, overrides, program)
+                if sweeps and not error:
+                    # A value the schema's type admits but the run refuses (ssl.threshold=1.5)
+                    # would otherwise stop its job only after the jobs before it trained.
+                    error = _value_error(config_name, overrides)
                 if error:
                     return error
             if sweeps:
@@ -195,6 +211,19 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
     finally:
         GlobalHydra.instance().clear()  # hydra.main initialises its own
         HydraConfig.instance().cfg = None  # set by _job_folder; hydra.main sets its own
+    return None
+
+
+def _value_error(config_name: str, overrides: List[str]) -> Optional[str]:
+    """config_checks.check_config's one line for this job's config (as one process; the
+    data-dependent checks run when the job starts), or None."""
+    from fixmatch.config_checks import check_config  # imports torch: only for sweeps
+    from fixmatch.distributed import DistEnv
+
+    try:
+        check_config(typed_config(compose(config_name=config_name, overrides=overrides)), DistEnv())
+    except UserError as error:
+        return str(error)
     return None
 
 

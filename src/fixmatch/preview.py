@@ -17,11 +17,13 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
+from fixmatch.output_marks import mark, refuse_to_replace
 from fixmatch.overrides import override_error, typed_config
 from fixmatch.pipeline import build_views
 
@@ -31,6 +33,7 @@ GAP = 2  # px of background between cells
 HEADER = 16  # px of column titles above the grid
 BACKGROUND = (255, 255, 255)
 MAX_SIDE = 8192  # px: the longest grid side written (preview.num_images=5000 would be ~500k px)
+PREVIEW_COMMAND = "preview"  # the mark in the PNGs it writes (output_marks)
 COMMON_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -154,6 +157,8 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
     """
     options = config.preview
     check_options(options, config.dataset.image_size)
+    # The run folder may hold a run's or evaluate's files (confusion.png): never replaced.
+    refuse_to_replace(path, f"preview.file_name={options.file_name}", PREVIEW_COMMAND)
     train = load_dataset(config.dataset).train
     weak, strong = build_views(config)
     rng = np.random.default_rng(config.seed)
@@ -162,11 +167,20 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
     grid = preview_grid([np.asarray(train.images[i]) for i in rows], weak, strong,
                         options.num_strong, config.seed, options.cell_size)
     try:
-        grid.save(path)
+        grid.save(path, **_mark(path))
     except (OSError, ValueError) as error:  # a format PIL lists but cannot write RGB to, say
         raise UserError(f"cannot write preview.file_name={options.file_name} to {path} "
                         f"({error}); a .png always works") from None
     return path
+
+
+def _mark(path: Path) -> dict:
+    """PIL's save arguments that mark a PNG as a preview's (other formats carry no mark)."""
+    if path.suffix.lower() != ".png":
+        return {}
+    info = PngInfo()
+    info.add_text("Software", mark(PREVIEW_COMMAND))
+    return {"pnginfo": info}
 
 
 def find_conf_dir() -> Path:
@@ -185,12 +199,16 @@ def find_conf_dir() -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     """Compose like run.py, then write the preview into Hydra's run directory."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         config: PreviewAppConfig = typed_config(cfg)
-        path = Path(HydraConfig.get().runtime.output_dir) / config.preview.file_name
-        print(write_preview(config, path))
+        print(write_preview(config, run_dir / config.preview.file_name))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        try:
+            run_dir.rmdir()  # Hydra made it for the grid; only ever succeeds when empty
+        except OSError:
+            pass
         sys.exit(2)
 
 

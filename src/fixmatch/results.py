@@ -25,7 +25,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
+from fixmatch.curves import PLOT_COMMAND, plot_curves
+from fixmatch.errors import UserError
 from fixmatch.folder_lock import is_held
+from fixmatch.output_marks import refuse_to_replace
 from fixmatch.paper import PaperResult, paper_protocol, paper_result
 from fixmatch.results_table import FORMATS, format_table
 
@@ -424,6 +427,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         pyplot = _import_pyplot(Path(args.plot)) if args.plot else None
+        if args.plot:  # checked before any table is printed, like the format
+            refuse_to_replace(Path(args.plot), f"--plot {args.plot}", PLOT_COMMAND)
         runs = find_runs(args.folders)
         rows = build_rows(runs, args.by)
         for run in runs:
@@ -434,15 +439,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         print(format_table(rows, args.by, args.format), end="")
         if args.plot:
-            from fixmatch.curves import plot_curves
-
             try:
                 plot_curves(pyplot, [(_label(row.key, args.by), row.counted_runs)
                                      for row in rows], Path(args.plot))
             except (OSError, ValueError) as error:
                 raise ResultsError(f"--plot: {error}") from None
             print(f"wrote {args.plot}", file=sys.stderr)
-    except ResultsError as error:
+    except (ResultsError, UserError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

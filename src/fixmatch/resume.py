@@ -300,16 +300,29 @@ def _plan_holding_the_folder(run_dir: Path, resolved_yaml: str, resume: bool,
 
 def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
     """The summary of a run that already reached `total_steps`, so a rerun (of a sweep,
-    say) leaves it exactly as it is; None when there is training left to do."""
+    say) leaves it exactly as it is; None when there is training left to do.
+
+    Raises:
+        UserError: the run completed more steps than `total_steps`: its results are not
+            those of the shorter run asked for.
+    """
     if plan.completed is not None:
-        return plan.completed  # plan_start checked its experiment and length
-    if not plan.checkpoint or plan.checkpoint["step"] < total_steps:
+        summary = plan.completed  # plan_start checked its experiment and that it is not shorter
+    elif not plan.checkpoint or plan.checkpoint["step"] < total_steps:
         return None
-    try:
-        summary = json.loads((plan.run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None  # recomputed (and rewritten) by resuming at the last step
-    return summary if summary.get("status") == "completed" else None
+    else:
+        try:
+            summary = json.loads((plan.run_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None  # recomputed (and rewritten) by resuming at the last step
+        if summary.get("status") != "completed":
+            return None
+    if summary.get("step", total_steps) > total_steps:
+        raise UserError(f"{plan.run_dir} holds a run completed at step {summary['step']}, past "
+                        f"trainer.total_steps={total_steps}; its results are not those of a "
+                        f"{total_steps}-step run: use another hydra.run.dir for a new run (the "
+                        "completed run is left as it is)")
+    return summary
 
 
 def holds_a_run(plan: StartPlan) -> bool:

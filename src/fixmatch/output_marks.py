@@ -1,0 +1,47 @@
+"""Marks in the images the toolkit draws (results --plot, preview), so that a rerun may
+replace its own earlier image but never a file of the user's that has the same name.
+
+The mark is a plain-text metadata entry ("fixmatch <command>"): a PNG tEXt chunk, the
+Creator of a PDF, SVG or PostScript file. Formats without such an entry (JPEG, TIFF, ...)
+carry no mark, so an existing file of theirs is never replaced.
+"""
+
+from pathlib import Path
+
+from fixmatch.errors import UserError
+
+MATPLOTLIB_KEYS = {".png": "Software", ".pdf": "Creator", ".svg": "Creator", ".ps": "Creator",
+                   ".eps": "Creator"}
+MAX_BYTES_READ = 64 << 20  # a drawn image is far smaller; a larger file is not one of ours
+
+
+def mark(command: str) -> str:
+    return f"fixmatch {command}"
+
+
+def matplotlib_metadata(path: Path, command: str) -> dict:
+    """savefig's `metadata=` that marks `path` as `command`'s (empty where it has no entry)."""
+    key = MATPLOTLIB_KEYS.get(path.suffix.lower())
+    return {key: mark(command)} if key else {}
+
+
+def carries_mark(path: Path, command: str) -> bool:
+    """Whether the file at `path` is an image `command` drew (its mark is in its bytes)."""
+    try:
+        if path.stat().st_size > MAX_BYTES_READ:
+            return False
+        return mark(command).encode() in path.read_bytes()
+    except OSError:
+        return False
+
+
+def refuse_to_replace(path: Path, setting: str, command: str) -> None:
+    """Refuse to write `path` when it exists and `command` did not draw it.
+
+    Raises:
+        UserError: naming the setting, the file and what to do instead.
+    """
+    if path.exists() and not carries_mark(path, command):
+        what = "a folder" if path.is_dir() else "a file"
+        raise UserError(f"{setting}: {path} already exists and is {what} no {command} drew; "
+                        "choose another name (or move it away)")
