@@ -302,7 +302,11 @@ def test_export_never_overwrites_the_runs_files_or_its_own_model(trained_run, tm
     for output, message in [(checkpoints[-1], "checkpoints/ folder"),
                             (run_dir / "checkpoints" / "model.pt", "checkpoints/ folder"),
                             (run_dir / "metrics.pt", "would overwrite .*metrics.json"),
-                            (tmp_path / "model.json", "cannot be a .json file")]:
+                            (tmp_path / "model.json", "cannot be a .json file"),
+                            # before: a TorchScript file written under an ONNX name
+                            (tmp_path / "model.onnx", r"ends in .onnx, the extension of onnx, but "
+                                                      r"format=torchscript: use output=.*model.pt, "
+                                                      r"or format=onnx")]:
         with pytest.raises(UserError, match=message):
             export.main([f"checkpoint={run_dir}", f"output={output}"])
     assert {path: path.read_bytes() for path in before} == before

@@ -138,11 +138,12 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     finally:
         writer.close()
     if summary["top1_ema_final"] is not None:
-        log.info("%s at step %d: %s top-1 %.2f %% (EMA), median of the last %d evaluations %.2f %%",
+        log.info("%s at step %d: %s top-1 %.2f %% (%s), median of the last %d evaluations %.2f %%",
                  summary["status"], summary["step"],
                  "final" if summary["status"] == "completed" else "last evaluation's",
-                 summary["top1_ema_final"], min(20, summary["num_evaluations"]),
-                 summary["top1_ema_median_last20"])
+                 summary["top1_ema_final"],
+                 "EMA" if config.optim.ema_enabled else "the model; optim.ema_enabled=false",
+                 min(20, summary["num_evaluations"]), summary["top1_ema_median_last20"])
     # Not in metrics.json (folders move): where the run is, for run.py's resume hint.
     return {**summary, "run_dir": str(run_dir)}
 
@@ -200,10 +201,15 @@ def _build_trainer(config: Config, run_dir: Path, resolved_yaml: str, writer: Me
                    plan: StartPlan, data: _RunData, env: DistEnv, device: torch.device) -> Trainer:
     arrays, split, normalization = data.arrays, data.split, data.normalization
     extra = len(arrays.unlabeled) if arrays.unlabeled is not None else 0
-    log.info("%s: %d training images, %d labeled (per class %s), %s%d test images; device %s%s",
+    stream = len(arrays.train.targets) + extra
+    if not config.ssl.include_labeled_in_unlabeled:
+        stream -= len(split.indices)
+    uses_unlabeled = build_algorithm(config.ssl).uses_unlabeled
+    log.info("%s: %d training images, %d labeled (per class %s), %s%d test images%s; device %s%s",
              config.dataset.name, len(arrays.train.targets), len(split.indices),
              split.num_per_class, f"{extra} extra unlabeled images, " if extra else "",
-             len(arrays.test.targets), device, f", {env.world_size} ranks" if env.is_distributed else "")
+             len(arrays.test.targets), f"; unlabeled stream {stream} images" if uses_unlabeled else "",
+             device, f", {env.world_size} ranks" if env.is_distributed else "")
     start_batch = plan.checkpoint["loader_position"]["labeled_batches"] if plan.checkpoint else 0
     cta_state = plan.checkpoint.get("ctaugment") if plan.checkpoint else None
     parts = build_training_parts(config, arrays, split, normalization, device, start_batch, env,

@@ -220,13 +220,15 @@ def check_out(value: str) -> Path:
 
 
 def _test_images(trained):
-    """The test images of the checkpoint's dataset (or of dataset.root=...): an image folder
-    that holds only test/<class>/ is new data, labelled by the model's class names."""
+    """The test images of the checkpoint's dataset (or of dataset.root=...). An image folder
+    is read through its test/<class>/ folders alone, labelled by the model's class names:
+    labeled/ and unlabeled/ are training data, which scoring needs neither to read nor to
+    agree with."""
     from fixmatch.data.datasets import load_dataset
-    from fixmatch.data.image_folder import is_test_only, load_test_folder
+    from fixmatch.data.image_folder import load_test_folder
 
     dataset = trained.config.dataset
-    if dataset.name == "folder" and is_test_only(dataset):
+    if dataset.name == "folder":
         return load_test_folder(dataset, trained.class_names)
     arrays = load_dataset(dataset)
     if arrays.class_names != trained.class_names:

@@ -101,6 +101,13 @@ def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
         raise UserError(f"output={output}: the metadata is written to <name>.json beside the "
                         f"model, so the model cannot be a .json file; use e.g. "
                         f"output={output.with_suffix(suffix)}")
+    other = next((name for name, ending in FORMATS.items()
+                  if ending != suffix and output.suffix.lower() == ending), None)
+    if other is not None:  # a TorchScript file named .onnx would fail in every ONNX runtime
+        chosen = next(name for name, ending in FORMATS.items() if ending == suffix)
+        raise UserError(f"output={output} ends in {output.suffix}, the extension of {other}, but "
+                        f"format={chosen}: use output={output.with_suffix(suffix)}, or "
+                        f"format={other}")
     refuse_checkpoints_folder(output, "output", "the model", trained.checkpoint_path)
     meta = output.with_suffix(".json")
     refuse_foreign_file(output, "output", "export", _is_export_metadata, target=meta)

@@ -36,6 +36,7 @@ from fixmatch.data.loaders import (
     build_eval_loader,
     build_train_loader,
 )
+from fixmatch.data.image_folder import same_class_names
 from fixmatch.data.normalization import Normalization, resolve_normalization
 from fixmatch.data.randaugment import RandAugment
 from fixmatch.data.resident import ResidentBatches, ResidentImages, fits_on_device
@@ -72,7 +73,7 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
                           config.ssl.split_seed, config.dataset.labeled_split.value,
                           arrays.labeled_folds, class_names=arrays.class_names)
     trained_on = plan.checkpoint.get("class_names")
-    if trained_on is not None and list(trained_on) != list(arrays.class_names):
+    if trained_on is not None and not same_class_names(trained_on, arrays.class_names):
         # dataset.root may change on resume (the data moved), the classes may not.
         raise CheckpointError(
             f"cannot resume from {plan.checkpoint_path}: it was trained on the classes "
@@ -170,7 +171,7 @@ def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], Da
     if "class_names" not in recorded:
         return  # a run saved before split.json named its classes
     arrays = load()
-    if list(recorded["class_names"]) != list(arrays.class_names):
+    if not same_class_names(recorded["class_names"], arrays.class_names):
         found = f"the classes {list(arrays.class_names)}, the run was trained on {list(recorded['class_names'])}"
     elif recorded.get("training_set", arrays.training_set) != arrays.training_set:
         found = "other training images than the run was trained on"

@@ -1,20 +1,30 @@
 """`python -m fixmatch.predict checkpoint=<...> inputs=<folder or files> output=predictions.csv`.
 
-Classifies image files with a trained run's model, decoding them exactly as its training
-images were (image_folder.decode_image: size, channels, resize rule) and normalising with
-the checkpoint's mean/std. Unreadable files get a row with the reason, never stop the run.
+Classifies image files with a trained run's model, listing folders as training does
+(image_folder.find_images), decoding them exactly as its training images were
+(image_folder.decode_image: size, channels, resize rule) and normalising with the
+checkpoint's mean/std. Unreadable files and files of the wrong size get a row with the
+reason, never stop the run.
 """
 
 import csv
+import os
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
 
-from fixmatch.data.image_folder import IMAGE_EXTENSIONS, Preprocessing, decode_image
-from fixmatch.data.image_folder import UNREADABLE_IMAGE_ERRORS as UNREADABLE_IMAGE  # what Pillow raises
+from fixmatch.data.image_folder import (
+    IMAGE_EXTENSIONS,
+    UNREADABLE_IMAGE_ERRORS,
+    Preprocessing,
+    Skipped,
+    WrongImageSize,
+    decode_image,
+    find_images,
+    unreadable_reason,
+)
 from fixmatch.data.transforms import EvalTransform
 from fixmatch.errors import UserError
 from fixmatch.trained_model import (
@@ -34,16 +44,23 @@ REQUIRED = ("checkpoint", "inputs")
 ABOUT = ("Classifies image files with a trained run's model, decoded and normalised as its\n"
          "training images were; writes one CSV row per file: the predicted class and the top-k.")
 DESCRIPTIONS = {  # --help lines beyond trained_model.SHARED_DESCRIPTIONS
-    "inputs": "a folder (searched recursively for images) or comma-separated image files",
+    "inputs": "a folder (searched recursively for images, as training reads a class folder) "
+              "or comma-separated image files",
     "output": "the CSV file to write; never over a file that predict did not write",
     "top_k": "how many classes, with their probabilities, each row lists",
     "batch_size": "images per forward pass",
 }
 
 
-def list_inputs(inputs: str) -> List[Path]:
-    """The image files that `inputs=` names: a folder (searched recursively, image extensions
-    only, sorted) or comma-separated files (taken as given, whatever their extension).
+UNREADABLE = "unreadable"  # a record's "failure": Pillow cannot decode the file
+WRONG_SIZE = "wrong size"  # not the size of a model trained with dataset.resize=none
+
+
+def list_inputs(inputs: str) -> Tuple[List[Path], Skipped]:
+    """The image files that `inputs=` names, and what listing its folders skipped: a folder
+    is listed as training lists a class folder (image extensions only, hidden entries
+    skipped, linked folders read once; sorted), comma-separated files are taken as given,
+    whatever their extension.
 
     Raises:
         UserError: when a named file or folder does not exist or a folder has no images.
@@ -52,40 +69,53 @@ def list_inputs(inputs: str) -> List[Path]:
     if not paths:
         raise UserError("inputs=... must name a folder or image files (comma-separated)")
     found: List[Path] = []
+    skipped = Skipped()
     for path in paths:
         if path.is_dir():
-            images = sorted(file for file in path.rglob("*") if file.is_file()
-                            and file.suffix.lower() in IMAGE_EXTENSIONS)
+            # Named from the folder as given (os.path.join adds the one "/"), for the CSV.
+            images = [Path(name) for name, _, _ in
+                      find_images(path, skipped, prefix=os.path.join(path, ""))]
             if not images:
-                raise UserError(f"inputs={path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
+                raise UserError(f"inputs={path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                                "in it (hidden files and folders are not read)")
             found += images
         elif path.exists():
             found.append(path)
         else:
             raise UserError(f"inputs={path}: no such file or folder")
-    return found
+    return found, skipped
 
 
-def _decode(paths: Sequence[Path], prep: Preprocessing) -> Tuple[List[np.ndarray], List[str]]:
-    """Decoded images (None where unreadable) and the reasons ("" where readable)."""
-    images, errors = [], []
+def _decode(paths: Sequence[Path], prep: Preprocessing
+            ) -> Tuple[List[Optional[np.ndarray]], List[Tuple[str, str]]]:
+    """Decoded images (None where not) and (failure, reason) pairs (("", "") where decoded)."""
+    images, failures = [], []
     for path in paths:
         try:
             images.append(decode_image(path, prep))
-            errors.append("")
-        except UnidentifiedImageError:
+            failures.append(("", ""))
+        except WrongImageSize as error:
             images.append(None)
-            errors.append("not an image file that Pillow can identify")
-        except (UNREADABLE_IMAGE + (UserError,)) as error:  # UserError: resize=none, wrong size
+            failures.append((WRONG_SIZE, _wrong_size_reason(error)))
+        except UNREADABLE_IMAGE_ERRORS as error:
             images.append(None)
-            errors.append(f"{type(error).__name__}: {error}")
-    return images, errors
+            failures.append((UNREADABLE, unreadable_reason(error)))
+    return images, failures
+
+
+def _wrong_size_reason(error: WrongImageSize) -> str:
+    # Not the error's own text: its advice (set dataset.resize=...) is for training; predict
+    # takes the preprocessing from the checkpoint, so only the images can change.
+    (width, height), side = error.size, error.side
+    return (f"{width}x{height} pixels, but this model needs {side}x{side} images, as it was "
+            f"trained with dataset.resize=none; resize the image to {side}x{side}")
 
 
 @torch.no_grad()
 def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
                   batch_size: int) -> List[dict]:
-    """One record per file: path, predicted class, confidence, the top-k, or the error.
+    """One record per file: path, predicted class, confidence, the top-k, or the failure
+    (UNREADABLE or WRONG_SIZE) and its reason ("error").
 
     Args:
         trained: the model with its preprocessing.
@@ -100,15 +130,15 @@ def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
     records = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        images, errors = _decode(chunk, prep)
+        images, failures = _decode(chunk, prep)
         readable = [image for image in images if image is not None]
         if readable:
             batch = inputs.images(torch.stack([transform(image) for image in readable]))
             probabilities = trained.model(batch).float().softmax(dim=1).cpu()
             values, indices = probabilities.topk(top_k, dim=1)
         row = 0
-        for path, image, error in zip(chunk, images, errors):
-            record = {"path": str(path), "error": error}
+        for path, image, (failure, error) in zip(chunk, images, failures):
+            record = {"path": str(path), "failure": failure, "error": error}
             if image is not None:
                 names = [trained.class_names[i] for i in indices[row].tolist()]
                 record.update(predicted=names[0], confidence=float(values[row, 0]),
@@ -126,19 +156,39 @@ def csv_header(top_k: int) -> List[str]:
     return header + ["error"]
 
 
+def shown_path(path: str) -> str:
+    """`path` as UTF-8 text: a name whose bytes are not UTF-8 (a Latin-1 "caf\\xe9.png" on
+    Linux) shows its odd bytes as \\xNN escapes, where printing it would fail."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def write_csv(records: Sequence[dict], top_k: int, path: Path) -> None:
-    """One row per file under csv_header(top_k)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as file:
-        rows = csv.writer(file)
-        rows.writerow(csv_header(top_k))
-        for record in records:
-            cells = [record["path"], record.get("predicted", ""),
-                     f"{record['confidence']:.6f}" if "confidence" in record else ""]
-            ranked = record.get("top_k", [])
-            for rank in range(top_k):
-                cells += [ranked[rank][0], f"{ranked[rank][1]:.6f}"] if rank < len(ranked) else ["", ""]
-            rows.writerow(cells + [record["error"]])
+    """One row per file under csv_header(top_k), as UTF-8 (paths through shown_path).
+
+    Written to a temporary file beside `path` and renamed over it, so a failure leaves an
+    earlier predictions file whole rather than cut short.
+    """
+    target = path.resolve()  # through a link, as writing to `path` itself would
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        # backslashreplace: any other text with such bytes (a reason) keeps the file UTF-8 too.
+        with temporary.open("w", newline="", encoding="utf-8", errors="backslashreplace") as file:
+            rows = csv.writer(file)
+            rows.writerow(csv_header(top_k))
+            rows.writerows(_csv_row(record, top_k) for record in records)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _csv_row(record: dict, top_k: int) -> List[str]:
+    cells = [shown_path(record["path"]), record.get("predicted", ""),
+             f"{record['confidence']:.6f}" if "confidence" in record else ""]
+    ranked = record.get("top_k", [])
+    for rank in range(top_k):
+        cells += [ranked[rank][0], f"{ranked[rank][1]:.6f}"] if rank < len(ranked) else ["", ""]
+    return cells + [record["error"]]
 
 
 def is_predictions_file(path: Path) -> bool:
@@ -186,19 +236,33 @@ def main(argv: Sequence[str]) -> List[dict]:
     if top_k < 1 or batch_size < 1:
         raise UserError(f"top_k={top_k} and batch_size={batch_size} must be at least 1")
     output = output_path(settings["output"], "output")
-    paths = list_inputs(settings["inputs"])
+    paths, skipped = list_inputs(settings["inputs"])
     check_output(output, paths)  # before the model is loaded: the cheap mistakes first
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
     records = predict_files(trained, paths, top_k, batch_size)
     top_k = min(top_k, len(trained.class_names))
     write_csv(records, top_k, output)
-    bad = [record for record in records if record["error"]]
-    print(f"{len(records) - len(bad)} images classified, {len(bad)} unreadable; "
-          f"wrote {settings['output']}")
-    for record in bad[:10]:
-        print(f"unreadable: {record['path']} ({record['error']})")
+    _print_summary(records, skipped, settings["output"])
     return records
+
+
+def _print_summary(records: Sequence[dict], skipped: Skipped, output: str) -> None:
+    """What was classified, what was not and why (the first ten), what listing skipped."""
+    failed = [record for record in records if record["failure"]]
+    wrong_size = sum(record["failure"] == WRONG_SIZE for record in failed)
+    print(f"{len(records) - len(failed)} images classified, {len(failed) - wrong_size} "
+          f"unreadable, {wrong_size} of the wrong size; wrote {output}")
+    for record in failed[:10]:
+        print(f"{record['failure']}: {shown_path(record['path'])} ({record['error']})")
+    if skipped.not_images:
+        print(f"skipped {len(skipped.not_images)} files that are hidden or not images "
+              f"({', '.join(IMAGE_EXTENSIONS)}), e.g. "
+              + ", ".join(map(shown_path, skipped.not_images[:3])))
+    if skipped.broken_links:
+        print(f"skipped {len(skipped.broken_links)} links that point nowhere, loop back to a "
+              "folder above them or lead to a folder already read, e.g. "
+              + ", ".join(map(shown_path, skipped.broken_links[:3])))
 
 
 def console_main() -> None:

@@ -6,6 +6,7 @@ augmentation, splits or models. Add a dataset by adding a function to DATASET_SO
 
 import hashlib
 import importlib
+import os
 import pickle
 from dataclasses import dataclass
 from functools import cached_property
@@ -55,7 +56,8 @@ class DatasetArrays:
         """
         digest = hashlib.sha256(np.ascontiguousarray(self.train.targets, dtype="<i8").tobytes())
         if self.train_files is not None:
-            digest.update("\n".join(self.train_files).encode())
+            # os.fsencode: a name that is not UTF-8 (surrogate-escaped) hashes as its bytes
+            digest.update(os.fsencode("\n".join(self.train_files)))
         return {"num_images": int(len(self.train.targets)), "sha256": digest.hexdigest()}
 
     @cached_property
@@ -73,7 +75,7 @@ class DatasetArrays:
         if self.unlabeled is None:
             return None
         files = self.unlabeled_files
-        digest = hashlib.sha256("\n".join(files).encode()).hexdigest() if files is not None else None
+        digest = hashlib.sha256(os.fsencode("\n".join(files))).hexdigest() if files is not None else None
         return {"num_images": int(len(self.unlabeled)), "sha256": digest}
 
 

@@ -37,14 +37,17 @@ def cache_key(files: Iterable[Tuple[str, int, int]], settings: dict) -> str:
     header = json.dumps({"format": CACHE_FORMAT, **settings}, sort_keys=True)
     digest = hashlib.sha256(header.encode())
     for path, size, mtime_ns in files:
-        digest.update(f"\n{path}\t{size}\t{mtime_ns}".encode())
+        # os.fsencode gives a name's bytes on disk back: a Linux name that is not UTF-8
+        # ("caf\xe9.png" from Latin-1) reaches Python with surrogates that .encode() refuses.
+        # For UTF-8 names the bytes, and so the keys of existing caches, are unchanged.
+        digest.update(b"\n" + os.fsencode(path) + f"\t{size}\t{mtime_ns}".encode())
     return digest.hexdigest()
 
 
 def user_cache_folder(root: Path) -> Path:
     """Where a read-only root's cache goes: $XDG_CACHE_HOME (or ~/.cache)/fixmatch/<hash>."""
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return home / "fixmatch" / hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    return home / "fixmatch" / hashlib.sha256(os.fsencode(root)).hexdigest()[:16]  # as cache_key
 
 
 class ImageCache:
