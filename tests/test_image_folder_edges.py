@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -208,6 +209,15 @@ def test_an_unreadable_image_is_described_without_exception_names(folder):
     bad.write_bytes(bad.read_bytes()[:60])  # a truncated PNG
     message = _message(lambda: load_dataset(folder_config(folder)))
     assert message.startswith(f"cannot read image {bad} (") and "Error" not in message
+
+
+def test_an_image_past_pillows_pixel_limit_is_named_with_what_to_do(folder, monkeypatch):
+    # Before: "(DecompressionBombError ...); replace or delete it" for a large real photo.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # every 20x20 image is past it
+    message = _message(lambda: load_dataset(folder_config(folder)))
+    assert re.search(r"\(Image size \(400 pixels\) exceeds limit of \d+ pixels, which Pillow "
+                     r"refuses as a safety measure; downscale the image\)", message)
+    assert "Error" not in message
 
 
 def test_class_names_match_across_unicode_forms_and_not_otherwise():

@@ -11,6 +11,7 @@ import os
 import struct
 import time
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -25,6 +26,11 @@ from fixmatch.data.image_cache import ImageCache, cache_key
 from fixmatch.errors import UserError
 
 log = logging.getLogger(__name__)
+# The user's own photos: Pillow's two-line warnings for a large one (89-178 megapixels, past
+# which it refuses, see unreadable_reason) or a corrupt EXIF block would interleave with the
+# progress lines and change nothing; the image decodes either way.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # matched case-insensitively
 LAYOUT = ("expected labeled/<class>/*, unlabeled/** (optional) and test/<class>/*, "
@@ -431,6 +437,9 @@ def unreadable_reason(error: Exception) -> str:
     message: never an exception's class name."""
     if isinstance(error, UnidentifiedImageError):
         return "not an image file that Pillow can identify"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"{str(error).split(', could be')[0]}, which Pillow refuses as a safety measure; " \
+               "downscale the image"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror  # "Permission denied"; str(error) would repeat the path
     return str(error) or "a corrupt or truncated file"
