@@ -389,8 +389,9 @@ def test_results_without_a_checkpoint_are_never_written_over_by_another_experime
     foreign = tmp_path / "foreign"  # another tool's files under fixmatch's names
     foreign.mkdir()
     (foreign / "metrics.json").write_text('{"accuracy": 0.9}')
-    with pytest.raises(UserError, match=r"holds a metrics.json \(status None\) of another experiment "
-                                        r"\(the config differs in config_resolved.yaml \(missing"):
+    with pytest.raises(UserError, match=r"holds a metrics.json \(status None\) of an unknown "
+                                        r"experiment \(its config_resolved.yaml is missing or "
+                                        r"unreadable\) but no checkpoint"):
         short_run(tiny_cifar10, foreign)
     assert (foreign / "metrics.json").read_text() == '{"accuracy": 0.9}'
     # The same experiment starts over: runs are deterministic, so nothing is lost.

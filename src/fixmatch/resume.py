@@ -86,8 +86,8 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
                 # Runs are deterministic for a config: starting over recomputes these results.
                 log.warning("%s holds %s but no checkpoint; starting the same run over", run_dir, kept)
                 return StartPlan(run_dir)
-            raise UserError(f"{run_dir} holds {kept} of another experiment (the config differs in "
-                            f"{', '.join(differences)}) but no checkpoint to continue from; "
+            raise UserError(f"{run_dir} holds {kept} {_of_another_experiment(differences)} but "
+                            "no checkpoint to continue from; "
                             "trainer.resume=false starts fresh in a new folder (its files are "
                             "left as they are), or use another hydra.run.dir")
         _refuse_files_of_no_run(run_dir)
@@ -174,13 +174,23 @@ def _refuse_files_of_no_run(run_dir: Path) -> None:
                         "run would overwrite them: move them away, or use another hydra.run.dir")
 
 
+def _of_another_experiment(differences: List[str]) -> str:
+    """How a refusal names the folder's experiment, from `_folder_differences`."""
+    if differences == [UNKNOWN_CONFIG]:
+        return "of an unknown experiment (its config_resolved.yaml is missing or unreadable)"
+    return f"of another experiment (the config differs in {', '.join(differences)})"
+
+
+UNKNOWN_CONFIG = "config_resolved.yaml (missing or unreadable)"
+
+
 def _folder_differences(run_dir: Path, resolved_yaml: str) -> List[str]:
     """`experiment_differences` between the folder's config_resolved.yaml and this config;
     a missing or unreadable file is itself a difference (the experiment is unknown)."""
     try:
         return experiment_differences((run_dir / "config_resolved.yaml").read_text(), resolved_yaml)
     except (OSError, ValueError, OmegaConfBaseException, YAMLError):
-        return ["config_resolved.yaml (missing or unreadable)"]
+        return [UNKNOWN_CONFIG]
 
 
 def _completed_summary(run_dir: Path) -> Optional[dict]:
@@ -204,8 +214,8 @@ def _plan_after_completed(run_dir: Path, completed: dict, resolved_yaml: str,
             "folder; its results are left as they are")
     differences = _folder_differences(run_dir, resolved_yaml)
     if differences:
-        raise UserError(f"{run_dir} holds a completed run of another experiment (the config "
-                        f"differs in {', '.join(differences)}) and no checkpoint; {keep}")
+        raise UserError(f"{run_dir} holds a completed run {_of_another_experiment(differences)} "
+                        f"and no checkpoint; {keep}")
     total_steps = _flatten_yaml(resolved_yaml).get("trainer.total_steps")
     if isinstance(total_steps, int) and completed.get("step", 0) < total_steps:
         raise UserError(f"{run_dir} holds a run completed at step {completed.get('step')} whose "
