@@ -183,6 +183,20 @@ def test_failed_download_is_a_user_error(tmp_path, monkeypatch, error, name, tor
     assert f"put the extracted '{folder}/' folder" in message
 
 
+def test_a_failed_download_leaves_no_empty_folder_behind(tmp_path, monkeypatch):
+    # Before: every offline attempt left an empty ./data where the command ran.
+    def failing_download(root, download):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before fetching
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", failing_download)
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(UserError, match="download failed"):
+        load_dataset(_cifar10_config(tmp_path / "kept" / "data" / "cifar", download=True))
+    assert [path.name for path in tmp_path.iterdir()] == ["kept"]
+    assert not any((tmp_path / "kept").iterdir())
+
+
 def test_download_fills_the_root_then_loads(tmp_path, monkeypatch):
     def fake_download(root, download):
         assert download is True

@@ -204,11 +204,22 @@ def download_with_torchvision(config: DatasetConfig, folder: Path, hint: str,
         raise UserError(f"{config.name}: {lacking} and dataset.download=false; {hint}")
     import torchvision  # only needed for the download
 
+    created = [path for path in (Path(root), *Path(root).parents) if not path.exists()]
     try:
         getattr(torchvision.datasets, torchvision_class)(root, download=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
+        _remove_empty(created)  # a failed download (offline) leaves no empty ./data behind
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{config.name}: {lacking} and the download failed ({reason}); {hint}") from None
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders (deepest first) that are empty; others are left as they are."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def _unpickle(path: Path) -> dict:
