@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from fixmatch.data.datasets import load_dataset
+from fixmatch.data.folder_listing import same_class_names
 from fixmatch.data.image_cache import CACHE_FORMAT, cache_key
-from fixmatch.data.image_folder import load_test_folder, same_class_names
+from fixmatch.data.image_folder import load_test_folder
 from fixmatch.errors import UserError
 from test_image_folder import CLASSES, folder_config, gray, make_folder, write_image
 

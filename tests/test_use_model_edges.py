@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import compose_config
 from fixmatch import evaluate, predict
 from fixmatch.app import build_model, run_experiment
-from fixmatch.data.image_folder import Skipped, find_images
+from fixmatch.data.folder_listing import Skipped, find_images
 from fixmatch.data.normalization import Normalization
 from fixmatch.errors import UserError
 from fixmatch.trained_model import TrainedModel

@@ -29,6 +29,7 @@ from fixmatch.data.ctaugment import CTAugment
 from fixmatch.data.datasets import DatasetArrays
 from fixmatch.data.device_augment import DeviceAugment
 from fixmatch.data.device_inputs import DeviceInputs, DeviceViews
+from fixmatch.data.folder_listing import same_class_names
 from fixmatch.data.loaders import (
     AugmentedImages,
     InfiniteBatchSampler,
@@ -36,7 +37,6 @@ from fixmatch.data.loaders import (
     build_eval_loader,
     build_train_loader,
 )
-from fixmatch.data.image_folder import same_class_names
 from fixmatch.data.normalization import Normalization, resolve_normalization
 from fixmatch.data.randaugment import RandAugment
 from fixmatch.data.resident import ResidentBatches, ResidentImages, fits_on_device

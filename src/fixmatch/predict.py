@@ -1,7 +1,7 @@
 """`python -m fixmatch.predict checkpoint=<...> inputs=<folder or files> output=predictions.csv`.
 
 Classifies image files with a trained run's model, listing folders as training does
-(image_folder.find_images), decoding them exactly as its training images were
+(folder_listing.find_images), decoding them exactly as its training images were
 (image_folder.decode_image: size, channels, resize rule) and normalising with the
 checkpoint's mean/std. Unreadable files and files of the wrong size get a row with the
 reason, never stop the run.
@@ -15,14 +15,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from fixmatch.data.folder_listing import IMAGE_EXTENSIONS, Skipped, find_images
 from fixmatch.data.image_folder import (
-    IMAGE_EXTENSIONS,
     UNREADABLE_IMAGE_ERRORS,
     Preprocessing,
-    Skipped,
     WrongImageSize,
     decode_image,
-    find_images,
     unreadable_reason,
 )
 from fixmatch.data.transforms import EvalTransform
