@@ -12,7 +12,7 @@ import difflib
 import importlib.util
 import re
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -199,11 +199,11 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             for overrides in _candidates(fixed, sweeps):
-                error = _compose_error(config_name, overrides, program)
-                if sweeps and not error:
+                cfg, error = _composed(config_name, overrides, program)
+                if sweeps and cfg is not None:
                     # A value the schema's type admits but the run refuses (ssl.threshold=1.5)
                     # would otherwise stop its job only after the jobs before it trained.
-                    error = _value_error(config_name, overrides)
+                    error = _value_error(cfg)
                 if error:
                     return error
             if sweeps:
@@ -214,14 +214,14 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
     return None
 
 
-def _value_error(config_name: str, overrides: List[str]) -> Optional[str]:
-    """config_checks.check_config's one line for this job's config (as one process; the
-    data-dependent checks run when the job starts), or None."""
+def _value_error(cfg: DictConfig) -> Optional[str]:
+    """config_checks.check_config's one line for a job's composed config (as one process;
+    the data-dependent checks run when the job starts), or None."""
     from fixmatch.config_checks import check_config  # imports torch: only for sweeps
     from fixmatch.distributed import DistEnv
 
     try:
-        check_config(typed_config(compose(config_name=config_name, overrides=overrides)), DistEnv())
+        check_config(typed_config(cfg), DistEnv())
     except UserError as error:
         return str(error)
     return None
@@ -276,21 +276,24 @@ def _collision(first: str, second: str, folder: str, template: str) -> str:
             "(single quotes keep the shell off the $)")
 
 
-def _compose_error(config_name: str, overrides: List[str], program: str) -> Optional[str]:
+def _composed(config_name: str, overrides: List[str],
+              program: str) -> Tuple[Optional[DictConfig], Optional[str]]:
+    """(the composed config, None), or (None, what is wrong in one line); (None, None) for
+    a failure Hydra reports better itself."""
     try:
-        compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides), None
     except MissingConfigException as error:
-        return _missing_option(error, overrides)
+        return None, _missing_option(error, overrides)
     except ConfigCompositionException as error:
         cause = error.__cause__
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
-            return _unknown_key(cause.full_key, config_name, overrides, program)
+            return None, _unknown_key(cause.full_key, config_name, overrides, program)
         if isinstance(cause, ValidationError) and cause.full_key:
             # The last override of a key is the one that applies (and failed).
             given = next((o for o in reversed(overrides)
                           if o.split("=", 1)[0].lstrip("+~") == cause.full_key), cause.full_key)
-            return f"{given}: {str(cause.msg).splitlines()[0]}"
-    return None
+            return None, f"{given}: {str(cause.msg).splitlines()[0]}"
+    return None, None
 
 
 def _unknown_key(key: str, config_name: str, overrides: List[str], program: str) -> str:
