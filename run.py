@@ -10,13 +10,11 @@ interrupted at once.
 A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep.py).
 """
 
-import atexit
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Set, Union
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,7 +24,7 @@ from omegaconf import DictConfig
 from fixmatch.app import run_experiment
 from fixmatch.config import register_configs
 from fixmatch.errors import UserError
-from fixmatch.overrides import override_error
+from fixmatch.overrides import MULTIRUN_FLAGS, existing_folders, override_error
 from fixmatch.preemption import EXIT_CODE_PREEMPTED
 from fixmatch.sweep import JobFailure
 
@@ -35,13 +33,23 @@ register_configs()
 
 def _keep_other_ranks_out_of_the_output_folder() -> None:
     # Under torchrun every rank composes the config, and `${now:...}` could name a folder
-    # per rank. Rank 0's folder is the run's (app.py broadcasts it); the others get a
-    # throwaway folder and no log file of their own.
+    # per rank. Rank 0's folder is the run's (app.py broadcasts it); the others write no
+    # file: their Hydra folder is the temp folder itself, which exists, so no folder is
+    # made there that a killed rank would leave behind.
     if int(os.environ.get("RANK", "0")) > 0:
-        throwaway = tempfile.mkdtemp(prefix="fixmatch-rank")
-        atexit.register(shutil.rmtree, throwaway, ignore_errors=True)
-        sys.argv += [f"hydra.run.dir={throwaway}", "hydra.output_subdir=null",
+        sys.argv += [f"hydra.run.dir={tempfile.gettempdir()}", "hydra.output_subdir=null",
                      "hydra/job_logging=stdout"]
+
+
+def _exit_on_a_sweep_under_torchrun() -> None:
+    # Hydra's sweep would run its jobs one after another in every rank, and the ranks'
+    # process group does not survive from one job to the next: the second job hangs.
+    if "WORLD_SIZE" in os.environ and any(arg in MULTIRUN_FLAGS for arg in sys.argv[1:]):
+        _print_error("a sweep (-m) cannot run under torchrun: one torchrun runs one experiment; "
+                     "start one torchrun per job (e.g. a shell loop over the values)")
+        sys.exit(2)
+
+
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -88,7 +96,10 @@ SWEEP_TERMS = [
 
 def _remove_if_empty(folder: Path) -> None:
     # Hydra creates the run's folder before the run starts; a mistake found before the run
-    # wrote anything (trainer.device=cuda without a GPU, say) would leave it empty.
+    # wrote anything (trainer.device=cuda without a GPU, say) would leave it empty. A folder
+    # the user named that was there before the start is theirs, empty or not.
+    if folder.resolve() in EXISTING_RUN_DIRS:
+        return
     try:
         folder.rmdir()  # only ever succeeds on an empty folder
     except OSError:
@@ -118,7 +129,11 @@ def _print_error(message: str) -> None:
     print(f"{f'[rank {rank}] ' if rank else ''}error: {message}", file=sys.stderr)
 
 
+EXISTING_RUN_DIRS: Set[Path] = set()
+
 if __name__ == "__main__":
     _exit_on_a_bad_override()
+    _exit_on_a_sweep_under_torchrun()
+    EXISTING_RUN_DIRS.update(existing_folders(sys.argv[1:], "hydra.run.dir"))
     _keep_other_ranks_out_of_the_output_folder()
     main()

@@ -1,6 +1,7 @@
 """End to end: tiny runs write every output file, are reproducible and really learn."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,27 @@ def test_a_mistake_found_before_the_run_wrote_anything_leaves_no_empty_folder(ti
                                            f"hydra.run.dir={tmp_path}/run"), cwd=tmp_path)
     assert result.returncode == 2 and "no CUDA device" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_users_own_empty_folder_survives_a_mistake(tiny_cifar10, tmp_path):
+    # Before: hydra.run.dir=<an empty folder of the user's> was removed with the mistake.
+    (tmp_path / "mine").mkdir()
+    result = run_cli(*tiny_cifar_overrides(tiny_cifar10, "trainer.device=cuda",
+                                           f"hydra.run.dir={tmp_path}/mine"), cwd=tmp_path)
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_sweep_under_torchrun_is_one_line_not_a_hang(tmp_path):
+    # Before: the second job of `torchrun ... run.py -m seed=1,2` waited forever.
+    result = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", "seed=1,2"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "WORLD_SIZE": "2", "RANK": "0"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: a sweep (-m) cannot run under torchrun: one torchrun "
+                                     "runs one experiment; start one torchrun per job (e.g. a "
+                                     "shell loop over the values)")
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_sweep_runs_every_job_then_exits_2_naming_the_failed_ones(tiny_cifar10, tmp_path):

@@ -50,6 +50,13 @@ def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
         "error: preview.num_images=0 must be at least 1, preview.num_strong=4 not negative and "
         "preview.cell_size=96 positive"]
     assert not (tmp_path / "run").exists()  # before: Hydra's empty run folder stayed behind
+    (tmp_path / "mine").mkdir()  # but a folder the user had is theirs, empty or not
+    result = subprocess.run(
+        [sys.executable, "-m", "fixmatch.preview", "experiment=quickstart",
+         f"hydra.run.dir={tmp_path}/mine", "preview.num_images=0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2 and (tmp_path / "mine").is_dir()
 
 
 @pytest.mark.parametrize("override,message", [

@@ -562,6 +562,13 @@ def test_plot_replaces_its_own_image_but_never_a_file_it_did_not_draw(tmp_path, 
         image = tmp_path / name
         assert main([str(tmp_path / "runs"), "--plot", str(image)]) == 0
         assert main([str(tmp_path / "runs"), "--plot", str(image)]) == 0  # its own: replaced
+    # formats matplotlib hands to PIL carry the mark PIL writes (before: refused to save)
+    for name in ["curves.jpg", "curves.tif"]:
+        assert main([str(tmp_path / "runs"), "--plot", str(tmp_path / name)]) == 0
+        assert main([str(tmp_path / "runs"), "--plot", str(tmp_path / name)]) == 0
+    # one without a text entry is written, but then never replaced
+    assert main([str(tmp_path / "runs"), "--plot", str(tmp_path / "curves.webp")]) == 0
+    assert main([str(tmp_path / "runs"), "--plot", str(tmp_path / "curves.webp")]) == 2
     mine = tmp_path / "userpic.png"
     mine.write_bytes(b"\x89PNG\r\n\x1a\n not a plot")
     capsys.readouterr()

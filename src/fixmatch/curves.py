@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from fixmatch.output_marks import matplotlib_metadata
+from fixmatch.output_marks import matplotlib_save_kwargs
 
 CURVE_KEY = "eval/top1_ema"
 PLOT_COMMAND = "results --plot"  # the mark in the images it draws (output_marks)
@@ -86,7 +86,7 @@ def plot_curves(pyplot, cells: Sequence[Tuple[str, Sequence]], path: Path) -> No
     figure.tight_layout()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120, metadata=matplotlib_metadata(path, PLOT_COMMAND))
+        figure.savefig(path, dpi=120, **matplotlib_save_kwargs(path, PLOT_COMMAND))
     except OSError as error:
         raise OSError(f"cannot write {path} ({error.strerror or error})") from None
     finally:

@@ -2,11 +2,14 @@
 replace its own earlier image but never a file of the user's that has the same name.
 
 The mark is a plain-text metadata entry ("fixmatch <command>"): a PNG tEXt chunk, the
-Creator of a PDF, SVG or PostScript file. Formats without such an entry (JPEG, TIFF, ...)
-carry no mark, so an existing file of theirs is never replaced.
+Creator of a PDF, SVG or PostScript file, a JPEG comment, a TIFF image description. Formats
+without such an entry (WebP, GIF, ...) carry no mark, so an existing file of theirs is never
+replaced.
 """
 
 from pathlib import Path
+
+from PIL.PngImagePlugin import PngInfo
 
 from fixmatch.errors import UserError
 
@@ -19,10 +22,29 @@ def mark(command: str) -> str:
     return f"fixmatch {command}"
 
 
-def matplotlib_metadata(path: Path, command: str) -> dict:
-    """savefig's `metadata=` that marks `path` as `command`'s (empty where it has no entry)."""
+def pil_save_kwargs(path: Path, command: str) -> dict:
+    """PIL's `Image.save` arguments that mark `path` as `command`'s (empty where none can)."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        info = PngInfo()
+        info.add_text("Software", mark(command))
+        return {"pnginfo": info}
+    if suffix in (".jpg", ".jpeg"):
+        return {"comment": mark(command).encode()}
+    if suffix in (".tif", ".tiff"):
+        return {"description": mark(command)}
+    return {}
+
+
+def matplotlib_save_kwargs(path: Path, command: str) -> dict:
+    """savefig's arguments that mark `path` as `command`'s: `metadata=` where matplotlib
+    writes it, PIL's arguments for the formats it hands to PIL (matplotlib refuses
+    `metadata=`, even empty, for those)."""
     key = MATPLOTLIB_KEYS.get(path.suffix.lower())
-    return {key: mark(command)} if key else {}
+    if key:
+        return {"metadata": {key: mark(command)}}
+    pil = pil_save_kwargs(path, command)
+    return {"pil_kwargs": pil} if pil else {}
 
 
 def carries_mark(path: Path, command: str) -> bool:

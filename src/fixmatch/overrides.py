@@ -12,7 +12,7 @@ import difflib
 import importlib.util
 import re
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -140,6 +140,15 @@ def _sweep_given_twice(parsed, texts: Sequence[str]) -> Optional[str]:
             return (f"{written} both set {key}; Hydra would keep only {given[-1][1]}: give {key} "
                     f"once, with every value (e.g. {key}=a,b,c)")
     return None
+
+
+def existing_folders(args: Sequence[str], key: str) -> Set[Path]:
+    """The folders that `key=<folder>` on the command line names and that exist already
+    (resolved): Hydra creates a run's folder before the run, and a start that stops on a
+    mistake removes the folder only when it made it."""
+    given = [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{key}=")]
+    return {Path(folder).expanduser().resolve() for folder in given
+            if Path(folder).expanduser().is_dir()}
 
 
 def _missing_launcher(override) -> Optional[str]:

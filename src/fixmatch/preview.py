@@ -8,7 +8,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Set, Tuple
 
 import hydra
 import numpy as np
@@ -17,14 +17,13 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw
-from PIL.PngImagePlugin import PngInfo
 
 from fixmatch.config import Config, register_configs
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
-from fixmatch.output_marks import mark, refuse_to_replace
-from fixmatch.overrides import override_error, typed_config
+from fixmatch.output_marks import pil_save_kwargs, refuse_to_replace
+from fixmatch.overrides import existing_folders, override_error, typed_config
 from fixmatch.pipeline import build_views
 
 # The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
@@ -167,20 +166,11 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
     grid = preview_grid([np.asarray(train.images[i]) for i in rows], weak, strong,
                         options.num_strong, config.seed, options.cell_size)
     try:
-        grid.save(path, **_mark(path))
+        grid.save(path, **pil_save_kwargs(path, PREVIEW_COMMAND))
     except (OSError, ValueError) as error:  # a format PIL lists but cannot write RGB to, say
         raise UserError(f"cannot write preview.file_name={options.file_name} to {path} "
                         f"({error}); a .png always works") from None
     return path
-
-
-def _mark(path: Path) -> dict:
-    """PIL's save arguments that mark a PNG as a preview's (other formats carry no mark)."""
-    if path.suffix.lower() != ".png":
-        return {}
-    info = PngInfo()
-    info.add_text("Software", mark(PREVIEW_COMMAND))
-    return {"pnginfo": info}
 
 
 def find_conf_dir() -> Path:
@@ -196,6 +186,9 @@ def find_conf_dir() -> Path:
     return CONF_DIR
 
 
+EXISTING_RUN_DIRS: Set[Path] = set()  # hydra.run.dir when it existed before the start
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     """Compose like run.py, then write the preview into Hydra's run directory."""
@@ -205,10 +198,11 @@ def main(cfg: DictConfig) -> None:
         print(write_preview(config, run_dir / config.preview.file_name))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        try:
-            run_dir.rmdir()  # Hydra made it for the grid; only ever succeeds when empty
-        except OSError:
-            pass
+        if run_dir.resolve() not in EXISTING_RUN_DIRS:  # a folder the user had stays
+            try:
+                run_dir.rmdir()  # Hydra made it for the grid; only ever succeeds when empty
+            except OSError:
+                pass
         sys.exit(2)
 
 
@@ -219,6 +213,7 @@ if __name__ == "__main__":
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     register_preview_configs()
+    EXISTING_RUN_DIRS.update(existing_folders(sys.argv[1:], "hydra.run.dir"))
     error = override_error(sys.argv[1:], CONF_DIR, program="python -m fixmatch.preview")
     if error:  # one line, as run.py gives, instead of Hydra's report (exit 1)
         print(f"error: {error}", file=sys.stderr)
