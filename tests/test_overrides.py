@@ -23,6 +23,10 @@ def test_hydra_flags_that_exclude_each_other_and_a_file_as_run_dir_are_one_line(
     error = override_error([f"hydra.run.dir={tmp_path}/mine.csv"], CONF_DIR)
     assert error == (f"hydra.run.dir={tmp_path}/mine.csv: {tmp_path}/mine.csv is a file; "
                      "hydra.run.dir must be a folder (new or existing)")
+    error = override_error([f"hydra.sweep.dir={tmp_path}/mine.csv/sweep", "-m", "seed=1"], CONF_DIR)
+    assert error == (f"hydra.sweep.dir={tmp_path}/mine.csv/sweep: {tmp_path}/mine.csv/sweep lies "
+                     f"below the file {tmp_path}/mine.csv; hydra.sweep.dir must be a folder (new "
+                     "or existing)")
     assert override_error(["--cfg", "job", "seed=2"], CONF_DIR) is None
 
 
@@ -54,6 +58,9 @@ def test_hydra_flags_that_exclude_each_other_and_a_file_as_run_dir_are_one_line(
     (["dataset.root=~/data"], "has characters Hydra reads as syntax; quote it"),
     (["dataset.root=/data/a,b"], "if the commas belong to one value (a path), quote it: "
                                  "\"dataset.root='/data/a,b'\""),
+    (["dataset.root=/data/it's"], "quote it inside the argument: \"dataset.root=\\\"/data/it's\\\"\""),
+    (["-m", "dataset.root=/a(1),/b"], "quote each value inside the argument: "
+                                       "\"dataset.root='/a(1)','/b'\""),
     # sweeps that would run no job, or not the jobs written
     (["-m", "seed=range(3,1)"], "seed=range(3,1) gives no value, so the sweep would run no job"),
     (["-m", "seed=1,2", "seed=3"], "seed=1,2 and seed=3 both set seed; Hydra would keep only seed=3"),
@@ -69,6 +76,18 @@ def test_hydra_flags_that_exclude_each_other_and_a_file_as_run_dir_are_one_line(
      "'hydra.sweep.subdir=${dataset.name}/${ssl.num_labeled}/${hydra:runtime.choices.ssl}/"
      "total_steps${trainer.total_steps}/${seed}'"),
     (["-m", "seed=1,2", "hydra.sweep.subdir=${dataset.name}"], "the jobs of seed=1 and seed=2"),
+    # a key of the config is named as itself, a group by its choice
+    (["-m", "seed=1,2", "hydra.sweep.subdir=x"], "e.g. 'hydra.sweep.subdir=x/seed${seed}'"),
+    (["-m", "ssl=fixmatch,supervised", "hydra.sweep.subdir=x"],
+     "e.g. 'hydra.sweep.subdir=x/ssl${hydra:runtime.choices.ssl}'"),
+    (["-m", "seed=1,2", "hydra.sweep.subdir=${dataset.name}/${oops}"],
+     "hydra.sweep.subdir=${dataset.name}/${oops}: Interpolation key 'oops' not found"),
+    # glob sweeps over a group's options are checked as the values they expand to
+    (["-m", "ssl=glob(*)"], "ssl=glob(*) includes ssl_schema, the typed schema the ssl options "
+                            "extend, not an option: exclude it"),
+    (["-m", "ssl=glob(nothing*)"], "matches no option of ssl (fixmatch, fixmatch_cta, supervised)"),
+    (["-m", "ssl=glob(*,exclude=*schema)", "trainer.total_steps=10,20"],
+     "the jobs of trainer.total_steps=10 and trainer.total_steps=20 would share"),
 ])
 def test_a_bad_override_is_one_line_naming_it(args, expected):
     error = override_error(args, CONF_DIR)
@@ -86,6 +105,8 @@ def test_a_bad_override_is_one_line_naming_it(args, expected):
     ["-m", "ssl.threshold=0.8,0.9", "seed=1,2",
      "hydra.sweep.subdir=${dataset.name}/tau${ssl.threshold}/${seed}"],
     ["-m", "experiment=cifar10_40,cifar10_250", "seed=1,2"],
+    ["-m", "ssl=glob(*,exclude=*_schema)", "seed=1,2"],
+    ["dataset=folder", "dataset.root=\"/data/it's\""],  # the quoting the hint gives
     ["-m", "seed=1,2", "hydra.sweep.subdir=${hydra.job.num}"],  # known only as the job runs
     ["--cfg", "job", "ssl.nope=1"],  # other Hydra flags: left to Hydra
     ["hydra/launcher=nothing_like_this", "seed=3"],  # Hydra's own groups: left to Hydra

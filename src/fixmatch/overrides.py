@@ -11,6 +11,7 @@ write: two jobs in one folder would make the second continue (or skip) the first
 import difflib
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -18,10 +19,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
-                              ValidationError)
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationKeyError,
+                              MissingMandatoryValue, ValidationError)
 
 from fixmatch.errors import UserError
 
@@ -74,8 +76,12 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
         return None
     for arg in overrides:
         key, _, folder = arg.partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and Path(folder).is_file():
-            return f"{arg}: {folder} is a file; {key} must be a folder (new or existing)"
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            path = Path(folder).expanduser()
+            file = next((part for part in (path, *path.parents) if part.is_file()), None)
+            if file is not None:
+                where = "is a file" if file == path else f"lies below the file {file}"
+                return f"{arg}: {folder} {where}; {key} must be a folder (new or existing)"
     flag_at = next((i for i, arg in enumerate(args) if arg in MULTIRUN_FLAGS), None)
     if flag_at is not None and 0 < flag_at < len(args) - 1:
         # Overrides on both sides of the flag: argparse stops with a usage dump.
@@ -88,8 +94,9 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
         key, equals, value = bad.partition("=")
         if equals and re.fullmatch(r"[+~]*[\w./@-]+", key):
             # A path with ( ) [ ] { } , = ~ ' # ! & or spaces is Hydra syntax unless quoted.
+            where = "each value" if multirun and "," in value else "it"
             return (f"{bad!r}: the value {value!r} has characters Hydra reads as syntax; quote "
-                    f"it inside the argument: \"{key}='{value}'\"")
+                    f"{where} inside the argument: {_quoted(key, value, multirun)}")
         return (f"{bad!r} is not an override: write key=value (e.g. seed=2) or group=option "
                 f"(e.g. dataset=cifar100); {_listing(program)}")
     repeated = _sweep_given_twice(parsed, overrides)
@@ -114,11 +121,14 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
         elif not multirun:
             key, _, value = text.partition("=")
             return (f"{text} gives several values, which is a sweep: add -m ({program} -m {text}); "
-                    f"if the commas belong to one value (a path), quote it: \"{key}='{value}'\"")
+                    f"if the commas belong to one value (a path), quote it: "
+                    f"{_quoted(key, value, sweep=False)}")
+        elif isinstance(override.value(), Glob):
+            sweeps.append(override)  # a group's options: expanded once the config is loaded
         else:
             values = _sweep_values(override)
             if values is None:
-                return None  # a sweep form Hydra expands itself (glob, ranges with steps, ...)
+                return None  # a sweep form Hydra expands itself (ranges with steps, ...)
             if not values:
                 return (f"{text} gives no value, so the sweep would run no job: give at least one "
                         "(e.g. seed=range(1,4) is 1, 2, 3)")
@@ -127,6 +137,14 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
 
 
 SUBDIR_KEY = "hydra.sweep.subdir"
+
+
+def _quoted(key: str, value: str, sweep: bool) -> str:
+    """`key=value` as the shell argument that gives Hydra `value` quoted (each of its
+    comma-separated values, in a sweep): Hydra's quotes inside, the shell's around them."""
+    values = value.split(",") if sweep else [value]
+    inner = ",".join(f'"{part}"' if "'" in part else f"'{part}'" for part in values)
+    return '"' + f"{key}={inner}".replace('"', '\\"') + '"'
 
 
 def _sweep_given_twice(parsed, texts: Sequence[str]) -> Optional[str]:
@@ -202,11 +220,16 @@ def _candidates(fixed: List[str], sweeps: List[List[str]]) -> Iterator[List[str]
             yield fixed + firsts[:i] + [value] + firsts[i + 1:]
 
 
-def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
-                   sweeps: List[List[str]], program: str, subdir: List[str]) -> Optional[str]:
+def _first_failure(config_dir: Path, config_name: str, fixed: List[str], sweeps: list,
+                   program: str, subdir: List[str]) -> Optional[str]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            sweeps = [_glob_values(sweep) if isinstance(sweep, Override) else sweep
+                      for sweep in sweeps]
+            refused = next((values for values in sweeps if isinstance(values, str)), None)
+            if refused:
+                return refused
             for overrides in _candidates(fixed, sweeps):
                 cfg, error = _composed(config_name, overrides, program)
                 if sweeps and cfg is not None:
@@ -221,6 +244,24 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str],
         GlobalHydra.instance().clear()  # hydra.main initialises its own
         HydraConfig.instance().cfg = None  # set by _job_folder; hydra.main sets its own
     return None
+
+
+def _glob_values(override: Override):
+    """`group=glob(...)`'s values as Hydra will expand them (the group's options), or one
+    line when that runs no job or would run a typed schema as a job."""
+    group, glob = override.key_or_group, override.value()
+    options = GlobalHydra.instance().config_loader().get_group_options(group)
+    values = glob.filter(options)
+    text = override.input_line or f"{override.get_key_element()}={glob}"
+    if not values:
+        listed = [option for option in options if not option.endswith(SCHEMA_SUFFIX)]
+        return (f"{text} matches no option of {group} ({', '.join(listed) or 'it has none'}), so "
+                "the sweep would run no job")
+    schemas = [value for value in values if value.endswith(SCHEMA_SUFFIX)]
+    if schemas:
+        return (f"{text} includes {schemas[0]}, the typed schema the {group} options extend, not "
+                f"an option: exclude it, e.g. '{group}=glob(*,exclude=*{SCHEMA_SUFFIX})'")
+    return [f"{override.get_key_element()}={value}" for value in values]
 
 
 def _value_error(cfg: DictConfig) -> Optional[str]:
@@ -248,39 +289,51 @@ def _shared_job_folder(config_name: str, fixed: List[str],
     for i, values in enumerate(sweeps):
         seen = {}
         for value in values:
-            folder, template = _job_folder(config_name, fixed + firsts[:i] + [value] + firsts[i + 1:])
-            if folder is None:
-                return None  # a subdir built at run time (hydra.job.num, ...): no collision
-            if folder in seen:
-                return _collision(seen[folder], value, folder, template)
-            seen[folder] = value
+            job = _job_folder(config_name, fixed + firsts[:i] + [value] + firsts[i + 1:])
+            if job.error or job.folder is None:
+                return job.error  # None: a subdir built at run time (hydra.job.num, ...)
+            if job.folder in seen:
+                return _collision(seen[job.folder], value, job)
+            seen[job.folder] = value
     return None
 
 
-def _job_folder(config_name: str, overrides: List[str]):
-    """(the job's folder below hydra.sweep.dir, hydra.sweep.subdir as written), or (None,
-    None) when it is only known once the job runs."""
+@dataclass(frozen=True)
+class _JobFolder:
+    """Where a sweep job writes, below hydra.sweep.dir (None: known only as it runs)."""
+
+    folder: Optional[str]
+    template: str = ""  # hydra.sweep.subdir as written
+    groups: Tuple[str, ...] = ()  # the config groups, named in the folder by their choice
+    error: Optional[str] = None  # the subdir names no setting
+
+
+def _job_folder(config_name: str, overrides: List[str]) -> _JobFolder:
     cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    template = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+    template = str(OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir"))
     HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.choices.ssl}
     try:
-        return str(cfg.hydra.sweep.subdir), template
+        folder = str(cfg.hydra.sweep.subdir)
+    except InterpolationKeyError as error:  # a misspelt key: Hydra would stop with a traceback
+        why = str(error.msg).splitlines()[0]  # "Interpolation key 'oops' not found"
+        return _JobFolder(None, template, error=f"{SUBDIR_KEY}={template}: {why}; "
+                                                "`python run.py --cfg job` prints every key")
     except Exception:  # noqa: BLE001 - e.g. ${hydra.job.num}, which Hydra fills per job
-        return None, None
+        return _JobFolder(None)
+    return _JobFolder(folder, template, tuple(cfg.hydra.runtime.choices))
 
 
-def _collision(first: str, second: str, folder: str, template: str) -> str:
+def _collision(first: str, second: str, job: _JobFolder) -> str:
     key, value = first.split("=", 1)[0].lstrip("+~"), second.split("=", 1)[1]
     if first.split("=", 1)[1] == value:
         return f"-m {key}=...: lists {value} twice; give each value once"
-    group = "." not in key
-    named = f"${{hydra:runtime.choices.{key}}}" if group else f"${{{key}}}"
-    parts = str(template).rsplit("/", 1)
+    named = f"${{hydra:runtime.choices.{key}}}" if key in job.groups else f"${{{key}}}"
+    parts = job.template.rsplit("/", 1)
     leaf = key.rsplit(".", 1)[-1]
     example = "/".join([parts[0], f"{leaf}{named}", parts[1]] if len(parts) == 2
-                       else [str(template), f"{leaf}{named}"])
+                       else [job.template, f"{leaf}{named}"])
     return (f"-m {key}=...: the jobs of {first} and {second} would share the folder "
-            f"<sweep dir>/{folder} ({SUBDIR_KEY} does not name {key}), so the second would "
+            f"<sweep dir>/{job.folder} ({SUBDIR_KEY} does not name {key}), so the second would "
             f"continue or skip the first's run: name it there, e.g. '{SUBDIR_KEY}={example}' "
             "(single quotes keep the shell off the $)")
 
