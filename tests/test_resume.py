@@ -22,7 +22,7 @@ from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
 from fixmatch.app import run_experiment
 from fixmatch.checkpoint import CheckpointError, load_checkpoint
 from fixmatch.errors import UserError
-from fixmatch.folder_lock import FolderLock
+from fixmatch.folder_lock import FolderLock, is_held
 from fixmatch.preemption import EXIT_CODE_PREEMPTED, StopRequest
 from fixmatch.resume import experiment_differences
 
@@ -285,6 +285,27 @@ def test_a_folder_another_process_trains_in_is_refused(tiny_cifar10, tmp_path):
         held.release()
     assert (run_dir / "metrics.jsonl").read_bytes() == before
     assert short_run(tiny_cifar10, run_dir)["step"] == 6  # released when the holder is done
+
+
+def test_a_forked_child_does_not_keep_the_folder_held(tmp_path):
+    # Before: loader workers (forked) inherited the lock, so for seconds after the trainer
+    # was SIGKILLed its folder still looked held: the rerun was refused, results said running.
+    held = FolderLock(tmp_path).acquire()
+    started, finish = os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker that outlives its parent's lock
+        os.write(started[1], b"x")  # the fork hooks have run by now
+        os.read(finish[0], 1)
+        os._exit(0)
+    try:
+        os.read(started[0], 1)
+        held.release()  # as the kernel does when the trainer dies
+        assert is_held(tmp_path) is False
+    finally:
+        os.write(finish[1], b"x")
+        os.waitpid(child, 0)
+        for fd in (*started, *finish):
+            os.close(fd)
 
 
 def test_resume_false_starts_fresh_in_a_new_folder(tiny_cifar10, tmp_path):

@@ -45,12 +45,34 @@ class FolderLock:
             os.close(fd)  # a filesystem without flock (some network mounts): train unlocked
             return self
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
+
+
+# Descriptors of the folders this process holds. A forked child (a DataLoader worker)
+# inherits them, and flock's lock lives while any descriptor of it is open: a worker
+# outliving a killed trainer for a few seconds would hold the folder, so a rerun (and the
+# results command) would take the killed run for a running one. Children close their copies.
+_HELD = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def is_held(folder: Path) -> Optional[bool]:
