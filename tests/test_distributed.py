@@ -21,6 +21,7 @@ from fixmatch.data.normalization import resolve_normalization
 from fixmatch.data.split import draw_labeled_split
 from fixmatch.distributed import DistEnv
 from fixmatch.runtime import seed_everything
+from fixmatch.step_stats import RunningMeans
 
 REPO = CONF_DIR.parent
 
@@ -138,3 +139,19 @@ def test_two_rank_run_resumes_and_refuses_an_indivisible_batch(tiny_cifar10, tmp
                    cwd=tmp_path)
     assert odd.returncode != 0
     assert "must be divisible by the 2 ranks" in odd.stderr
+
+
+def test_a_resumed_window_of_training_means_counts_every_ranks_steps_once():
+    # Before: each rank's checkpointed sums were rank 0's, loaded by every rank, so the first
+    # logged means after a resume counted rank 0's steps twice and rank 1's never.
+    window = RunningMeans()
+    for loss in (1.0, 3.0):
+        window.add({"train/loss": torch.tensor(loss)})
+    state = window.state_dict()  # one process: the sums over its one rank
+    assert state["steps"] == 2 and state["over_ranks"] and float(state["sums"]["train/loss"]) == 4.0
+    on_rank_0, on_rank_1 = RunningMeans(), RunningMeans()
+    on_rank_0.load_state_dict(state, torch.device("cpu"), DistEnv(rank=0, world_size=2))
+    on_rank_1.load_state_dict(state, torch.device("cpu"), DistEnv(rank=1, world_size=2))
+    # the ranks' sums add up to the job's (the all-reduce of `means`), each step once
+    assert float(on_rank_0.sums["train/loss"] + on_rank_1.sums["train/loss"]) == 4.0
+    assert on_rank_0.steps == on_rank_1.steps == 2

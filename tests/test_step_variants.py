@@ -116,6 +116,10 @@ def test_trainer_logs_throughput_data_wait_and_eta_to_tensorboard(tiny_cifar10, 
     assert all(0 <= value <= 1 for _, value in series["train/data_wait_fraction"])
     assert series["train/eta_s"][-1][1] == 0 and series["train/eta_s"][0][1] > 0
     assert 0 < series["lr"][-1][1] < series["lr"][0][1] <= 0.03  # the cosine decay
+    # One point per step: the evaluation at step 6 adds eval/*, not a second train/loss
+    # (before: the means since the previous evaluation, so every curve jumped there).
+    assert [event.step for event in events.Scalars("train/loss")] == [2, 4, 6]
+    assert [event.step for event in events.Scalars("eval/top1_ema")] == [6]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

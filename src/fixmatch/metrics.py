@@ -79,8 +79,9 @@ class MetricWriter:
         write_lines_atomic(self.run_dir / "metrics.jsonl", [json_line(record) for record in self.history])
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step hides events an interrupted process logged after its checkpoint.
-        purge_step = self.resume_step + 1 if self.resume_step is not None else None
+        # purge_step hides events an interrupted process logged after its checkpoint (all of
+        # them when the run starts over: one killed before its first checkpoint).
+        purge_step = self.resume_step + 1 if self.resume_step is not None else 0
         self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
                                          purge_step=purge_step)
 
@@ -101,7 +102,10 @@ class MetricWriter:
         if self.write:
             with (self.run_dir / "metrics.jsonl").open("a") as file:
                 file.write(json_line(record) + "\n")
-        self.scalars(step, values)
+        # TensorBoard has the train/* means and lr from every log step (Trainer._log); these
+        # means since the previous evaluation, at the same step, would make each curve jump.
+        self.scalars(step, {name: value for name, value in values.items()
+                            if not name.startswith("train/") and name != "lr"})
         self.summary("running", step)
 
     def stopped(self, error: BaseException, step: int) -> dict:

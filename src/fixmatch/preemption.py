@@ -52,8 +52,10 @@ class StopRequest:
             # The second signal: the user (or scheduler) does not want to wait.
             raise KeyboardInterrupt(f"second stop signal ({name})")
         self.signal_name = name
+        again = ("another SIGTERM or SIGINT stops at once" if number in REPEATABLE_SIGNALS
+                 else "send it again to stop at once")
         log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
-                    "(send it again to stop at once)", name)
+                    "(%s)", name, again)
 
 
 def ignore_stop_signals_in_worker(worker_id: int) -> None:

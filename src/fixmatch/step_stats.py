@@ -38,12 +38,19 @@ class RunningMeans:
         self.sums, self.steps = {}, 0
         return means
 
-    def state_dict(self) -> dict:
-        return {"sums": {name: total.cpu() for name, total in self.sums.items()}, "steps": self.steps}
+    def state_dict(self, env: DistEnv = DistEnv()) -> dict:
+        """The sums added over ranks (a collective: every rank calls it), so a resumed job
+        adds to what every rank had, not to rank 0's share counted once per rank."""
+        names = sorted(self.sums)
+        totals = torch.stack([self.sums[name].float() for name in names]) if names else torch.zeros(0)
+        totals = all_reduce_sum(totals, env).cpu()
+        return {"sums": dict(zip(names, totals)), "steps": self.steps, "over_ranks": True}
 
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
-        self.sums = {name: total.to(device) for name, total in state["sums"].items()}
-        self.steps = state["steps"]
+    def load_state_dict(self, state: dict, device: torch.device, env: DistEnv = DistEnv()) -> None:
+        sums = {name: total.to(device) for name, total in state["sums"].items()}
+        if state.get("over_ranks") and not env.is_main:
+            sums = {name: torch.zeros_like(total) for name, total in sums.items()}  # in rank 0's
+        self.sums, self.steps = sums, state["steps"]
 
 
 class NonFiniteLossError(UserError):

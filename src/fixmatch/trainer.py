@@ -231,8 +231,9 @@ class Trainer:
             raise NonFiniteLossError(
                 f"training diverged: the weights are not finite at step {self.step}; the last "
                 f"good checkpoint is kept; lower optim.lr or train in trainer.precision=fp32")
+        window = self.eval_window.state_dict(self.parts.env)  # a collective: on every rank
         if self.parts.env.is_main:
-            self.checkpoints.save(self.state_dict(), self.step)
+            self.checkpoints.save({**self.state_dict(), "eval_window": window}, self.step)
 
     def state_dict(self) -> dict:
         """Everything needed to continue this run exactly, as tensors and plain types."""
@@ -276,7 +277,7 @@ class Trainer:
             raise CheckpointError(f"the checkpoint does not fit this model/optimiser ({reason[:200]})") from None
         parts.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
-        self.eval_window.load_state_dict(state["eval_window"], parts.device)
+        self.eval_window.load_state_dict(state["eval_window"], parts.device, parts.env)
         restore_rng_state(state["rng"])
         self.step = state["step"]
 
