@@ -90,3 +90,15 @@ def test_a_run_marks_its_folder_before_writing_anything_else(tmp_path, monkeypat
         json.dumps({**json.loads((run_dir / "metrics.json").read_text()), "status": "running"}))
     assert (run_dir / "split.json").exists()
     assert run(root, run_dir)["status"] == "completed"
+
+
+def test_a_completed_run_whose_data_is_gone_is_still_done(tmp_path, caplog):
+    # The images deleted once trained: nothing to compare with, so the run is left as it is
+    # ("nothing to do"), not refused, and a sweep rerun finishes its other jobs.
+    root, run_dir = write_folder(tmp_path / "data"), tmp_path / "run"
+    run(root, run_dir)
+    before = files_of(run_dir)
+    shutil.rmtree(root)
+    assert run(root, run_dir)["status"] == "completed"
+    assert "cannot read dataset.root to compare it with the completed run's data" in caplog.text
+    assert files_of(run_dir) == before

@@ -170,7 +170,12 @@ def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], Da
     saved_root = OmegaConf.select(saved, "dataset.root")
     if "class_names" not in recorded:
         return  # a run saved before split.json named its classes
-    arrays = load()
+    try:
+        arrays = load()
+    except UserError as error:  # the data is gone (deleted once trained): nothing to compare
+        log.warning("%s: cannot read dataset.root to compare it with the completed run's data "
+                    "(%s); the run is left as it is", run_dir, error)
+        return
     if not same_class_names(recorded["class_names"], arrays.class_names):
         found = f"the classes {list(arrays.class_names)}, the run was trained on {list(recorded['class_names'])}"
     elif recorded.get("training_set", arrays.training_set) != arrays.training_set:
