@@ -578,3 +578,22 @@ def test_plot_replaces_its_own_image_but_never_a_file_it_did_not_draw(tmp_path, 
         f"error: --plot {mine}: {mine} already exists and is a file no results --plot drew; "
         "choose another name (or move it away)")
     assert mine.read_bytes() == b"\x89PNG\r\n\x1a\n not a plot"
+
+
+def test_jobs_of_a_sweep_that_never_started_are_named(tmp_path, capsys):
+    # Before: a sweep stopped after 2 of its 4 jobs tabulated as "2/2 done", nothing missing.
+    sweep = tmp_path / "sweep"
+    for seed in (1, 2):
+        make_run(sweep / str(seed), [*CIFAR10_40, f"seed={seed}"], done(80.0, 80.0))
+    command = {"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper."
+                                                 "BasicSweeper"},
+                         "overrides": {"task": ["ssl.num_labeled=40", "seed=1,2,3,4"]}}}
+    (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
+    assert main([str(sweep)]) == 0
+    assert capsys.readouterr().err.strip() == (
+        f"warning: {sweep}: its sweep command (multirun.yaml) has 4 jobs, 2 of them have a run "
+        f"folder; the others never started: rerun the sweep with hydra.sweep.dir={sweep} to "
+        "run them")
+    command["hydra"]["overrides"]["task"] = ["ssl.num_labeled=40", "seed=1,2"]
+    (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
+    assert main([str(sweep)]) == 0 and capsys.readouterr().err == ""

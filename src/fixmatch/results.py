@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
@@ -370,6 +371,38 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
     return warnings
 
 
+def unstarted_jobs(folders: Sequence[str], runs: Sequence[Run]) -> List[str]:
+    """Sweep folders whose last sweep command (Hydra's multirun.yaml) planned more jobs than
+    have a run folder below them: jobs that never started (the sweep stopped, or it still
+    runs) have no folder, so no row can count them."""
+    warnings = []
+    for folder in map(Path, folders):
+        planned = _planned_jobs(folder / "multirun.yaml")
+        found = sum(1 for run in runs if folder.resolve() in run.path.resolve().parents)
+        if planned is not None and found < planned:
+            warnings.append(f"{folder}: its sweep command (multirun.yaml) has {planned} jobs, "
+                            f"{found} of them have a run folder; the others never started: "
+                            f"rerun the sweep with hydra.sweep.dir={folder} to run them")
+    return warnings
+
+
+def _planned_jobs(path: Path) -> Optional[int]:
+    """The number of jobs of the sweep command in a multirun.yaml (the basic sweeper's
+    product of the swept values); None when it cannot be told."""
+    try:
+        config = OmegaConf.load(path)
+        task = list(OmegaConf.select(config, "hydra.overrides.task") or [])
+        if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+            return None
+        count = 1
+        for override in OverridesParser.create().parse_overrides(task):
+            if override.is_sweep_override():
+                count *= len(list(override.sweep_string_iterator()))
+        return count
+    except Exception:  # noqa: BLE001 - a missing or foreign file, a glob: only a hint is lost
+        return None
+
+
 def protocol_differences(runs: Sequence[Run], dataset: str) -> List[str]:
     """How the runs differ from the paper's protocol for `dataset` (`paper.PROTOCOL`): one
     entry per key, "ssl.batch_size 4 vs 64" (the runs' values, then the paper's), the model
@@ -435,7 +468,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if run.problem:
                 print(f"warning: {run.path}: cannot read {run.problem}; counted as "
                       f"{UNREADABLE}", file=sys.stderr)
-        for warning in [*cell_warnings(rows, args.by), *protocol_warnings(rows, args.by)]:
+        for warning in [*cell_warnings(rows, args.by), *protocol_warnings(rows, args.by),
+                        *unstarted_jobs(args.folders, runs)]:
             print(f"warning: {warning}", file=sys.stderr)
         print(format_table(rows, args.by, args.format), end="")
         if args.plot:
