@@ -315,6 +315,48 @@ def test_export_never_overwrites_the_runs_files_or_its_own_model(trained_run, tm
     output = tmp_path / "model.pt"
     export.main([f"checkpoint={run_dir}", f"output={output}"])
     assert export.main([f"checkpoint={run_dir}", f"output={output}"]) == output
+    # But not a file of the user's beside an export's model.json (before: model.pth and a
+    # copied training checkpoint were replaced, since only the .json beside them was read).
+    for name, content in [("model.pth", b"my own weights"), ("model.pt", checkpoints[-1].read_bytes())]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match=r"already exists and no export wrote it"):
+            export.main([f"checkpoint={run_dir}", f"output={tmp_path / name}"])
+        assert (tmp_path / name).read_bytes() == content
+
+
+def test_an_exported_model_given_as_checkpoint_is_named_as_one(trained_run, tmp_path, capsys):
+    # Before: torch's warning (two lines) and "unreadable (Cannot use weights_only=True with
+    # TorchScript archives ...)", a paragraph about a setting the user never chose.
+    run_dir, _, _ = trained_run
+    model = export.main([f"checkpoint={run_dir}", f"output={tmp_path / 'model.pt'}"])
+    capsys.readouterr()
+    with pytest.raises(UserError, match=r"is an exported model \(TorchScript\), not a training "
+                                        r"checkpoint; give the run folder or one of its "
+                                        r"checkpoints/step_\*.pt"):
+        evaluate.main([f"checkpoint={model}"])
+    assert "Warning" not in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(trained_run, tmp_path,
+                                                                        monkeypatch):
+    # Before: a traceback (PermissionError) once every image was classified: os.access says
+    # yes to root on a read-only mount, so only a real write tells.
+    run_dir, _, _ = trained_run
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (90, 40, 200)).save(image)
+    real_write = Path.write_bytes
+
+    def read_only(path, data):
+        if path.parent == tmp_path / "ro":
+            raise PermissionError(13, "Permission denied")
+        return real_write(path, data)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(UserError, match=r"output=.*ro/p.csv: cannot write in .*ro \(Permission "
+                                        r"denied\); choose a writable place"):
+        predict.main([f"checkpoint={run_dir}", f"inputs={image}",
+                      f"output={tmp_path / 'ro' / 'p.csv'}"])
 
 
 def test_evaluate_on_a_folder_that_holds_only_test_images(tmp_path):

@@ -40,6 +40,10 @@ def load_checkpoint(path: Path) -> dict:
         CheckpointError: when the file is missing, truncated, corrupt, would need to run
             code to load, or is not a fixmatch checkpoint.
     """
+    if is_torchscript_archive(path):  # torch.load's own refusal is a paragraph and a warning
+        raise CheckpointError(f"checkpoint {path} is an exported model (TorchScript), not a "
+                              "training checkpoint; give the run folder or one of its "
+                              "checkpoints/step_*.pt")
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of files it then refuses anyway.
@@ -53,6 +57,16 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a fixmatch checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     return state
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """Whether `path` is a TorchScript model (torch.jit's zip, with code/ entries); a
+    checkpoint written by torch.save is a zip without them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in f"/{name}" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _why_unloadable(path: Path, error: Exception) -> str:

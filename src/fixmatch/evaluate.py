@@ -262,7 +262,7 @@ def main(argv: Sequence[str]) -> dict:
     # Imported here: the trainer imports `evaluate` and must not pull in the app.
     from fixmatch.data.loaders import AugmentedImages, build_eval_loader
     from fixmatch.data.transforms import EvalTransform
-    from fixmatch.trained_model import load_trained_model, parse_arguments
+    from fixmatch.trained_model import load_trained_model, parse_arguments, writing
 
     settings, overrides = parse_arguments(argv, DEFAULTS)
     out = check_out(settings["out"]) if settings["out"] else None  # before the model is loaded
@@ -276,7 +276,8 @@ def main(argv: Sequence[str]) -> dict:
     about = {"checkpoint": str(trained.checkpoint_path), "step": trained.step,
              "weights": trained.weights, "dataset_root": trained.config.dataset.root}
     out = out or check_out(str(trained.run_dir))
-    written = write_report(report, trained.class_names, out, about)
+    with writing("out", out):
+        written = write_report(report, trained.class_names, out, about)
     print(f"top-1 {report.top1:.2f} %, top-5 {report.top5:.2f} %, macro F1 {report.macro_f1:.4f} "
           f"({trained.weights} weights, step {trained.step}, {report.num_images} test images)")
     print("wrote " + ", ".join(str(path) for path in written))

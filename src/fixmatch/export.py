@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from fixmatch.checkpoint import is_torchscript_archive
 from fixmatch.errors import UserError
 from fixmatch.trained_model import (
     TrainedModel,
@@ -23,6 +24,7 @@ from fixmatch.trained_model import (
     refuse_foreign_file,
     run_command,
     usage,
+    writing,
 )
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -72,7 +74,10 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
         with warnings.catch_warnings():
             # torch >= 2.9 marks TorchScript deprecated; the file still loads in C++ and Python.
             warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
-            torch.jit.trace(trained.model, batch).save(str(output))
+            traced = torch.jit.trace(trained.model, batch)
+        # torch reports a file it cannot open as a RuntimeError ("open file failed")
+        with writing("output", output, (OSError, RuntimeError)):
+            traced.save(str(output))
     else:
         if importlib.util.find_spec("onnx") is None:
             raise UserError("format=onnx needs the onnx package (pip install onnx onnxscript); "
@@ -84,7 +89,8 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
         except ImportError as error:  # torch >= 2.9 exports through onnxscript
             raise UserError(f"format=onnx: {error} (pip install onnx onnxscript); "
                             "or use format=torchscript") from None
-    output.with_suffix(".json").write_text(json.dumps(metadata(trained, file_format), indent=1) + "\n")
+    with writing("output", output.with_suffix(".json")):
+        output.with_suffix(".json").write_text(json.dumps(metadata(trained, file_format), indent=1) + "\n")
     return output
 
 
@@ -111,8 +117,19 @@ def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
     refuse_checkpoints_folder(output, "output", "the model", trained.checkpoint_path)
     meta = output.with_suffix(".json")
     refuse_foreign_file(output, "output", "export", _is_export_metadata, target=meta)
-    # An earlier export's model is known by the metadata written beside it.
-    refuse_foreign_file(output, "output", "export", lambda _model: _is_export_metadata(meta))
+    # An earlier export's model: the metadata written beside it says so, and the file is
+    # such a model (a user's model.pth or a copied checkpoint beside an export's model.json
+    # is not).
+    refuse_foreign_file(output, "output", "export", lambda model: _is_export_metadata(meta)
+                        and _is_exported_model(model))
+
+
+def _is_exported_model(path: Path) -> bool:
+    """Whether `path` is a model export wrote: an ONNX file by its extension, a TorchScript
+    archive by its code/ entries (a training checkpoint is a zip without them)."""
+    if path.suffix.lower() == FORMATS["onnx"]:
+        return True
+    return is_torchscript_archive(path)
 
 
 def _is_export_metadata(path: Path) -> bool:

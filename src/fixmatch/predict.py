@@ -34,6 +34,7 @@ from fixmatch.trained_model import (
     refuse_foreign_file,
     run_command,
     usage,
+    writing,
 )
 
 DEFAULTS = {"inputs": "", "output": "predictions.csv", "top_k": "5", "batch_size": "256",
@@ -240,7 +241,8 @@ def main(argv: Sequence[str]) -> List[dict]:
                                  settings["device"])
     records = predict_files(trained, paths, top_k, batch_size)
     top_k = min(top_k, len(trained.class_names))
-    write_csv(records, top_k, output)
+    with writing("output", output):
+        write_csv(records, top_k, output)
     _print_summary(records, skipped, settings["output"])
     return records
 

@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -206,9 +207,26 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
     except OSError as error:
         raise UserError(f"{setting}={value}: cannot create {where} ({error.strerror or error}); "
                         "choose a writable place") from None
-    if not os.access(where, os.W_OK):
-        raise UserError(f"{setting}={value}: {where} is not writable; choose a writable place")
+    probe = where / f".fixmatch-write-test-{os.getpid()}"
+    try:  # a real write: os.access says yes to root on read-only mounts (/sys, a full disk)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"{setting}={value}: cannot write in {where} ({error.strerror or error}); "
+                        "choose a writable place") from None
     return path
+
+
+@contextmanager
+def writing(setting: str, where: Path, errors: Tuple[type, ...] = (OSError,)):
+    """Turn a failed write of a command's output (a full disk, a read-only mount) into one
+    line naming the setting and the place."""
+    try:
+        yield
+    except errors as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise UserError(f"{setting}: cannot write {where} ({reason}); choose a writable place "
+                        "with enough space") from None
 
 
 def refuse_checkpoints_folder(output: Path, setting: str, what: str,
