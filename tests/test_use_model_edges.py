@@ -195,3 +195,13 @@ def test_evaluate_with_an_empty_test_folder_asks_for_class_folders(folder_run, t
     with pytest.raises(UserError, match=r"test has no class folders; expected test/<class>/\*"):
         evaluate.main([f"checkpoint={run_dir}", f"dataset.root={tmp_path / 'new'}",
                        f"out={tmp_path / 'e'}"])
+
+
+def test_inputs_name_a_file_with_a_comma_and_parts_with_spaces(tmp_path):
+    # Before: "inputs=a,b.jpg" was split at the comma ("inputs=b.jpg: no such file") and
+    # "x.jpg, y.png" looked for " y.png".
+    for name in ("a,b.png", "x.png", "y.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    assert predict.list_inputs(str(tmp_path / "a,b.png"))[0] == [tmp_path / "a,b.png"]
+    assert predict.list_inputs(f"{tmp_path / 'x.png'}, {tmp_path / 'y.png'}")[0] == [
+        tmp_path / "x.png", tmp_path / "y.png"]

@@ -64,7 +64,7 @@ def list_inputs(inputs: str) -> Tuple[List[Path], Skipped]:
     Raises:
         UserError: when a named file or folder does not exist or a folder has no images.
     """
-    paths = [Path(part).expanduser() for part in inputs.split(",") if part]
+    paths = _named_paths(inputs)
     if not paths:
         raise UserError("inputs=... must name a folder or image files (comma-separated)")
     found: List[Path] = []
@@ -83,6 +83,15 @@ def list_inputs(inputs: str) -> Tuple[List[Path], Skipped]:
         else:
             raise UserError(f"inputs={path}: no such file or folder")
     return found, skipped
+
+
+def _named_paths(inputs: str) -> List[Path]:
+    """The paths of `inputs=`: one path when it exists as written (a file named "a,b.jpg"),
+    else its comma-separated parts, without the spaces around them."""
+    whole = Path(inputs.strip()).expanduser()
+    if inputs.strip() and whole.exists():
+        return [whole]
+    return [Path(part.strip()).expanduser() for part in inputs.split(",") if part.strip()]
 
 
 def _decode(paths: Sequence[Path], prep: Preprocessing
