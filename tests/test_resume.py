@@ -127,13 +127,30 @@ def test_second_signal_stops_at_once():
 
 def test_repeated_hangups_ask_once():
     # SIGHUP is what a torchrun rank gets when torchrun dies, once per thread of torchrun.
+    before = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup, SIG_DFL otherwise
     with StopRequest() as stop:
         for _ in range(4):
             os.kill(os.getpid(), signal.SIGHUP)
         assert stop.signal_name == "SIGHUP"
         with pytest.raises(KeyboardInterrupt):  # another signal still stops at once
             os.kill(os.getpid(), signal.SIGTERM)
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is before
+
+
+def test_a_signal_the_process_ignores_stays_ignored_but_for_a_ranks_hangup():
+    # Before: `nohup python run.py ... &` stopped (preempted) when its terminal closed, as
+    # the handler replaced the SIG_IGN that nohup had set for SIGHUP.
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert not stop.requested
+        with StopRequest(launched=True) as stop:  # a torchrun rank: its launcher died
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert stop.signal_name == "SIGHUP"
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def short_run(root: Path, run_dir: Path, *extra: str) -> dict:

@@ -22,10 +22,18 @@ EXIT_CODE_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", i.e. rerun to resume
 class StopRequest:
     """A context manager that turns the stop signals into a flag the trainer polls.
 
-    Outside the main thread (where Python cannot install handlers) it does nothing.
+    Outside the main thread (where Python cannot install handlers) it does nothing. A signal
+    the process was started to ignore stays ignored: `nohup python run.py ... &` must train on
+    when the terminal closes (SIGHUP), a background job of a script ignores SIGINT. Only a
+    torchrun rank (`launched=True`) takes SIGHUP in any case: it is the kernel's word that its
+    launcher died (distributed.stop_with_the_launcher), and the rank has no terminal.
+
+    Args:
+        launched: this process is a rank of a torchrun job.
     """
 
-    def __init__(self):
+    def __init__(self, launched: bool = False):
+        self.launched = launched
         self.signal_name: Optional[str] = None
         self._previous = {}
 
@@ -36,6 +44,9 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for number in STOP_SIGNALS:
+                ignored = signal.getsignal(number) is signal.SIG_IGN
+                if ignored and not (self.launched and number == signal.SIGHUP):
+                    continue
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 

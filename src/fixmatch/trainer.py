@@ -103,7 +103,7 @@ class Trainer:
         """
         progress = self._progress_bar()
         self._restart_log_clock()
-        with StopRequest() as stop:
+        with StopRequest(launched=self.parts.env.is_distributed) as stop:
             while self.step < self.config.total_steps and not self._stop_agreed(stop):
                 self._advance(progress)
         progress.close()
