@@ -205,3 +205,16 @@ def test_inputs_name_a_file_with_a_comma_and_parts_with_spaces(tmp_path):
     assert predict.list_inputs(str(tmp_path / "a,b.png"))[0] == [tmp_path / "a,b.png"]
     assert predict.list_inputs(f"{tmp_path / 'x.png'}, {tmp_path / 'y.png'}")[0] == [
         tmp_path / "x.png", tmp_path / "y.png"]
+
+
+def test_a_command_that_stops_on_a_mistake_leaves_no_output_folders(tmp_path):
+    # Before: evaluate out=fresh/a/b and predict output=fresh/a/p.csv created their folders
+    # before the missing checkpoint stopped them.
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    with pytest.raises(UserError, match="no such file or folder"):
+        evaluate.main([f"checkpoint={tmp_path / 'nope'}", f"out={tmp_path / 'fresh' / 'a' / 'b'}"])
+    with pytest.raises(UserError, match="no such file or folder"):
+        predict.main([f"checkpoint={tmp_path / 'nope'}", f"inputs={image}",
+                      f"output={tmp_path / 'fresh' / 'a' / 'p.csv'}"])
+    assert not (tmp_path / "fresh").exists()

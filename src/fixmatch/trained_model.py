@@ -188,8 +188,8 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
     Args:
         value: the path as given.
         setting: the argument's name, for the messages (out, output).
-        folder: the command writes several files into this folder (created when missing);
-            otherwise `value` names one file, whose folder is created.
+        folder: the command writes several files into this folder (created when written);
+            otherwise `value` names one file (its folder created when written).
 
     Raises:
         UserError: when it is a folder where a file is meant (or the reverse), or its folder
@@ -202,18 +202,19 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
         raise UserError(f"{setting}={value} is a folder; give a file name inside it, "
                         f"e.g. {setting}={path / 'name'}")
     where = path if folder else path.parent
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"{setting}={value}: cannot create {where} ({error.strerror or error}); "
-                        "choose a writable place") from None
-    probe = where / f".fixmatch-write-test-{os.getpid()}"
+    # Folders are made when the output is written: a command that stops on a mistake leaves
+    # no empty folders behind. Checked now: the nearest folder that exists takes a file.
+    existing = next(part for part in (where, *where.parents) if part.exists())
+    if not existing.is_dir():
+        raise UserError(f"{setting}={value}: cannot create {where}, as {existing} is a file; "
+                        "choose a writable place")
+    probe = existing / f".fixmatch-write-test-{os.getpid()}"
     try:  # a real write: os.access says yes to root on read-only mounts (/sys, a full disk)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"{setting}={value}: cannot write in {where} ({error.strerror or error}); "
-                        "choose a writable place") from None
+        raise UserError(f"{setting}={value}: cannot write in {existing} "
+                        f"({error.strerror or error}); choose a writable place") from None
     return path
 
 
