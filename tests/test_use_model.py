@@ -264,15 +264,22 @@ def test_what_the_model_was_trained_to_see_cannot_be_overridden(trained_run, tmp
     # its config"), and dataset.image_size=64 evaluated and predicted at a size never trained on.
     run_dir, _, _ = trained_run
     key = override.partition("=")[0]
-    with pytest.raises(UserError, match=f"the model was trained on {key}="):
+    with pytest.raises(UserError, match=f"the model was trained on {key}(=| computed from)"):
         evaluate.main([f"checkpoint={run_dir}", override, f"out={tmp_path}"])
     image = tmp_path / "in" / "a.png"
     image.parent.mkdir()
     Image.new("RGB", (32, 32)).save(image)
-    with pytest.raises(UserError, match=f"the model was trained on {key}="):
+    with pytest.raises(UserError, match=f"the model was trained on {key}(=| computed from)"):
         predict.main([f"checkpoint={run_dir}", f"inputs={image}", override,
                       f"output={tmp_path / 'p.csv'}"])
     assert not (tmp_path / "eval.json").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_the_value_a_model_was_trained_with_may_be_given_again(trained_run, tmp_path):
+    run_dir, _, _ = trained_run
+    size = OmegaConf.load(run_dir / "config_resolved.yaml").dataset.image_size
+    record = evaluate.main([f"checkpoint={run_dir}", f"dataset.image_size={size}", f"out={tmp_path}"])
+    assert record["top1"] >= 0
 
 
 def test_output_places_that_cannot_be_written_are_one_line(trained_run, tmp_path):

@@ -92,9 +92,15 @@ def rebuild_config(config_yaml: str, overrides: Sequence[str] = ()) -> Config:
         key = override.partition("=")[0]
         if key in MODEL_INPUT_KEYS:
             saved = OmegaConf.select(OmegaConf.create(config_yaml), key)
-            raise UserError(f"{override}: the model was trained on {key}={saved}, so that is what "
-                            "it is fed (image size, channels, resize rule and mean/std come from "
-                            "the checkpoint); change where the data lives, e.g. dataset.root=...")
+            given = OmegaConf.select(OmegaConf.from_dotlist([override]), key)
+            if given == saved:
+                continue  # the value it was trained with: nothing changes
+            trained_on = (f"{key} computed from its training images" if saved is None
+                          else f"{key}={saved}")
+            raise UserError(f"{override}: the model was trained on {trained_on}, so that is "
+                            "what it is fed (image size, channels, resize rule and mean/std come "
+                            "from the checkpoint); change where the data lives, e.g. "
+                            "dataset.root=...")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(config_yaml),
                                  OmegaConf.from_dotlist(list(overrides)))
