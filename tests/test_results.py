@@ -554,6 +554,24 @@ def test_runs_of_the_paper_presets_follow_the_protocol_and_are_unmarked(tmp_path
     assert "*" not in format_table(rows) and "*" not in format_table(rows, style="latex")
 
 
+@pytest.mark.parametrize("preset,override,named", [
+    ("cifar10_40", "ssl.randaugment_variant=port", "ssl.randaugment_variant port vs official"),
+    ("cifar10_40", "optim.ema_warmup=true", "optim.ema_warmup True vs False"),
+    ("cifar10_40", "model.bn_momentum=0.1", "model.bn_momentum 0.1 vs 0.001"),
+    ("cifar10_40", "trainer.eval_every_steps=1", "trainer.eval_every_steps 1 vs 1024"),
+    ("cifar10_40", "ssl.cutout_fraction=0", "ssl.cutout_fraction 0.0 vs 0.5"),
+    ("svhn_40", "dataset.hflip=true", "dataset.hflip True vs False"),
+    ("svhn_40", "dataset.labeled_split=balanced", "dataset.labeled_split balanced vs proportional"),
+    ("cifar10_40_cta", "ssl.cta_decay=0.9", "ssl.cta_decay 0.9 vs 0.99"),
+])
+def test_settings_that_change_the_figure_mark_a_row_off_protocol(tmp_path, preset, override, named):
+    # Before: only the model, batch, loss weights, length and optimiser were compared, so a
+    # run with the port's RandAugment (or an SVHN run with flips) stood beside the paper's.
+    make_run(tmp_path / "1", [f"experiment={preset}", override], done(90.0, 90.0))
+    row, = build_rows(find_runs([str(tmp_path)]))
+    assert row.off_protocol == (named,)
+
+
 def test_plot_replaces_its_own_image_but_never_a_file_it_did_not_draw(tmp_path, capsys):
     # Before: --plot userpic.png replaced the user's image.
     pytest.importorskip("matplotlib")

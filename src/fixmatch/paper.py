@@ -79,17 +79,25 @@ def paper_result(
 # is not a reproduction of the paper's cell, and the results table says so (`fixmatch.results`,
 # `protocol_differences`). These are the values the paper presets compose to
 # (conf/experiment/<dataset>_<labels>[_cta].yaml; tests/test_results.py checks each preset
-# against this). The strong augmentation is not here: it picks the paper's row itself.
+# against this). RandAugment or CTAugment picks the paper's row itself; the settings of each
+# are in STRONG_AUGMENT_PROTOCOL.
 PROTOCOL: Dict[str, object] = {
     "model.name": "wide_resnet",
     "model.depth": 28,
     "model.widen_factor": 2,
     "model.num_stages": 3,
+    "model.bn_momentum": 0.001,
+    "model.leaky_slope": 0.1,
     "ssl.batch_size": 64,  # B
     "ssl.unlabeled_ratio": 7,  # mu
     "ssl.threshold": 0.95,
     "ssl.lambda_u": 1.0,
+    "ssl.cutout_fraction": 0.5,
+    "ssl.include_labeled_in_unlabeled": True,
+    "dataset.hflip": True,
+    "dataset.labeled_split": "balanced",
     "trainer.total_steps": 2**20,
+    "trainer.eval_every_steps": 1024,  # the median of the last 20 evaluations spans 20 x 1024 steps
     "optim.lr": 0.03,
     "optim.momentum": 0.9,
     "optim.nesterov": True,
@@ -97,14 +105,23 @@ PROTOCOL: Dict[str, object] = {
     "optim.cosine_fraction": 7 / 16,
     "optim.ema_enabled": True,  # the paper reports the EMA model
     "optim.ema_decay": 0.999,
+    "optim.ema_warmup": False,
+}
+STRONG_AUGMENT_PROTOCOL: Dict[str, Dict[str, object]] = {
+    "randaugment": {"ssl.randaugment_variant": "official", "ssl.randaugment_num_ops": 2},
+    "ctaugment": {"ssl.cta_depth": 2, "ssl.cta_threshold": 0.8, "ssl.cta_decay": 0.99},
 }
 # Where a dataset's protocol differs (conf/dataset_model/, conf/dataset_optim/).
 PROTOCOL_BY_DATASET: Dict[str, Dict[str, object]] = {
     "cifar100": {"model.widen_factor": 8, "optim.weight_decay": 1e-3},  # WRN-28-8
     "stl10": {"model.depth": 37, "model.num_stages": 4},  # WRN-37-2
+    # no flip for digits; labels in proportion to the class sizes (the official create_split)
+    "svhn": {"dataset.hflip": False, "dataset.labeled_split": "proportional"},
 }
 
 
-def paper_protocol(dataset: str) -> Dict[str, object]:
-    """The paper's protocol for a dataset's cells: `PROTOCOL` with that dataset's changes."""
-    return {**PROTOCOL, **PROTOCOL_BY_DATASET.get(dataset, {})}
+def paper_protocol(dataset: str, strong_augment: str = "randaugment") -> Dict[str, object]:
+    """The paper's protocol for a dataset's cells with one strong augmentation: `PROTOCOL`
+    with that dataset's changes and that augmentation's settings."""
+    return {**PROTOCOL, **STRONG_AUGMENT_PROTOCOL.get(strong_augment, {}),
+            **PROTOCOL_BY_DATASET.get(dataset, {})}

@@ -403,12 +403,13 @@ def _planned_jobs(path: Path) -> Optional[int]:
         return None
 
 
-def protocol_differences(runs: Sequence[Run], dataset: str) -> List[str]:
+def protocol_differences(runs: Sequence[Run], dataset: str,
+                         strong_augment: str = "randaugment") -> List[str]:
     """How the runs differ from the paper's protocol for `dataset` (`paper.PROTOCOL`): one
     entry per key, "ssl.batch_size 4 vs 64" (the runs' values, then the paper's), the model
     named as one, "model WRN-10-1 vs WRN-28-2". A key a run's config lacks (an older run, an
     unreadable file) is not held against it."""
-    protocol = paper_protocol(dataset)
+    protocol = paper_protocol(dataset, strong_augment)
     model_keys = ("model.name", "model.depth", "model.widen_factor")
     differences = []
     models = sorted({str(model_name(run.config)) for run in runs
@@ -497,7 +498,7 @@ def _row(key: Tuple, runs: List[Run]) -> Row:
         dataset, algorithm, strong_augment = variants.pop()
         paper = paper_result(dataset, key[3], algorithm, strong_augment)
         if paper is not None:
-            off_protocol = tuple(protocol_differences(runs, dataset))
+            off_protocol = tuple(protocol_differences(runs, dataset, strong_augment))
     return Row(key, runs, Stat.of(figures), Stat.of(finals), paper, off_protocol, repeats)
 
 
