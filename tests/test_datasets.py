@@ -183,6 +183,14 @@ def test_failed_download_is_a_user_error(tmp_path, monkeypatch, error, name, tor
     assert f"put the extracted '{folder}/' folder" in message
 
 
+def test_missing_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(UserError) as caught:
+        load_dataset(_cifar10_config(tmp_path, download=False))
+    message = str(caught.value)
+    assert "dataset.download=false; set dataset.download=true to fetch them" in message
+    assert "(the files come from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)" in message
+
+
 def test_a_failed_download_leaves_no_empty_folder_behind(tmp_path, monkeypatch):
     # Before: every offline attempt left an empty ./data where the command ran.
     def failing_download(root, download):

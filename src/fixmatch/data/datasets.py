@@ -200,9 +200,13 @@ def download_with_torchvision(config: DatasetConfig, folder: Path, hint: str,
         UserError: when downloads are off or the download fails (offline, say).
     """
     lacking = lacking or f"no dataset files in {folder}"
+    import torchvision  # only needed for the download (and where it would fetch from)
+
+    source = _source_url(getattr(torchvision.datasets, torchvision_class), kwargs.get("split"))
+    hint += f" (the files come from {source})" if source else ""
     if not config.download:
-        raise UserError(f"{config.name}: {lacking} and dataset.download=false; {hint}")
-    import torchvision  # only needed for the download
+        raise UserError(f"{config.name}: {lacking} and dataset.download=false; set "
+                        f"dataset.download=true to fetch them (needs internet), or {hint}")
 
     created = [path for path in (Path(root), *Path(root).parents) if not path.exists()]
     try:
@@ -211,6 +215,15 @@ def download_with_torchvision(config: DatasetConfig, folder: Path, hint: str,
         _remove_empty(created)  # a failed download (offline) leaves no empty ./data behind
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{config.name}: {lacking} and the download failed ({reason}); {hint}") from None
+
+
+def _source_url(dataset_class, split: Optional[str]) -> Optional[str]:
+    """Where torchvision downloads the dataset from, for the message of a failed download
+    (the user may fetch it on another machine); None when the class does not say."""
+    if isinstance(getattr(dataset_class, "url", None), str):
+        return dataset_class.url  # CIFAR-10/100, STL-10
+    files = getattr(dataset_class, "split_list", {}).get(split)  # SVHN: per split
+    return files[0] if files and isinstance(files[0], str) else None
 
 
 def _remove_empty(folders: Sequence[Path]) -> None:
