@@ -33,6 +33,10 @@ ACCURACY_SECONDS=${ACCURACY_SECONDS:-140}
 EVAL_EVERY=${EVAL_EVERY:-500}
 SEEDS=${SEEDS:-"1 2"}
 DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cuda ] && ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "error: no CUDA device is visible; these are GPU figures (for a dry run on the CPU: DEVICE=cpu with a small model in EXTRA)" >&2
+  exit 2
+fi
 read -r -a EXTRA <<< "${EXTRA:-}"
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1

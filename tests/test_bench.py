@@ -80,6 +80,15 @@ BAD_ARGUMENTS = [  # (what the message must name, the command line)
     ("trainer.num_threads", ["data", "--synthetic", "8", "trainer.num_threads=-1"]),
     ("command", ["foo"]),
     ("no command", ["experiment=quickstart", "--steps", "2"]),
+    # the checks run.py makes (before: tracebacks, a hang with loader workers, junk figures)
+    ("ssl.batch_size=-1", ["data", "--synthetic", "8", "ssl.batch_size=-1"]),
+    ("ssl.batch_size=0", ["step", "ssl.batch_size=0", "--steps", "1"]),
+    ("dataset.root must be given", ["data", "dataset=folder", "--synthetic", "8"]),
+    ("ssl.foo is not a setting", ["step", "+ssl.foo=1", "--steps", "1"]),
+    # the timing process's mistake, not a traceback and a wait forever
+    ("trainer.precision=fp16 needs a CUDA device", ["step", "experiment=quickstart",
+                                                    "trainer.precision=fp16", "--steps", "1",
+                                                    "--rounds", "1"]),
 ]
 
 
@@ -94,6 +103,21 @@ def test_a_bad_argument_is_one_line_naming_it_before_any_work(named, argv, tmp_p
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert named in err
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_json_replaces_an_earlier_benchs_figures_but_never_another_file(tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.json").write_text('{"my": "precious results"}')
+    argv = ["data", "--synthetic", "8", "--steps", "1", "--seconds", "0.05",
+            "trainer.num_workers=0", "--json"]
+    monkeypatch.setattr(sys, "argv", ["bench", *argv, "notes.json"])
+    with pytest.raises(SystemExit):
+        run_command(main)
+    assert "notes.json exists and no bench wrote it" in capsys.readouterr().err
+    assert json.loads((tmp_path / "notes.json").read_text()) == {"my": "precious results"}
+    main([*argv, "figures.json"])
+    assert main([*argv, "figures.json"])["command"] == "data"  # its own: replaced
 
 
 def test_no_command_is_one_clear_line(tmp_path):

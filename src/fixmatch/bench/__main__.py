@@ -33,7 +33,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from fixmatch.config import Config, register_configs
+from fixmatch.config_checks import check_config
+from fixmatch.distributed import DistEnv
 from fixmatch.errors import UserError
+from fixmatch.overrides import typed_config
 from fixmatch.preview import find_conf_dir
 from fixmatch.runtime import configure_threads
 
@@ -41,20 +44,23 @@ log = logging.getLogger(__name__)
 
 
 def compose_config(overrides: List[str]) -> Config:
-    """The typed config `python run.py <overrides>` would train with.
+    """The typed config `python run.py <overrides>` would train with, checked as run.py
+    checks it (values the schema's types admit but a run refuses, a required key unset).
 
     Raises:
-        UserError: for an override Hydra rejects.
+        UserError: for an override Hydra rejects or a value the run would refuse.
     """
     register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(find_conf_dir()), version_base="1.3"):
-            return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
+            config = typed_config(compose(config_name="config", overrides=overrides))
     except HydraException as error:
         # Hydra says what failed; its cause says why (e.g. "Key 'nope' not in 'SSLConfig'").
         parts = str(error).splitlines()[:1] + str(error.__cause__ or "").splitlines()[:1]
         raise UserError(" ".join(part.strip() for part in parts if part.strip())) from None
+    check_config(config, DistEnv())
+    return config
 
 
 def training_images(config: Config, synthetic: Optional[int]) -> np.ndarray:
@@ -158,7 +164,6 @@ def bench_step(args, config: Config) -> dict:
 def bench_train(args, config: Config) -> dict:
     import tempfile
 
-    from omegaconf import OmegaConf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fixmatch.app import train
@@ -293,13 +298,29 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def _check_writable(path: Path, where: str) -> None:
-    """Refuse a JSON path that could not be written, before the benchmark runs."""
+    """Refuse a JSON path that could not be written, or that holds a file no bench wrote,
+    before the benchmark runs."""
     if path.is_dir():
         raise UserError(f"{where}: is a folder; give a file name")
     if not path.parent.is_dir():
         raise UserError(f"{where}: folder {path.parent} does not exist")
-    if not os.access(path if path.exists() else path.parent, os.W_OK):
-        raise UserError(f"{where}: not writable")
+    if path.exists() and not _is_bench_json(path):
+        raise UserError(f"{where}: {path} exists and no bench wrote it; give another file name")
+    probe = path.parent / f".bench-write-test-{os.getpid()}"
+    try:  # a real write: os.access says yes to root on read-only mounts
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"{where}: cannot write in {path.parent} ({error.strerror or error})") from None
+
+
+def _is_bench_json(path: Path) -> bool:
+    """An earlier bench's figures (which a rerun replaces): its command and machine keys."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("command") in COMMANDS and "machine" in record
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -324,7 +345,11 @@ def main(argv: Sequence[str]) -> dict:
         args.workers = [config.trainer.num_workers]
     figures = {"command": args.command, "overrides": args.overrides, "machine": machine(),
                **COMMANDS[args.command](args, config)}
-    args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    try:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    except OSError as error:
+        raise UserError(f"--json {args.json}: cannot write it ({error.strerror or error}); the "
+                        "figures are printed above") from None
     print(f"\nwrote {args.json}")
     return figures
 

@@ -3,6 +3,7 @@ ours and the port's straightforward step; each variant runs in its own process s
 peak memory is its own."""
 
 import multiprocessing
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -14,6 +15,7 @@ import torch
 from fixmatch.algorithms import FixMatch
 from fixmatch.bench.port import PortStep
 from fixmatch.config import Config
+from fixmatch.errors import UserError
 from fixmatch.models import ModelEMA
 from fixmatch.optim import build_optimizer
 from fixmatch.runtime import resolve_precision, reuse_freed_host_memory
@@ -142,6 +144,15 @@ def _peak_memory_gb(device: torch.device) -> float:
 
 
 def _child(which: str, config: Config, device: str, steps: int, threads: int, queue) -> None:
+    try:
+        queue.put(_time_in_child(which, config, device, steps, threads))
+    except UserError as error:  # the parent says it in one line
+        queue.put({"error": str(error)})
+    except Exception as error:  # noqa: BLE001 - the parent must hear of it, not wait forever
+        queue.put({"error": f"the {which} step failed: {type(error).__name__}: {error}"})
+
+
+def _time_in_child(which: str, config: Config, device: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     device_ = torch.device(device)
     if which == "ours" and device_.type == "cpu":
@@ -152,8 +163,8 @@ def _child(which: str, config: Config, device: str, steps: int, threads: int, qu
     if which == "ours":
         precision = resolve_precision(config.trainer.precision, device_)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.value, torch.float32)
-    queue.put({"times": times, "peak_memory_gb": peak_memory_gb,
-               "matmul_flops_per_s": matmul_flops_per_s(device_, dtype)})
+    return {"times": times, "peak_memory_gb": peak_memory_gb,
+            "matmul_flops_per_s": matmul_flops_per_s(device_, dtype)}
 
 
 def run_isolated(which: str, config: Config, device: torch.device, steps: int, threads: int) -> dict:
@@ -162,8 +173,17 @@ def run_isolated(which: str, config: Config, device: torch.device, steps: int, t
     queue = context.Queue()
     process = context.Process(target=_child, args=(which, config, str(device), steps, threads, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():  # died without a word (killed, out of memory)
+                raise UserError(f"the {which} step's process ended with status "
+                                f"{process.exitcode} before it reported") from None
     process.join()
+    if "error" in result:
+        raise UserError(result["error"])
     return result
 
 
