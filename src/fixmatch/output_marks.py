@@ -1,5 +1,6 @@
-"""Marks in the images the toolkit draws (results --plot, preview), so that a rerun may
-replace its own earlier image but never a file of the user's that has the same name.
+"""Where the toolkit's commands write: marks in the images they draw (results --plot,
+preview), so that a rerun may replace its own earlier image but never a file of the user's
+that has the same name, and a check that a folder takes a file at all.
 
 The mark is a plain-text metadata entry ("fixmatch <command>"): a PNG tEXt chunk, the
 Creator of a PDF, SVG or PostScript file, a JPEG comment, a TIFF image description. Formats
@@ -7,7 +8,9 @@ without such an entry (WebP, GIF, ...) carry no mark, so an existing file of the
 replaced.
 """
 
+import os
 from pathlib import Path
+from typing import Optional
 
 from PIL.PngImagePlugin import PngInfo
 
@@ -67,3 +70,15 @@ def refuse_to_replace(path: Path, setting: str, command: str) -> None:
         what = "a folder" if path.is_dir() else "a file"
         raise UserError(f"{setting}: {path} already exists and is {what} no {command} drew; "
                         "choose another name (or move it away)")
+
+
+def cannot_write_in(folder: Path) -> Optional[str]:
+    """Why a file cannot be written in `folder` (e.g. "Permission denied"), None when it can.
+    A real write: os.access says yes to root on a read-only mount (/sys, a read-only NFS)."""
+    probe = folder / f".fixmatch-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None

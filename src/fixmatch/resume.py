@@ -21,6 +21,7 @@ from fixmatch.distributed import DistEnv, broadcast_object
 from fixmatch.errors import UserError
 from fixmatch.folder_lock import FolderLock
 from fixmatch.metrics import RESTARTABLE_STATUSES
+from fixmatch.output_marks import cannot_write_in
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +362,10 @@ def make_writable(run_dir: Path) -> None:
     """Create `run_dir` and check a file can be written there."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
     except OSError as error:
-        raise UserError(f"cannot write to the output folder {run_dir} ({error.strerror or error}); "
-                        "set hydra.run.dir to a writable folder") from None
+        reason = error.strerror or str(error)
+    else:
+        reason = cannot_write_in(run_dir)
+    if reason:
+        raise UserError(f"cannot write to the output folder {run_dir} ({reason}); "
+                        "set hydra.run.dir to a writable folder")

@@ -5,7 +5,6 @@ checkpoint file and must see the model exactly as training left it.
 """
 
 import logging
-import os
 import sys
 import textwrap
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from fixmatch.config import Config, Device
 from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.data.normalization import Normalization
 from fixmatch.errors import UserError
+from fixmatch.output_marks import cannot_write_in
 from fixmatch.runtime import select_device
 
 log = logging.getLogger(__name__)
@@ -214,13 +214,10 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
     if not existing.is_dir():
         raise UserError(f"{setting}={value}: cannot create {where}, as {existing} is a file; "
                         "choose a writable place")
-    probe = existing / f".fixmatch-write-test-{os.getpid()}"
-    try:  # a real write: os.access says yes to root on read-only mounts (/sys, a full disk)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"{setting}={value}: cannot write in {existing} "
-                        f"({error.strerror or error}); choose a writable place") from None
+    reason = cannot_write_in(existing)
+    if reason:
+        raise UserError(f"{setting}={value}: cannot write in {existing} ({reason}); choose a "
+                        "writable place")
     return path
 
 

@@ -36,6 +36,7 @@ from fixmatch.config import Config, register_configs
 from fixmatch.config_checks import check_config
 from fixmatch.distributed import DistEnv
 from fixmatch.errors import UserError
+from fixmatch.output_marks import cannot_write_in
 from fixmatch.overrides import typed_config
 from fixmatch.preview import find_conf_dir
 from fixmatch.runtime import configure_threads
@@ -306,12 +307,9 @@ def _check_writable(path: Path, where: str) -> None:
         raise UserError(f"{where}: folder {path.parent} does not exist")
     if path.exists() and not _is_bench_json(path):
         raise UserError(f"{where}: {path} exists and no bench wrote it; give another file name")
-    probe = path.parent / f".bench-write-test-{os.getpid()}"
-    try:  # a real write: os.access says yes to root on read-only mounts
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"{where}: cannot write in {path.parent} ({error.strerror or error})") from None
+    reason = cannot_write_in(path.parent)
+    if reason:
+        raise UserError(f"{where}: cannot write in {path.parent} ({reason})")
 
 
 def _is_bench_json(path: Path) -> bool:
