@@ -46,8 +46,14 @@ def main() -> None:
     parser.add_argument("--cifar", action="store_true", help="32x32 synthetic CIFAR-10 instead")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
+    if args.steps <= WARMUP_STEPS or args.rounds < 1:
+        parser.error(f"--steps must be above the {WARMUP_STEPS} warm-up steps, --rounds at least 1")
+    with tempfile.TemporaryDirectory(prefix="cta_probe_cost_") as folder:  # runs, then gone
+        time_both(args, Path(folder))
 
-    scratch = Path(tempfile.mkdtemp(prefix="cta_probe_cost_"))
+
+def time_both(args, scratch: Path) -> None:
+    """Each round: the quickstart (or --cifar) with RandAugment, then with CTAugment."""
     base = ["experiment=quickstart"]
     if args.cifar:
         data = write_cifar10(scratch / "cifar", train_per_class=20, test_per_class=10)

@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU")
     args = parser.parse_args()
+    if args.steps < 5 or args.threads < 1:
+        parser.error("--steps must be at least 5 (5 timed runs of steps/5 each) and --threads at least 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":
