@@ -217,3 +217,15 @@ def test_a_command_that_stops_on_a_mistake_leaves_no_output_folders(tmp_path):
         predict.main([f"checkpoint={tmp_path / 'nope'}", f"inputs={image}",
                       f"output={tmp_path / 'fresh' / 'a' / 'p.csv'}"])
     assert not (tmp_path / "fresh").exists()
+
+
+def test_evaluate_refuses_to_write_its_report_among_the_images(folder_run, tmp_path):
+    # Before: out=<root>/test/<class> put confusion.png there, and the next evaluate scored
+    # it as a test image (40 -> 41 images).
+    run_dir, root = folder_run
+    inside = Path(root) / "test" / CLASSES[0]
+    before = sorted(path.name for path in inside.iterdir())
+    with pytest.raises(UserError, match=r"out=.* lies inside dataset.root=.*; choose a folder "
+                                        r"outside it"):
+        evaluate.main([f"checkpoint={run_dir}", f"out={inside}"])
+    assert sorted(path.name for path in inside.iterdir()) == before

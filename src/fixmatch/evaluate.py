@@ -219,6 +219,18 @@ def check_out(value: str) -> Path:
     return folder
 
 
+def _refuse_out_inside_the_images(out: Path, dataset) -> None:
+    """An image folder's dataset.root holds images in any subfolder: confusion.png written
+    into test/<class>/ would be scored as a test image by the next evaluate (and trained on
+    from labeled/)."""
+    if dataset.name != "folder" or not dataset.root:
+        return
+    root = Path(dataset.root).expanduser().resolve()
+    if root == out.resolve() or root in out.resolve().parents:
+        raise UserError(f"out={out} lies inside dataset.root={dataset.root}, whose images would "
+                        "then include the report's confusion.png; choose a folder outside it")
+
+
 def _test_images(trained):
     """The test images of the checkpoint's dataset (or of dataset.root=...). An image folder
     is read through its test/<class>/ folders alone, labelled by the model's class names:
@@ -268,6 +280,8 @@ def main(argv: Sequence[str]) -> dict:
     out = check_out(settings["out"]) if settings["out"] else None  # before the model is loaded
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
+    if out is not None:
+        _refuse_out_inside_the_images(out, trained.config.dataset)
     test = _test_images(trained)
     test_set = AugmentedImages(test.images, test.targets, EvalTransform())
     loader = build_eval_loader(test_set, trained.config.trainer.eval_batch_size, 0,
