@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 from fixmatch.app import run_experiment
 from fixmatch.config import register_configs
 from fixmatch.errors import UserError
-from fixmatch.overrides import MULTIRUN_FLAGS, existing_folders, override_error
+from fixmatch.overrides import (MULTIRUN_FLAGS, existing_folders, override_error,
+                                remove_if_made_empty)
 from fixmatch.preemption import EXIT_CODE_PREEMPTED
 from fixmatch.sweep import JobFailure
 
@@ -60,7 +61,9 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
         in_sweep = HydraConfig.get().mode is RunMode.MULTIRUN
         message = _in_sweep_terms(str(error)) if in_sweep else str(error)
         _print_error(message)  # a mistake the user can fix: one line, no traceback
-        _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        # Hydra made the run's folder before the run; a mistake found before the run wrote
+        # anything (trainer.device=cuda without a GPU, say) would leave it empty.
+        remove_if_made_empty(Path(HydraConfig.get().runtime.output_dir), EXISTING_RUN_DIRS)
         if in_sweep:
             # The sweep's other jobs still run; it exits 2 at the end (sweep.FailedJobsReport).
             return JobFailure(message)
@@ -92,18 +95,6 @@ SWEEP_TERMS = [
      "name the key that changed in hydra.sweep.subdir (multirun/README.md)"),
     ("hydra.run.dir", "hydra.sweep.dir"),
 ]
-
-
-def _remove_if_empty(folder: Path) -> None:
-    # Hydra creates the run's folder before the run starts; a mistake found before the run
-    # wrote anything (trainer.device=cuda without a GPU, say) would leave it empty. A folder
-    # the user named that was there before the start is theirs, empty or not.
-    if folder.resolve() in EXISTING_RUN_DIRS:
-        return
-    try:
-        folder.rmdir()  # only ever succeeds on an empty folder
-    except OSError:
-        pass
 
 
 def _how_to_resume(cfg: DictConfig, run_dir: str) -> str:

@@ -169,6 +169,17 @@ def existing_folders(args: Sequence[str], key: str) -> Set[Path]:
             if Path(folder).expanduser().is_dir()}
 
 
+def remove_if_made_empty(folder: Path, existing: Set[Path]) -> None:
+    """Remove the run folder Hydra made before a start that stopped on a mistake, when it is
+    still empty; a folder in `existing` (`existing_folders`) was the user's and stays."""
+    if folder.resolve() in existing:
+        return
+    try:
+        folder.rmdir()  # only ever succeeds on an empty folder
+    except OSError:
+        pass
+
+
 def _missing_launcher(override) -> Optional[str]:
     """hydra/launcher=<a plugin's launcher> without the plugin: Hydra reports several lines."""
     if override.key_or_group != "hydra/launcher":

@@ -23,7 +23,8 @@ from fixmatch.data.datasets import load_dataset
 from fixmatch.data.transforms import Pipeline
 from fixmatch.errors import UserError
 from fixmatch.output_marks import pil_save_kwargs, refuse_to_replace
-from fixmatch.overrides import existing_folders, override_error, typed_config
+from fixmatch.overrides import (existing_folders, override_error, remove_if_made_empty,
+                                typed_config)
 from fixmatch.pipeline import build_views
 
 # The package lives in <repo>/src/fixmatch; the configs in <repo>/conf (editable install).
@@ -198,11 +199,7 @@ def main(cfg: DictConfig) -> None:
         print(write_preview(config, run_dir / config.preview.file_name))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        if run_dir.resolve() not in EXISTING_RUN_DIRS:  # a folder the user had stays
-            try:
-                run_dir.rmdir()  # Hydra made it for the grid; only ever succeeds when empty
-            except OSError:
-                pass
+        remove_if_made_empty(run_dir, EXISTING_RUN_DIRS)  # Hydra made it for the grid
         sys.exit(2)
 
 

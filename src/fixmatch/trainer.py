@@ -233,10 +233,15 @@ class Trainer:
                 f"good checkpoint is kept; lower optim.lr or train in trainer.precision=fp32")
         window = self.eval_window.state_dict(self.parts.env)  # a collective: on every rank
         if self.parts.env.is_main:
-            self.checkpoints.save({**self.state_dict(), "eval_window": window}, self.step)
+            self.checkpoints.save(self.state_dict(window), self.step)
 
-    def state_dict(self) -> dict:
-        """Everything needed to continue this run exactly, as tensors and plain types."""
+    def state_dict(self, eval_window: dict) -> dict:
+        """Everything needed to continue this run exactly, as tensors and plain types.
+
+        Args:
+            eval_window: `RunningMeans.state_dict` of the training means since the last
+                evaluation, summed over ranks (a collective, so every rank computes it).
+        """
         parts = self.parts
         return {
             "format": CHECKPOINT_FORMAT,
@@ -248,7 +253,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "history": list(self.writer.history),
             "elapsed_s": self.writer.elapsed_s(),
-            "eval_window": self.eval_window.state_dict(),
+            "eval_window": eval_window,
             "rng": capture_rng_state(),
             # The samplers are pure functions of the batch number: continuing a stream
             # needs only how many batches each loader has handed out.
