@@ -10,8 +10,21 @@ interrupted at once.
 A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep.py).
 """
 
-import os
+import signal
 import sys
+
+
+def _interrupted_before_the_run(signum, frame):
+    print("interrupted: stopped before the run started", file=sys.stderr)
+    sys.exit(130)
+
+
+# Ctrl-C while torch and Hydra load takes seconds: one line instead of an import traceback.
+# Imports follow it on purpose. Hydra starts with Python's own handler back (Ctrl-C raises
+# KeyboardInterrupt, which main and the run turn into their own lines).
+signal.signal(signal.SIGINT, _interrupted_before_the_run)
+
+import os
 import tempfile
 from pathlib import Path
 from typing import Optional, Set, Union
@@ -49,8 +62,6 @@ def _exit_on_a_sweep_under_torchrun() -> None:
         _print_error("a sweep (-m) cannot run under torchrun: one torchrun runs one experiment; "
                      "start one torchrun per job (e.g. a shell loop over the values)")
         sys.exit(2)
-
-
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -127,4 +138,10 @@ if __name__ == "__main__":
     _exit_on_a_sweep_under_torchrun()
     EXISTING_RUN_DIRS.update(existing_folders(sys.argv[1:], "hydra.run.dir"))
     _keep_other_ranks_out_of_the_output_folder()
-    main()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        main()
+    except KeyboardInterrupt:
+        # Ctrl-C while Hydra composes (main's own handler covers the run): one line, not
+        # Hydra's traceback.
+        _interrupted_before_the_run(signal.SIGINT, None)

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,22 @@ def test_cli_reruns_leave_a_completed_run_byte_for_byte(tiny_cifar10, tmp_path):
     assert "- trainer.resume=false" in (tmp_path / "run_2" / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.parametrize("seconds", [0.5, 1.5])
+def test_ctrl_c_while_the_command_starts_is_one_line(tiny_cifar10, tmp_path, seconds):
+    # Before: Ctrl-C while torch imported or Hydra composed printed a traceback. Whichever
+    # phase the signal meets (imports, composition, data loading), the answer is one line.
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"),
+         *tiny_cifar_overrides(tiny_cifar10, f"hydra.run.dir={tmp_path}/run")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: stopped"), lines
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_mistake_found_before_the_run_wrote_anything_leaves_no_empty_folder(tiny_cifar10, tmp_path):
     # Before: Hydra's freshly made run folder stayed behind, empty.
@@ -177,20 +195,33 @@ def test_a_sweep_under_torchrun_is_one_line_not_a_hang(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_sweep_runs_every_job_then_exits_2_naming_the_failed_ones(tiny_cifar10, tmp_path):
-    # Before: the sweep exited 0 when a job stopped on a mistake (45 labels, 10 classes).
+    # Before: the sweep exited 0 when a job stopped on a mistake (one found only as the job
+    # starts: here, no CUDA device).
     overrides = [o for o in tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
                                                  "trainer.eval_every_steps=2")
-                 if not o.startswith("ssl.num_labeled")]
-    result = run_cli("-m", *overrides, "ssl.num_labeled=45,40", "hydra.sweep.dir=sweep", cwd=tmp_path)
+                 if not o.startswith("trainer.device")]
+    result = run_cli("-m", *overrides, "trainer.device=cuda,cpu", "hydra.sweep.dir=sweep",
+                     "hydra.sweep.subdir=${trainer.device}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("error: ssl.num_labeled=45 must be"), lines
+    assert len(lines) == 2 and lines[0].startswith("error: trainer.device=cuda"), lines
     assert lines[1].startswith("error: 1 of 2 sweep jobs stopped on a mistake")
-    assert "folder sweep/cifar10/45/fixmatch/1" in lines[1] and "hydra.sweep.dir=sweep " in lines[1]
-    job = tmp_path / "sweep" / "cifar10"
-    assert json.loads((job / "45/fixmatch/1/metrics.json").read_text())["status"] == "failed"
-    assert json.loads((job / "40/fixmatch/1/metrics.json").read_text())["status"] == "completed"
+    assert "folder sweep/cuda" in lines[1] and "hydra.sweep.dir=sweep " in lines[1]
+    assert json.loads((tmp_path / "sweep/cpu/metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_with_a_label_count_its_data_cannot_give_stops_before_any_job(tiny_cifar10, tmp_path):
+    # Before: the jobs of 40 and 250 labels trained first (hours, on real data); the job of
+    # 45 (not a multiple of the 10 classes) stopped only then.
+    overrides = [o for o in tiny_cifar_overrides(tiny_cifar10) if not o.startswith("ssl.num_labeled")]
+    result = run_cli("-m", *overrides, "ssl.num_labeled=40,45", "seed=1,2",
+                     "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ssl.num_labeled=45 must be"), lines
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_sweep_rerun_with_a_changed_key_names_the_sweep_settings(tiny_cifar10, tmp_path):
@@ -231,3 +262,6 @@ def test_bad_inputs_fail_with_one_line(tiny_cifar10, tmp_path, overrides, messag
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["status"] == "failed" and message in summary["error"]
     assert (tmp_path / "run" / "config_resolved.yaml").exists()  # the results command finds it
+    # Before: run.log ended with the start's lines; why it stopped was on the console only.
+    last_line = (tmp_path / "run" / "run.log").read_text().strip().splitlines()[-1]
+    assert "stopped before training" in last_line and message in last_line

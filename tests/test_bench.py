@@ -37,6 +37,7 @@ def test_data_bench_prints_ours_and_the_port_side_by_side(tmp_path):
                           "--seconds", "0.05", "--steps", "2")
     # quickstart's trainer.num_workers=0 is what --workers defaults to
     assert "augmentation pairs/s, one core" in out and "loader steps/s, 0 workers" in out
+    assert "data pipeline: 64 random images shaped as digits 8x8x1" in out  # not the digits
     for key in ("ours", "port"):
         assert len(figures["augmentation_pairs_per_s"][key]) == 3
         assert all(rate > 0 for rate in figures["loader_steps_per_s"]["0"][key])

@@ -67,6 +67,14 @@ def test_command_line_wins_over_dataset_specialisation():
     assert config.optim.weight_decay == 0.01
 
 
+def test_a_choice_reads_as_written_inside_other_values():
+    # Before: a sweep's hydra.sweep.subdir=${trainer.device} made the folder "Device.cuda".
+    cfg = compose_config(["trainer.device=cuda", "trainer.compile_mode=reduce_overhead"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.tag = "${trainer.device}-${trainer.compile_mode}"
+    assert cfg.tag == "cuda-reduce_overhead"
+
+
 def test_seed_drives_the_split_seed_unless_overridden():
     assert compose_config(["seed=3"]).ssl.split_seed == 3
     assert compose_config(["seed=3", "ssl.split_seed=5"]).ssl.split_seed == 5

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import fixmatch.overrides as overrides
-from conftest import CONF_DIR
+from conftest import CONF_DIR, write_cifar10
 from fixmatch.config import register_configs
 from fixmatch.overrides import override_error
 
@@ -165,3 +165,16 @@ def test_run_py_without_the_joblib_plugin_is_one_line_and_status_2(tmp_path):
     assert result.stderr.splitlines() == [
         "error: hydra/launcher=joblib needs the launcher plugin hydra-joblib-launcher, which is not "
         'installed: pip install -e ".[joblib]" in the checkout']
+
+
+def test_label_counts_are_checked_against_every_combination_of_data_and_count(tmp_path):
+    # Each value on its own composes and draws (40 or 400 labels from 50 a class, 40 from
+    # 20 a class); only the product's fourth job (400 labels from 20 a class) cannot.
+    many = write_cifar10(tmp_path / "many", train_per_class=50, test_per_class=1)
+    few = write_cifar10(tmp_path / "few", train_per_class=20, test_per_class=1)
+    sweep = ["-m", f"dataset.root={many},{few}", "dataset.download=false",
+             "ssl.num_labeled=40,400", "seed=1,2", "hydra.sweep.subdir=${hydra.job.num}"]
+    error = override_error(sweep, CONF_DIR)
+    assert error is not None and "ssl.num_labeled=400" in error and "40 labeled images" in error, error
+    assert override_error(["-m", f"dataset.root={many}", "dataset.download=false",
+                           "ssl.num_labeled=40,400", "seed=1,2"], CONF_DIR) is None

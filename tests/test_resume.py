@@ -355,6 +355,7 @@ def test_divergence_stops_with_one_line_and_keeps_good_checkpoints(tiny_cifar10,
     assert len(lines) == 1 and "training diverged" in lines[0] and "step" in lines[0], lines
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "failed" and "diverged" in summary["error"]
+    assert "failed at step" in (run_dir / "run.log").read_text().strip().splitlines()[-1]
     for path in (run_dir / "checkpoints").glob("step_*.pt"):
         weights = load_checkpoint(path)["model"]
         assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())

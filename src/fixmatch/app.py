@@ -132,8 +132,9 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     try:
         summary = trainer.fit()
     except BaseException as error:
-        # metrics.json must say why the run stopped, whatever stopped it.
-        writer.stopped(error, trainer.step)
+        # metrics.json and run.log must say why the run stopped, whatever stopped it.
+        stopped = writer.stopped(error, trainer.step)
+        record.note_stop(f"{stopped['status']} at step {trainer.step}: {stopped['error']}")
         raise
     finally:
         writer.close()
@@ -160,8 +161,8 @@ def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
         trainer = _build_trainer(config, run_dir, resolved_yaml, writer, plan, data, env, device)
     except BaseException as error:
         if env.is_main and not holds_a_run(plan):
-            record.write(run_dir, resolved_yaml)
-            writer.stopped(error, 0)
+            why = writer.stopped(error, 0)["error"]
+            record.write_failure(run_dir, resolved_yaml, why)
         raise
     # metrics.json first: the folder then holds a run before any other file of it
     # (resume._refuse_files_of_no_run), and results see it running from its first step.

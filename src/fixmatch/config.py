@@ -13,25 +13,33 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-class Algorithm(Enum):
+class ConfigEnum(Enum):
+    """A config choice. It reads as its name, as written in the config: `${trainer.device}`
+    in hydra.sweep.subdir makes a folder `cuda`, not `Device.cuda`."""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Algorithm(ConfigEnum):
     fixmatch = "fixmatch"  # labeled CE + confidence-masked pseudo-labels (Sohn et al. 2020)
     supervised = "supervised"  # the labeled-only baseline on the same split and budget
 
 
-class Device(Enum):
+class Device(ConfigEnum):
     auto = "auto"  # cuda when available, else cpu
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Precision(Enum):
+class Precision(ConfigEnum):
     auto = "auto"  # bf16 on CUDA devices that support it, fp32 elsewhere
     fp32 = "fp32"
     bf16 = "bf16"  # torch.autocast with bfloat16 (no loss scaling needed)
     fp16 = "fp16"  # torch.autocast with float16 and a gradient scaler (CUDA only)
 
 
-class CompileMode(Enum):
+class CompileMode(ConfigEnum):
     """torch.compile's mode when trainer.compile=true (torch's names, with _ for -)."""
 
     default = "default"  # fused kernels; Python still launches every kernel
@@ -39,27 +47,27 @@ class CompileMode(Enum):
     max_autotune = "max-autotune"  # + autotuned kernels and CUDA graphs (long compiles)
 
 
-class StrongAugment(Enum):
+class StrongAugment(ConfigEnum):
     """The augmentation of FixMatch's strong views (Sohn et al. 2020, Sec. 2.3)."""
 
     randaugment = "randaugment"  # RandAugment as ssl.randaugment_variant says
     ctaugment = "ctaugment"  # CTAugment: bin rates learned from labeled probes (ssl.cta_*)
 
 
-class AugmentOn(Enum):
+class AugmentOn(ConfigEnum):
     """Where the weak and strong views are computed."""
 
     cpu = "cpu"  # per image in the loader workers (PIL/numpy)
     device = "device"  # in batches on the training device; the loaders ship raw uint8 images
 
 
-class ProgressBar(Enum):
+class ProgressBar(ConfigEnum):
     auto = "auto"  # a tqdm bar on a terminal, plain log lines otherwise
     bar = "bar"
     log = "log"
 
 
-class Resize(Enum):
+class Resize(ConfigEnum):
     """How an image folder's images are brought to image_size x image_size."""
 
     resize = "resize"  # bilinear (antialiased) resize; the aspect ratio is not kept
@@ -67,7 +75,7 @@ class Resize(Enum):
     none = "none"  # images must already be that size
 
 
-class LabeledSplitRule(Enum):
+class LabeledSplitRule(ConfigEnum):
     """How ssl.num_labeled labels are spread over the classes (fixmatch.data.split)."""
 
     balanced = "balanced"  # num_labeled / num_classes per class (the paper: CIFAR, STL-10)

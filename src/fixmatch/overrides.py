@@ -241,16 +241,19 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str], sweeps:
             refused = next((values for values in sweeps if isinstance(values, str)), None)
             if refused:
                 return refused
+            composed = {}
             for overrides in _candidates(fixed, sweeps):
                 cfg, error = _composed(config_name, overrides, program)
                 if sweeps and cfg is not None:
                     # A value the schema's type admits but the run refuses (ssl.threshold=1.5)
                     # would otherwise stop its job only after the jobs before it trained.
                     error = _value_error(cfg)
+                    composed[tuple(overrides)] = cfg
                 if error:
                     return error
             if sweeps:
-                return _shared_job_folder(config_name, fixed + subdir, sweeps)
+                return (_shared_job_folder(config_name, fixed + subdir, sweeps)
+                        or _label_count_error(config_name, fixed, sweeps, composed))
     finally:
         GlobalHydra.instance().clear()  # hydra.main initialises its own
         HydraConfig.instance().cfg = None  # set by _job_folder; hydra.main sets its own
@@ -286,6 +289,20 @@ def _value_error(cfg: DictConfig) -> Optional[str]:
     except UserError as error:
         return str(error)
     return None
+
+
+def _label_count_error(config_name: str, fixed: List[str], sweeps: List[List[str]],
+                       composed: dict) -> Optional[str]:
+    """sweep_data_check's one line for the jobs whose data or label count differ, or None."""
+    from fixmatch.sweep_data_check import jobs_that_differ_in_data, label_count_error
+
+    def job_config(overrides: List[str]):
+        key = tuple(overrides)
+        if key not in composed:
+            composed[key] = compose(config_name=config_name, overrides=overrides)
+        return typed_config(composed[key])
+
+    return label_count_error(jobs_that_differ_in_data(fixed, sweeps, job_config))
 
 
 def _shared_job_folder(config_name: str, fixed: List[str],

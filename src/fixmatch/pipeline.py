@@ -57,6 +57,21 @@ log = logging.getLogger(__name__)
 LABELED_STREAM, UNLABELED_STREAM = 0, 1  # keep the two sample streams' seeds apart
 
 
+def draw_new_split(config: Config, arrays: DatasetArrays) -> LabeledSplit:
+    """The labeled split a new run draws from `arrays` as the config says.
+
+    Raises:
+        UserError: the dataset has one class, or the label count cannot be drawn from it.
+    """
+    if len(arrays.class_names) < 2:  # a one-output model would score 100 % by construction
+        raise UserError(f"dataset {config.dataset.name!r} (dataset.root={config.dataset.root}) "
+                        f"has one class ({', '.join(arrays.class_names)}); a classifier needs at "
+                        "least two: add a class folder per class")
+    return draw_split(arrays.train.targets, config.ssl.num_labeled, len(arrays.class_names),
+                      config.ssl.split_seed, config.dataset.labeled_split.value,
+                      arrays.labeled_folds, class_names=arrays.class_names)
+
+
 def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> LabeledSplit:
     """Draw the split, or take it from the checkpoint when resuming (never re-drawn).
 
@@ -64,14 +79,8 @@ def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Lab
         CheckpointError: the checkpoint was trained on other classes or on other training
             images, or its split indexes past this dataset's training images.
     """
-    if len(arrays.class_names) < 2:  # a one-output model would score 100 % by construction
-        raise UserError(f"dataset {config.dataset.name!r} (dataset.root={config.dataset.root}) "
-                        f"has one class ({', '.join(arrays.class_names)}); a classifier needs at "
-                        "least two: add a class folder per class")
     if not plan.checkpoint:
-        return draw_split(arrays.train.targets, config.ssl.num_labeled, len(arrays.class_names),
-                          config.ssl.split_seed, config.dataset.labeled_split.value,
-                          arrays.labeled_folds, class_names=arrays.class_names)
+        return draw_new_split(config, arrays)
     trained_on = plan.checkpoint.get("class_names")
     if trained_on is not None and not same_class_names(trained_on, arrays.class_names):
         # dataset.root may change on resume (the data moved), the classes may not.

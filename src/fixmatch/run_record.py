@@ -52,6 +52,11 @@ class RunLog:
         self._root.removeHandler(self._held)
         self._root.addHandler(self._file)
 
+    def write_to_file_only(self, level: int, message: str) -> None:
+        """Append one record to run.log and not to the console (which has it already)."""
+        if self._file is not None:
+            self._file.handle(logging.LogRecord("fixmatch", level, __file__, 0, message, None, None))
+
     def close(self) -> None:
         """Stop recording; records never written anywhere (a refused start) are dropped."""
         for handler in (self._held, self._file):
@@ -78,6 +83,16 @@ class RunRecord:
         write_text_atomic(run_dir / "config_resolved.yaml", resolved_yaml)
         write_hydra_notes(run_dir, self.cfg)
         self.log.write_to(run_dir)
+
+    def write_failure(self, run_dir: Path, resolved_yaml: str, why: str) -> None:
+        """`write` for a new run that stopped before training, with why in run.log: run.py
+        prints it on the console only, and the log should say how the run ended too."""
+        self.write(run_dir, resolved_yaml)
+        self.note_stop(f"stopped before training: {why}")
+
+    def note_stop(self, message: str) -> None:
+        """Say in run.log (once it is written) why the run stopped."""
+        self.log.write_to_file_only(logging.ERROR, message)
 
     def close(self) -> None:
         self.log.close()

@@ -117,7 +117,9 @@ def bench_data(args, config: Config) -> dict:
         rows.append([f"loader steps/s, {workers} workers", f"{statistics.median(rates['ours']):.2f}",
                      f"{statistics.median(rates['port']):.2f}",
                      f"{statistics.median(rates['ours']) / statistics.median(rates['port']):.2f}x"])
-    print_table(f"data pipeline: {config.dataset.name} {images.shape[1]}x{images.shape[2]}x"
+    source = (f"{args.synthetic} random images shaped as {config.dataset.name}" if args.synthetic
+              else config.dataset.name)
+    print_table(f"data pipeline: {source} {images.shape[1]}x{images.shape[2]}x"
                 f"{images.shape[3]}, B {config.ssl.batch_size}, mu {config.ssl.unlabeled_ratio} "
                 f"(median of {data.ROUNDS} alternating rounds)",
                 ["", "ours", "port", "speed-up"], rows)
