@@ -107,6 +107,17 @@ def test_fp16_on_cpu_and_cuda_without_gpu_are_refused(tiny_cifar10, tmp_path):
                 tiny_cifar10, "trainer.device=cuda")), tmp_path / "b")
 
 
+def test_a_run_without_ema_reports_the_live_model_as_such(tiny_cifar10, tmp_path, caplog):
+    # Before: its log said "top-1 10.00 % (EMA), 10.00 % (raw)" with no EMA in the run.
+    cfg = compose_config(tiny_cifar_overrides(tiny_cifar10, "optim.ema_enabled=false"))
+    with caplog.at_level("INFO", logger="fixmatch"):
+        run_experiment(cfg, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["eval/top1_ema"] == line["eval/top1_raw"] for line in lines)
+    assert "(the live model; no EMA)" in caplog.text and "(EMA)" not in caplog.text
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["ema"] is None
+
+
 def test_bf16_autocast_trains_on_cpu(tiny_cifar10, tmp_path):
     cfg = compose_config(tiny_cifar_overrides(tiny_cifar10, "trainer.precision=bf16",
                                               "trainer.total_steps=3"))
@@ -238,18 +249,20 @@ def test_a_sweep_rerun_with_a_changed_key_names_the_sweep_settings(tiny_cifar10,
     assert "hydra.sweep.dir" in error and "name the key that changed in hydra.sweep.subdir" in error
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"dataset.root": "{missing}"}, "no dataset files in"),
-    ({"ssl.num_labeled": "45"}, "multiple of the 10 classes"),
-    ({"ssl.num_labeled": "400"}, "needs 40 labeled images"),
-    ({"model.depth": "11"}, "model.depth=11"),
-    ({"ssl.randaugment_variant": "strong"}, "randaugment_variant"),
-    ({"trainer.total_steps": "0"}, "total_steps=0"),
-    ({"seed": "-1"}, "seed=-1 must not be negative"),
+# Mistakes in the data (found as it loads) leave a failed run that results count; values no
+# run can use are refused before the run's folder is set up, which leaves no folder.
+@pytest.mark.parametrize("overrides,message,leaves_a_run", [
+    ({"dataset.root": "{missing}"}, "no dataset files in", True),
+    ({"ssl.num_labeled": "45"}, "multiple of the 10 classes", True),
+    ({"ssl.num_labeled": "400"}, "needs 40 labeled images", True),
+    ({"model.depth": "11"}, "model.depth=11", False),
+    ({"ssl.randaugment_variant": "strong"}, "randaugment_variant", False),
+    ({"trainer.total_steps": "0"}, "total_steps=0", False),
+    ({"seed": "-1"}, "seed=-1 must not be negative", False),
     # before: accepted, then "training diverged ... lower optim.lr"
-    ({"dataset.mean": "[0.5,0.5,0.5]", "dataset.std": "[0,0,0]"}, "every value must be positive"),
+    ({"dataset.mean": "[0.5,0.5,0.5]", "dataset.std": "[0,0,0]"}, "every value must be positive", False),
 ])
-def test_bad_inputs_fail_with_one_line(tiny_cifar10, tmp_path, overrides, message):
+def test_bad_inputs_fail_with_one_line(tiny_cifar10, tmp_path, overrides, message, leaves_a_run):
     settings = {"dataset.root": str(tiny_cifar10), "dataset.download": "false",
                 "ssl.num_labeled": "40", "trainer.total_steps": "2", "trainer.num_workers": "0",
                 "hydra.run.dir": str(tmp_path / "run")}
@@ -259,6 +272,10 @@ def test_bad_inputs_fail_with_one_line(tiny_cifar10, tmp_path, overrides, messag
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in result.stdout + result.stderr
+    if not leaves_a_run:
+        # Before: a "failed" run folder, which the results command counted.
+        assert not (tmp_path / "run").exists()
+        return
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["status"] == "failed" and message in summary["error"]
     assert (tmp_path / "run" / "config_resolved.yaml").exists()  # the results command finds it

@@ -288,13 +288,29 @@ def test_a_repeated_seed_names_its_copies_and_other_images_under_one_root_are_fl
     assert "2 different sets of images" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unknown key", "a file"])
+def test_runs_whose_length_changed_while_they_trained_are_flagged(tmp_path):
+    # Before: a 40-step run resumed to 60 steps counted as a fresh 60-step run, silently.
+    make_run(tmp_path / "1", [*CIFAR10_40, "seed=1"], done(80.0, 81.0))
+    extended = make_run(tmp_path / "2", [*CIFAR10_40, "seed=2"],
+                        {**done(85.0, 86.0), "earlier_total_steps": [4]})
+    row, = build_rows(find_runs([str(tmp_path)]))
+    warning, = cell_warnings([row])
+    assert warning.endswith(f": 1 of its runs changed trainer.total_steps while they trained "
+                            f"(e.g. {extended}: 4 -> 8), so their learning rate did not follow "
+                            "one schedule: they are not fresh runs of their final length")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown key", "a group", "a file",
+                                  "a format"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
     make_run(tmp_path / "sweep" / "1", CIFAR10_40, done(80.0, 80.0))
     (tmp_path / "empty").mkdir()
     argv = {"missing": [str(tmp_path / "nowhere")], "empty": [str(tmp_path / "empty")],
             "unknown key": [str(tmp_path / "sweep"), "--by", "ssl.treshold"],
-            "a file": [str(tmp_path / "sweep" / "1" / "metrics.json")]}[case]
+            "a group": [str(tmp_path / "sweep"), "--by", "ssl"],
+            "a file": [str(tmp_path / "sweep" / "1" / "metrics.json")],
+            # before: argparse's usage text, several lines
+            "a format": [str(tmp_path / "sweep"), "--format", "md"]}[case]
     assert main(argv) == 2
     output = capsys.readouterr()
     assert output.out == "" and len(output.err.strip().splitlines()) == 1
@@ -303,6 +319,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
         assert "a file, not a folder" in output.err
     if case == "unknown key":
         assert "did you mean ssl.threshold?" in output.err
+    if case == "a group":  # before: "did you mean" nothing, and a stray "; ("
+        assert output.err.startswith("error: --by ssl: ssl is a group of settings, not one; name "
+                                     "one of its keys, e.g. --by ssl.")
+    if case == "a format":
+        assert "invalid choice: 'md'" in output.err and "--help" in output.err
 
 
 def test_sweeps_linked_into_a_folder_are_found_once(tmp_path):
@@ -612,9 +633,28 @@ def test_jobs_of_a_sweep_that_never_started_are_named(tmp_path, capsys):
     (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
     assert main([str(sweep)]) == 0
     assert capsys.readouterr().err.strip() == (
-        f"warning: {sweep}: its sweep command (multirun.yaml) has 4 jobs, 2 of them have a run "
-        f"folder; the others never started: rerun the sweep with hydra.sweep.dir={sweep} to "
-        "run them")
+        f"warning: {sweep}: 2 of the 4 jobs of its sweep command (multirun.yaml) never started "
+        f"(e.g. seed=3): rerun the sweep with hydra.sweep.dir={sweep} to run them")
     command["hydra"]["overrides"]["task"] = ["ssl.num_labeled=40", "seed=1,2"]
     (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
     assert main([str(sweep)]) == 0 and capsys.readouterr().err == ""
+
+    # Before: runs of an earlier sweep into the same folder made up the count, so a sweep
+    # that stopped early (here: seeds 5 and 6 of 3-6) went unnoticed.
+    command["hydra"]["overrides"]["task"] = ["ssl.num_labeled=40", "seed=3,4,5,6"]
+    (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
+    for seed in (3, 4):
+        make_run(sweep / str(seed), [*CIFAR10_40, f"seed={seed}"], done(80.0, 80.0))
+    assert main([str(sweep)]) == 0
+    assert "2 of the 4 jobs of its sweep command (multirun.yaml) never started (e.g. seed=5)" \
+        in capsys.readouterr().err
+
+    # Before: while the sweep still ran, the warning said to rerun it (a second copy).
+    make_run(sweep / "5", [*CIFAR10_40, "seed=5"], {**done(50.0, 50.0), "status": "running"})
+    training = FolderLock(sweep / "5").acquire()  # as the process training there holds it
+    assert main([str(sweep)]) == 0
+    training.release()
+    assert capsys.readouterr().err.strip() == (
+        f"warning: {sweep}: 1 of the 4 jobs of its sweep command (multirun.yaml) have no run "
+        "folder yet (e.g. seed=6) and 1 of its runs are running, so the sweep may still be "
+        f"running; once it has stopped, rerun it with hydra.sweep.dir={sweep} to run the rest")

@@ -234,6 +234,11 @@ def test_a_longer_run_warns_that_its_schedule_changed(tiny_cifar10, tmp_path, ca
         short_run(tiny_cifar10, run_dir, "trainer.total_steps=9")
     assert "trainer.total_steps 6 -> 9: from step 6 on, the learning rate follows the cosine " \
            "over 9 steps, so this run differs from a fresh 9-step run" in caplog.text
+    # ... and metrics.json keeps it (for the results command), also after a later resume.
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["earlier_total_steps"] == [6] and summary["step"] == 9
+    short_run(tiny_cifar10, run_dir, "trainer.total_steps=12")
+    assert json.loads((run_dir / "metrics.json").read_text())["earlier_total_steps"] == [6, 9]
 
 
 def test_an_interrupt_before_training_is_interrupted_not_failed_and_a_rerun_starts(

@@ -104,6 +104,7 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
     Raises:
         UserError: for any input the user can fix (reported as one line by run.py).
     """
+    check_config(config, env)  # a value no run can use leaves no run folder behind
     device = device or select_device(config.trainer.device)
     plan = plan_on_rank_zero(run_dir, resolved_yaml, config.trainer.resume,
                              config.trainer.keep_checkpoints, env)
@@ -125,7 +126,7 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     state = plan.checkpoint or {}
     writer = MetricWriter(run_dir, config.trainer.total_steps, history=state.get("history"),
                           elapsed_s=state.get("elapsed_s", 0.0), resume_step=state.get("step"),
-                          write=env.is_main)
+                          write=env.is_main, earlier_total_steps=plan.earlier_total_steps)
     trainer = _build_or_record_failure(config, run_dir, resolved_yaml, writer, plan, env, device,
                                        record)
     writer.open()  # training starts: from here on the run's files are rewritten
@@ -143,7 +144,7 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
                  summary["status"], summary["step"],
                  "final" if summary["status"] == "completed" else "last evaluation's",
                  summary["top1_ema_final"],
-                 "EMA" if config.optim.ema_enabled else "the model; optim.ema_enabled=false",
+                 "EMA" if config.optim.ema_enabled else "the live model; no EMA",
                  min(20, summary["num_evaluations"]), summary["top1_ema_median_last20"])
     # Not in metrics.json (folders move): where the run is, for run.py's resume hint.
     return {**summary, "run_dir": str(run_dir)}
@@ -152,11 +153,9 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
 def _build_or_record_failure(config: Config, run_dir: Path, resolved_yaml: str,
                              writer: MetricWriter, plan: StartPlan, env: DistEnv,
                              device: torch.device, record: RunRecord) -> Trainer:
-    """Check the config and build the trainer, then write the run's config, split and
-    normalisation. When that fails, a run already in `run_dir` keeps its files byte for
+    """Build the trainer, then write the run's config, split and normalisation. When that fails, a run already in `run_dir` keeps its files byte for
     byte; a new run records its config and a "failed" metrics.json (results count it)."""
     try:
-        check_config(config, env)
         data = _load_data(config, plan, env, device)
         trainer = _build_trainer(config, run_dir, resolved_yaml, writer, plan, data, env, device)
     except BaseException as error:
@@ -287,8 +286,6 @@ def _distribute(model: nn.Module, sync_bn: bool, device: torch.device, env: Dist
 
 def build_model(config: Config, num_classes: int) -> WideResNet:
     """The WideResNet the config describes, for the dataset's channels and `num_classes`."""
-    if config.model.name != "wide_resnet":
-        raise UserError(f"model.name={config.model.name!r} is not a known model; use model=wide_resnet")
     try:
         return WideResNet(
             num_classes=num_classes,

@@ -1,5 +1,6 @@
-"""Checks of the composed config that need the run's context (its ranks, the loaders'
-look-ahead): one clear line per mistake, before anything is loaded or built."""
+"""Checks of the composed config: values the schema's types admit but no run can use, and
+those that depend on the run's context (its ranks, the loaders' look-ahead). One clear line
+per mistake, before the run's folder is set up or anything is loaded."""
 
 import difflib
 from dataclasses import fields, is_dataclass
@@ -7,8 +8,11 @@ from dataclasses import fields, is_dataclass
 from fixmatch.algorithms import build_algorithm
 from fixmatch.config import AugmentOn, Config, StrongAugment
 from fixmatch.data.loaders import batches_ahead
+from fixmatch.data.normalization import check_mean_std
+from fixmatch.data.randaugment import RANDAUGMENT_VARIANTS
 from fixmatch.distributed import DistEnv
 from fixmatch.errors import UserError
+from fixmatch.models.wide_resnet import blocks_per_stage
 
 
 def check_config(config: Config, env: DistEnv) -> None:
@@ -63,8 +67,26 @@ def check_config(config: Config, env: DistEnv) -> None:
     if config.optim.nesterov and config.optim.momentum == 0:
         raise UserError("optim.nesterov=true needs optim.momentum > 0; set optim.momentum=0.9 "
                         "or optim.nesterov=false")
+    _check_model(config)
+    check_mean_std(config.dataset.mean, config.dataset.std)
+    if config.ssl.randaugment_variant not in RANDAUGMENT_VARIANTS:
+        raise UserError(f"ssl.randaugment_variant={config.ssl.randaugment_variant!r} is not a "
+                        f"RandAugment variant; use one of {', '.join(RANDAUGMENT_VARIANTS)} "
+                        "(docs/PROTOCOL.md)")
     if config.ssl.strong_augment is StrongAugment.ctaugment and build_algorithm(config.ssl).uses_unlabeled:
         _check_ctaugment(config)
+
+
+def _check_model(config: Config) -> None:
+    model = config.model
+    if model.name != "wide_resnet":
+        raise UserError(f"model.name={model.name!r} is not a known model; use model=wide_resnet")
+    if model.widen_factor < 1:
+        raise UserError(f"model.widen_factor={model.widen_factor} must be at least 1")
+    try:
+        blocks_per_stage(model.depth, model.num_stages)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def _check_ctaugment(config: Config) -> None:

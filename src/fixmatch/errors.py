@@ -1,4 +1,7 @@
-"""The one exception type for user mistakes, reported as a single line without a traceback."""
+"""The one exception type for user mistakes, reported as a single line without a traceback,
+and the command-line parser of the package's commands that raises it."""
+
+import argparse
 
 
 class UserError(Exception):
@@ -7,3 +10,11 @@ class UserError(Exception):
     The message says what is wrong, where, and how to fix it; `run.py` prints it as one
     line and exits with status 2.
     """
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An argparse parser whose mistakes (an unknown option, a bad choice) are a UserError,
+    one `error: ...` line with the command's exit status 2, instead of the usage text."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")

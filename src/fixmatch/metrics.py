@@ -7,7 +7,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 MEDIAN_WINDOW = 20  # the paper reports the median of the last 20 evaluations
 STATUS_FAILED = "failed"  # a mistake (or a crash) ended the run
@@ -57,15 +57,19 @@ class MetricWriter:
         elapsed_s: wall time the run already spent before this process.
         resume_step: the checkpoint's step when resuming, else None.
         write: False on every rank but 0 of a torchrun job: keep the history, write nothing.
+        earlier_total_steps: the lengths the run had before it was resumed with another
+            (`StartPlan.earlier_total_steps`), recorded in metrics.json when there are any.
 
     Nothing is written before `open()` but a `summary()` asked for, so a run refused
     before training leaves metrics.jsonl and TensorBoard as they were.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, history: Optional[List[dict]] = None,
-                 elapsed_s: float = 0.0, resume_step: Optional[int] = None, write: bool = True):
+                 elapsed_s: float = 0.0, resume_step: Optional[int] = None, write: bool = True,
+                 earlier_total_steps: Sequence[int] = ()):
         self.run_dir = run_dir
         self.total_steps = total_steps
+        self.earlier_total_steps = list(earlier_total_steps)
         self.history: List[Dict[str, float]] = list(history or [])
         self.started = time.monotonic() - elapsed_s
         self.resume_step = resume_step
@@ -132,6 +136,8 @@ class MetricWriter:
             "top1_ema_best": max(top1) if top1 else None,
             "wall_time_s": round(self.elapsed_s(), 1),
         }
+        if self.earlier_total_steps:
+            payload["earlier_total_steps"] = self.earlier_total_steps
         if error is not None:
             payload["error"] = error
         if self.write:

@@ -78,7 +78,15 @@ def cannot_write_in(folder: Path) -> Optional[str]:
     probe = folder / f".fixmatch-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
-        probe.unlink()
     except OSError as error:
         return error.strerror or str(error)
+    finally:
+        _remove_probe(probe)  # also when Ctrl-C lands after the write
     return None
+
+
+def _remove_probe(probe: Path) -> None:
+    try:
+        probe.unlink(missing_ok=True)
+    except OSError:  # the write failed: there is nothing to remove
+        pass

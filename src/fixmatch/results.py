@@ -21,17 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from fixmatch.curves import PLOT_COMMAND, plot_curves
-from fixmatch.errors import UserError
+from fixmatch.errors import CommandLineParser, UserError
 from fixmatch.folder_lock import is_held
 from fixmatch.output_marks import refuse_to_replace
 from fixmatch.paper import PaperResult, paper_protocol, paper_result
 from fixmatch.results_table import FORMATS, format_table
+from fixmatch.sweep_plan import unstarted_jobs
 
 FIGURE = "top1_ema_median_last20"  # the paper's figure of one run
 FINAL = "top1_ema_final"
@@ -262,10 +262,15 @@ def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
     for key in by:
         if all(key not in run.config for run in runs):
             known = sorted({name for run in runs for name in run.config})
+            below = [name for name in known if name.startswith(f"{key}.")]
+            if below:  # --by ssl: a group of settings
+                raise ResultsError(f"--by {key}: {key} is a group of settings, not one; name one "
+                                   f"of its keys, e.g. --by {below[0]} (its keys: "
+                                   f"{', '.join(below[:8])}{', ...' if len(below) > 8 else ''})")
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
             hint = f"did you mean {close[0]}? " if close else ""
             raise ResultsError(f"--by {key}: no run's config_resolved.yaml has this key; {hint}"
-                               "(keys are dotted paths such as ssl.threshold)")
+                               "keys are dotted paths such as ssl.threshold")
     names = root_names(runs)
     groups: Dict[Tuple, List[Run]] = {}
     for run in runs:
@@ -359,6 +364,15 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
             warnings.append(f"{label}: its runs trained on {len(first_of)} different sets of "
                             f"images (training_set in their split.json), e.g. {examples}; "
                             "they are not seeds of one experiment")
+        extended = [run for run in row.counted_runs if run.value("earlier_total_steps")]
+        if extended:
+            run = extended[0]
+            lengths = " -> ".join(str(steps) for steps in
+                                  [*run.value("earlier_total_steps"), run.value("total_steps")])
+            warnings.append(f"{label}: {len(extended)} of its runs changed trainer.total_steps "
+                            f"while they trained (e.g. {run.path}: {lengths}), so their learning "
+                            "rate did not follow one schedule: they are not fresh runs of their "
+                            "final length")
         if row.repeats:
             seeds = sorted({str(run.config.get("seed")) for run in row.runs
                             if run.path in row.repeats})
@@ -369,38 +383,6 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
                             f"{kept[first.experiment].path}, not {first.path}"
                             f"{' and others' if len(row.repeats) > 1 else ''})")
     return warnings
-
-
-def unstarted_jobs(folders: Sequence[str], runs: Sequence[Run]) -> List[str]:
-    """Sweep folders whose last sweep command (Hydra's multirun.yaml) planned more jobs than
-    have a run folder below them: jobs that never started (the sweep stopped, or it still
-    runs) have no folder, so no row can count them."""
-    warnings = []
-    for folder in map(Path, folders):
-        planned = _planned_jobs(folder / "multirun.yaml")
-        found = sum(1 for run in runs if folder.resolve() in run.path.resolve().parents)
-        if planned is not None and found < planned:
-            warnings.append(f"{folder}: its sweep command (multirun.yaml) has {planned} jobs, "
-                            f"{found} of them have a run folder; the others never started: "
-                            f"rerun the sweep with hydra.sweep.dir={folder} to run them")
-    return warnings
-
-
-def _planned_jobs(path: Path) -> Optional[int]:
-    """The number of jobs of the sweep command in a multirun.yaml (the basic sweeper's
-    product of the swept values); None when it cannot be told."""
-    try:
-        config = OmegaConf.load(path)
-        task = list(OmegaConf.select(config, "hydra.overrides.task") or [])
-        if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
-            return None
-        count = 1
-        for override in OverridesParser.create().parse_overrides(task):
-            if override.is_sweep_override():
-                count *= len(list(override.sweep_string_iterator()))
-        return count
-    except Exception:  # noqa: BLE001 - a missing or foreign file, a glob: only a hint is lost
-        return None
 
 
 def protocol_differences(runs: Sequence[Run], dataset: str,
@@ -458,8 +440,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         The exit status: 0, or 2 for a mistake (a missing folder, no runs, an unknown key,
         --plot without matplotlib).
     """
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         pyplot = _import_pyplot(Path(args.plot)) if args.plot else None
         if args.plot:  # checked before any table is printed, like the format
             refuse_to_replace(Path(args.plot), f"--plot {args.plot}", PLOT_COMMAND)
@@ -563,8 +545,8 @@ def _import_pyplot(path: Path):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fixmatch-results",
+    parser = CommandLineParser(
+        prog="python -m fixmatch.results",
         description="Tabulate sweeps: one row per (dataset, model, algorithm, labels), mean ± "
                     "sample std over completed runs of the median top-1 of the last 20 "
                     "evaluations (EMA model), beside the paper's figure.")

@@ -9,7 +9,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -46,6 +46,9 @@ class StartPlan:
     # metrics.json of a completed run whose checkpoints were deleted: nothing to do
     completed: Optional[dict] = None
     lock: Optional[FolderLock] = None  # rank 0 holds run_dir while the run uses it
+    # The trainer.total_steps the run had before it was resumed with another (oldest first):
+    # its schedule changed on the way, so it is no fresh run of its final length.
+    earlier_total_steps: Tuple[int, ...] = ()
 
     def release_folder(self) -> None:
         """Let other processes use the folder (call when the run is over, however it ended)."""
@@ -106,21 +109,32 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
             "hydra.run.dir, or trainer.resume=false to start fresh in a new folder"
         )
     _check_not_past_the_end(run_dir, state["step"], resolved_yaml)
-    _warn_if_other_length(run_dir, state, resolved_yaml)
     log.info("resuming from %s (step %d)", path, state["step"])
-    return StartPlan(run_dir, state, path)
+    return StartPlan(run_dir, state, path,
+                     earlier_total_steps=_earlier_total_steps(run_dir, state, resolved_yaml))
 
 
-def _warn_if_other_length(run_dir: Path, state: dict, resolved_yaml: str) -> None:
-    """Another trainer.total_steps is allowed (to train longer, or stop sooner), but the
-    cosine schedule is over the run's length, so the run is no longer a fresh one of either."""
+def _earlier_total_steps(run_dir: Path, state: dict, resolved_yaml: str) -> Tuple[int, ...]:
+    """The lengths the run had before this start (metrics.json keeps them), with the
+    checkpoint's when this start changes it. Another trainer.total_steps is allowed (to
+    train longer, or stop sooner), but the cosine schedule is over the run's length, so the
+    run is no longer a fresh one of either: a warning now, and metrics.json records it for
+    the results command."""
     before = _flatten_yaml(state["config_yaml"]).get("trainer.total_steps")
     after = _flatten_yaml(resolved_yaml).get("trainer.total_steps")
-    if before != after:
-        log.warning("%s: trainer.total_steps %s -> %s: from step %d on, the learning rate follows "
-                    "the cosine over %s steps, so this run differs from a fresh %s-step run (for "
-                    "that, use another output folder)", run_dir, before, after, state["step"],
-                    after, after)
+    try:
+        recorded = json.loads((run_dir / "metrics.json").read_text()).get("earlier_total_steps", [])
+    except (OSError, ValueError, AttributeError):
+        recorded = []
+    earlier = tuple(recorded) if isinstance(recorded, list) and all(
+        isinstance(steps, int) for steps in recorded) else ()
+    if before == after:
+        return earlier
+    log.warning("%s: trainer.total_steps %s -> %s: from step %d on, the learning rate follows "
+                "the cosine over %s steps, so this run differs from a fresh %s-step run (for "
+                "that, use another output folder)", run_dir, before, after, state["step"],
+                after, after)
+    return (*earlier, before)
 
 
 def _check_not_past_the_end(run_dir: Path, step: int, resolved_yaml: str) -> None:

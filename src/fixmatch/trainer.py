@@ -212,7 +212,9 @@ class Trainer:
         if parts.cta_probe is not None:
             values.update(parts.cta_probe.op_weights())
         self.writer.evaluation(self.step, values)
-        message = f"step {self.step}: top-1 {ema.top1:.2f} % (EMA), {raw.top1:.2f} % (raw)"
+        message = (f"step {self.step}: top-1 {ema.top1:.2f} % (EMA), {raw.top1:.2f} % (raw)"
+                   if parts.ema is not None else
+                   f"step {self.step}: top-1 {raw.top1:.2f} % (the live model; no EMA)")
         progress.write(message) if isinstance(progress, tqdm) else log.info(message)
 
     def _checkpoint_due(self) -> bool:

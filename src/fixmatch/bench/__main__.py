@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from fixmatch.config import Config, register_configs
 from fixmatch.config_checks import check_config
 from fixmatch.distributed import DistEnv
-from fixmatch.errors import UserError
+from fixmatch.errors import CommandLineParser, UserError
 from fixmatch.output_marks import cannot_write_in
 from fixmatch.overrides import typed_config
 from fixmatch.preview import find_conf_dir
@@ -208,13 +208,6 @@ def bench_train(args, config: Config) -> dict:
 COMMANDS = {"data": bench_data, "step": bench_step, "train": bench_train}
 
 
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad command line as a UserError: one `error: ...` line and exit status 2."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see python -m fixmatch.bench --help)")
-
-
 # Options that only some commands use (the others would silently ignore them), and defaults.
 APPLIES_TO = {"synthetic": ("data",), "max_images": ("data",), "seconds": ("data",),
               "workers": ("data",), "rounds": ("step",)}
@@ -224,7 +217,7 @@ ELSEWHERE = {"synthetic": "step times random batches of the configured shape, tr
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m fixmatch.bench", usage=__doc__.splitlines()[0],
+    parser = CommandLineParser(prog="python -m fixmatch.bench", usage=__doc__.splitlines()[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), help="what to measure")

@@ -5,7 +5,7 @@ images and recorded with the run (normalization.json, the checkpoint).
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -65,6 +65,21 @@ def channel_statistics(images: np.ndarray) -> Normalization:
     return Normalization(mean.tolist(), std.tolist(), "training images")
 
 
+def check_mean_std(mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> None:
+    """Refuse dataset.mean/std values no run can use.
+
+    Raises:
+        UserError: when only one of them is given, or a std is not positive.
+    """
+    if (mean is None) != (std is None):
+        raise UserError("give both dataset.mean and dataset.std, or set both to null to compute "
+                        "them from the training images")
+    if std is not None and not all(np.isfinite(value) and value > 0 for value in std):
+        raise UserError(f"dataset.std={list(std)}: every value must be positive (the pixels are "
+                        "divided by it); give each channel's standard deviation in [0, 1] pixel "
+                        "units, or set dataset.mean and dataset.std to null to compute them")
+
+
 def resolve_normalization(mean: Optional[List[float]], std: Optional[List[float]],
                           train_images: np.ndarray,
                           saved: Optional[dict] = None) -> Normalization:
@@ -84,13 +99,7 @@ def resolve_normalization(mean: Optional[List[float]], std: Optional[List[float]
         UserError: when only one of mean/std is given, a std is not positive, or see
             `channel_statistics`.
     """
-    if (mean is None) != (std is None):
-        raise UserError("give both dataset.mean and dataset.std, or set both to null to compute "
-                        "them from the training images")
-    if std is not None and not all(np.isfinite(value) and value > 0 for value in std):
-        raise UserError(f"dataset.std={list(std)}: every value must be positive (the pixels are "
-                        "divided by it); give each channel's standard deviation in [0, 1] pixel "
-                        "units, or set dataset.mean and dataset.std to null to compute them")
+    check_mean_std(mean, std)
     if saved is not None:
         return Normalization(list(saved["mean"]), list(saved["std"]), "checkpoint")
     if mean is not None:
