@@ -79,6 +79,18 @@ def forbid_download(monkeypatch):
         monkeypatch.setattr(torchvision.datasets, name, refuse)
 
 
+# A shell inside a torchrun job, or a cluster's job environment, sets these; an in-process
+# run would then wait for ranks that never come. Tests that need them set them themselves.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                      "MASTER_PORT", "TORCHELASTIC_RUN_ID", "GROUP_RANK")
+
+
+@pytest.fixture(autouse=True)
+def _no_launcher_environment(monkeypatch):
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _clear_hydra():
     yield

@@ -185,6 +185,7 @@ def test_a_mistake_found_before_the_run_wrote_anything_leaves_no_empty_folder(ti
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_users_own_empty_folder_survives_a_mistake(tiny_cifar10, tmp_path):
     # Before: hydra.run.dir=<an empty folder of the user's> was removed with the mistake.
     (tmp_path / "mine").mkdir()

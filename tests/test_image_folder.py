@@ -353,14 +353,23 @@ def test_a_class_left_empty_by_skipped_images_is_named(tmp_path):
     assert str(root / "labeled" / "eel") in message and "no readable images" in message
 
 
+def test_a_root_that_is_a_file_is_called_a_file(tmp_path):
+    # Before: "no such folder", for a path that is there.
+    (tmp_path / "chips.zip").write_bytes(b"PK")
+    with pytest.raises(UserError, match=r"dataset.root=.*chips.zip: a file, not a folder"):
+        load_dataset(folder_config(tmp_path / "chips.zip"))
+
+
 def test_non_image_files_are_ignored_and_counted(folder, caplog):
+    # labeled/.DS_Store: before, a hidden file beside the class folders was not counted.
     for name in ("labeled/cat/notes.txt", "labeled/cat/.DS_Store", "labeled/stray.png",
-                 "test/cat/x.gif"):
+                 "test/cat/x.gif", "labeled/.DS_Store"):
         (folder / name).write_bytes(b"x")
+    (folder / "labeled" / ".ipynb_checkpoints").mkdir()  # a hidden folder: never a class
     with caplog.at_level(logging.INFO, logger="fixmatch"):
         arrays = load_dataset(folder_config(folder))
-    assert len(arrays.train.targets) == 12
-    assert "ignored 4 files" in caplog.text
+    assert len(arrays.train.targets) == 12 and len(arrays.class_names) == 3
+    assert "ignored 5 files" in caplog.text
 
 
 def test_label_counts_that_the_folder_cannot_give_are_clear_errors(folder):

@@ -42,6 +42,8 @@ def test_hydra_flags_that_exclude_each_other_and_a_file_as_run_dir_are_one_line(
                             "dataset=cifar100? the options are cifar10, cifar100, digits, folder"),
     (["seed"], "'seed' is not an override: write key=value"),
     (["ssl.num_labeled=40,250"], "gives several values, which is a sweep: add -m"),
+    # before: a hint to quote "seed='1',''", which keeps the empty value
+    (["-m", "seed=1,"], "'seed=1,': a comma with no value beside it (a stray comma?); write seed=1"),
     # every value of a sweep is checked, not only the first
     (["-m", "ssl.num_labeled=40,250", "seed=1,x"], "seed=x: Value 'x' of type 'str' could not be"),
     # a key given twice: the value that applies (the last) is the one named

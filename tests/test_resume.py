@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import pickle
-import random
 import shutil
 import signal
 import subprocess
@@ -84,10 +83,14 @@ def reference_runs(tiny_cifar10, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first_workers,resume_workers", [(0, 0), (2, 2), (0, 2)])
+@pytest.mark.parametrize("first_workers,resume_workers,kill_after", [
+    (0, 0, 1),  # once the first checkpoint is written, before any evaluation
+    (2, 2, TOTAL_STEPS // 2 + 1),  # mid-run, between two evaluations
+    (0, 2, TOTAL_STEPS - 4),  # late, with other workers on resume
+])
 def test_resume_after_sigkill_is_bitwise_identical(tiny_cifar10, tmp_path, reference_runs,
-                                                   first_workers, resume_workers):
-    kill_after = random.randint(1, TOTAL_STEPS - 4)
+                                                   first_workers, resume_workers, kill_after):
+    # Fixed kill steps (not random): a failure names its case and reproduces.
     run_dir = tmp_path / "run"
     overrides = resume_overrides(tiny_cifar10, run_dir, f"trainer.num_workers={first_workers}")
     code, stderr = start_and_signal(overrides, run_dir, kill_after, signal.SIGKILL)

@@ -242,10 +242,11 @@ def test_torchscript_export_round_trips(trained_run, torchscript_export):
 
 def test_onnx_export_round_trips_or_says_what_is_missing(trained_run, tmp_path):
     run_dir, _, _ = trained_run
-    arguments = [f"checkpoint={run_dir}", "format=onnx", f"output={tmp_path / 'model.onnx'}"]
+    arguments = [f"checkpoint={run_dir}", "format=onnx", f"output={tmp_path / 'new' / 'model.onnx'}"]
     if importlib.util.find_spec("onnx") is None:
         with pytest.raises(UserError, match="needs the onnx package"):
             export.main(arguments)
+        assert not (tmp_path / "new").exists()  # before: an empty folder stayed behind
         return
     onnxruntime = pytest.importorskip("onnxruntime")
     output = export.main(arguments)
@@ -642,10 +643,14 @@ def test_readme_snippet_runs_the_onnx_export_as_predict_does(trained_run, tmp_pa
 
 
 def test_readme_preprocessing_matches_predict_for_gray_center_crops(tmp_path, monkeypatch):
-    """The snippet's other branches: 1 channel, center_crop of a large and of a short image."""
+    """The snippet's other branches: 1 channel, center_crop of a large and of a short image,
+    a 16-bit file (before: the snippet clipped it at 255, so SAR chips were misclassified)."""
     prepare = _readme_snippets()[0]
     monkeypatch.chdir(tmp_path)
     paths = _snippet_images(tmp_path)
+    wide = np.random.default_rng(5).integers(0, 65535, (9, 20)).astype(np.uint16)
+    Image.fromarray(wide).save(paths[1])
+    assert Image.open(paths[1]).mode.startswith("I;16")
     meta = {"image_size": 12, "channels": 1, "resize": "center_crop", "mean": [0.4], "std": [0.2]}
     (tmp_path / "model.json").write_text(json.dumps(meta))
     namespace = {}
@@ -654,3 +659,26 @@ def test_readme_preprocessing_matches_predict_for_gray_center_crops(tmp_path, mo
     images = torch.stack([EvalTransform()(decode_image(path, prep)) for path in paths])
     inputs = DeviceInputs(Normalization([0.4], [0.2], "checkpoint"), torch.device("cpu"))
     np.testing.assert_allclose(namespace["batch"], inputs.images(images).numpy(), atol=1e-5)
+
+
+def test_evaluation_leaves_the_model_in_its_mode_even_when_it_fails():
+    # Before: an error during evaluation (out of memory, a bad batch) left the live model
+    # in eval mode, so training would have gone on with frozen BatchNorm statistics.
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        with evaluate.eval_mode(model):
+            assert not model.training
+            raise RuntimeError("bad batch")
+    assert model.training
+    with evaluate.eval_mode(model.eval()):
+        pass
+    assert not model.training
+
+
+def test_top_k_hits_break_ties_like_topk_and_cap_k_at_the_classes():
+    logits = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    targets = torch.tensor([0, 2])
+    hits = evaluate.top_k_hits(logits, targets)
+    assert hits.shape == (2, 3)  # k = 5, capped at 3 classes
+    assert torch.equal(hits[:, 0], logits.topk(1, dim=1).indices[:, 0] == targets)
+    assert not hits[1, 0] and hits.any(dim=1).tolist() == [True, True]

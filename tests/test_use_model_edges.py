@@ -229,3 +229,25 @@ def test_evaluate_refuses_to_write_its_report_among_the_images(folder_run, tmp_p
                                         r"outside it"):
         evaluate.main([f"checkpoint={run_dir}", f"out={inside}"])
     assert sorted(path.name for path in inside.iterdir()) == before
+
+
+def test_a_root_for_a_bundled_dataset_is_refused_not_ignored(tmp_path):
+    # Before: a digits checkpoint with dataset.root=<anything> scored the digits' own test
+    # set, and eval.json named the root it was given.
+    run_dir = tmp_path / "run"
+    run_experiment(compose_config(["experiment=quickstart", "trainer.total_steps=2",
+                                   "trainer.eval_every_steps=2"]), run_dir)
+    with pytest.raises(UserError, match=r"^dataset.root=/data/chips: the checkpoint was trained "
+                                        r"on dataset 'digits', which ships with its package"):
+        evaluate.main([f"checkpoint={run_dir}", "dataset.root=/data/chips", f"out={tmp_path}/e"])
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("argument,message", [
+    ("top_k=0", "top_k=0 must be at least 1"),  # before: named batch_size=256 as wrong too
+    ("batch_size=two", "batch_size=two must be a whole number (at least 1)"),
+])
+def test_predict_names_only_the_setting_that_is_wrong(tmp_path, argument, message):
+    with pytest.raises(UserError) as caught:
+        predict.main([f"checkpoint={tmp_path}", f"inputs={tmp_path}", argument])
+    assert str(caught.value) == message

@@ -17,6 +17,7 @@ from fixmatch.data.ctaugment import CTAugment, decode_policies
 from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.distributed import DistEnv, all_gather_objects
 from fixmatch.errors import UserError
+from fixmatch.evaluate import eval_mode
 from fixmatch.models.ema import ModelEMA, unwrap_model
 
 ProbeBatch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # probe views, policies, labels
@@ -38,12 +39,8 @@ def probe_proximities(model: nn.Module, images: torch.Tensor, targets: torch.Ten
     Returns:
         A float32 (N,) tensor in [0, 1].
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         logits = model(images)
-    finally:
-        model.train(was_training)
     probs = logits.float().softmax(dim=1)
     onehot = F.one_hot(targets, probs.shape[1]).to(probs.dtype)
     return 1.0 - 0.5 * (probs - onehot).abs().sum(dim=1)

@@ -7,9 +7,10 @@ DDP-aware: each rank scores its shard of the test set and the counts are summed.
 import csv
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,26 @@ class EvalResult:
     num_images: int
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block, and in its former mode after it, also when
+    the block fails: a model left in eval mode after evaluation is a bug of popular ports."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def top_k_hits(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """(N, min(k, C)) booleans: whether each of the k best predictions is the target. Column
+    0 is top-1, the first of `topk`, so a tie breaks the same way wherever it is counted
+    (the run's `eval/top1_*` and the evaluate command agree)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return top == targets[:, None]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, inputs: DeviceInputs,
              env: DistEnv = DistEnv()) -> EvalResult:
@@ -46,24 +67,20 @@ def evaluate(model: nn.Module, loader: DataLoader, inputs: DeviceInputs,
     Returns:
         Accuracies and loss over the whole loader.
     """
-    was_training = model.training
-    model.eval()
     device = inputs.device
     correct1 = torch.zeros((), device=device)
     correct5 = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
-    for images, targets in loader:
-        logits = model(inputs.images(images)).float()
-        targets = inputs.targets(targets)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == targets[:, None]
-        correct1 += hits[:, 0].sum()
-        correct5 += hits.any(dim=1).sum()
-        count += len(targets)
-    # Leaving the model in eval mode after evaluation is a bug the popular ports have.
-    model.train(was_training)
+    with eval_mode(model):
+        for images, targets in loader:
+            logits = model(inputs.images(images)).float()
+            targets = inputs.targets(targets)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+            hits = top_k_hits(logits, targets)
+            correct1 += hits[:, 0].sum()
+            correct5 += hits.any(dim=1).sum()
+            count += len(targets)
     totals = all_reduce_sum(torch.stack([correct1, correct5, loss_sum, count]).double(), env)
     correct1, correct5, loss_sum, count = totals.tolist()
     return EvalResult(
@@ -89,26 +106,20 @@ class ClassificationReport:
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, inputs: DeviceInputs) -> tuple:
     """(logits (N, C) float32, targets (N,)) of every image of `loader`, in order, eval mode."""
-    was_training = model.training
-    model.eval()
     logits, targets = [], []
-    for images, labels in loader:
-        logits.append(model(inputs.images(images)).float().cpu())
-        targets.append(labels)
-    model.train(was_training)
+    with eval_mode(model):
+        for images, labels in loader:
+            logits.append(model(inputs.images(images)).float().cpu())
+            targets.append(labels)
     return torch.cat(logits), torch.cat(targets)
 
 
 def classification_report(logits: torch.Tensor, targets: torch.Tensor) -> ClassificationReport:
-    """Top-1/top-5, per-class accuracy, macro F1 and the confusion matrix.
-
-    Top-1 takes the first of `topk`, as `evaluate` does, so a tie breaks the same way and
-    the number equals the run's own `eval/top1_*`.
-    """
+    """Top-1/top-5, per-class accuracy, macro F1 and the confusion matrix (top-1 counted as
+    `evaluate` counts it, so the number equals the run's own `eval/top1_*`)."""
     num_classes = logits.shape[1]
-    top = logits.topk(min(5, num_classes), dim=1).indices
-    hits = top == targets[:, None]
-    predicted = top[:, 0].numpy()
+    hits = top_k_hits(logits, targets)
+    predicted = logits.topk(1, dim=1).indices[:, 0].numpy()
     truth = targets.numpy()
     confusion = np.bincount(truth * num_classes + predicted,
                             minlength=num_classes * num_classes).reshape(num_classes, num_classes)
@@ -231,6 +242,17 @@ def _refuse_out_inside_the_images(out: Path, dataset) -> None:
                         "then include the report's confusion.png; choose a folder outside it")
 
 
+def _refuse_a_root_for_bundled_data(name: str, overrides: Sequence[str]) -> None:
+    # Before: the digits' own test set was scored and eval.json named the root given.
+    from fixmatch.data.datasets import BUNDLED_DATASETS
+
+    given = [override for override in overrides if override.startswith("dataset.root=")]
+    if given and name in BUNDLED_DATASETS:
+        raise UserError(f"{given[-1]}: the checkpoint was trained on dataset {name!r}, which ships "
+                        "with its package and has no files, so it is always scored on its own "
+                        "test set; leave dataset.root out")
+
+
 def _test_images(trained):
     """The test images of the checkpoint's dataset (or of dataset.root=...). An image folder
     is read through its test/<class>/ folders alone, labelled by the model's class names:
@@ -280,6 +302,7 @@ def main(argv: Sequence[str]) -> dict:
     out = check_out(settings["out"]) if settings["out"] else None  # before the model is loaded
     trained = load_trained_model(settings["checkpoint"], settings["model"], overrides,
                                  settings["device"])
+    _refuse_a_root_for_bundled_data(trained.config.dataset.name, overrides)
     if out is not None:
         _refuse_out_inside_the_images(out, trained.config.dataset)
     test = _test_images(trained)

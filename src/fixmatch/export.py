@@ -67,6 +67,10 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
     """
     if file_format not in FORMATS:
         raise UserError(f"format={file_format} is not known; use format=torchscript or format=onnx")
+    if file_format == "onnx" and importlib.util.find_spec("onnx") is None:
+        # Before the output's folder is made: a refused export leaves no empty folder.
+        raise UserError("format=onnx needs the onnx package (pip install onnx onnxscript); "
+                        "or use format=torchscript")
     output.parent.mkdir(parents=True, exist_ok=True)
     batch = example_batch(trained)
     if file_format == "torchscript":
@@ -79,9 +83,6 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
         with writing("output", output, (OSError, RuntimeError)):
             traced.save(str(output))
     else:
-        if importlib.util.find_spec("onnx") is None:
-            raise UserError("format=onnx needs the onnx package (pip install onnx onnxscript); "
-                            "or use format=torchscript")
         try:
             torch.onnx.export(trained.model, batch, str(output), input_names=["images"],
                               output_names=["logits"], opset_version=ONNX_OPSET,

@@ -92,6 +92,10 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
     except OverrideParseException:
         bad = next(arg for arg in overrides if not _parses(arg))
         key, equals, value = bad.partition("=")
+        parts = value.split(",")
+        if equals and len(parts) > 1 and "" in parts and not any(q in value for q in "'\""):
+            return (f"{bad!r}: a comma with no value beside it (a stray comma?); "
+                    f"write {key}={','.join(part for part in parts if part)}")
         if equals and re.fullmatch(r"[+~]*[\w./@-]+", key):
             # A path with ( ) [ ] { } , = ~ ' # ! & or spaces is Hydra syntax unless quoted.
             where = "each value" if multirun and "," in value else "it"

@@ -228,6 +228,17 @@ def check_output(output: Path, inputs: Sequence[Path]) -> None:
     refuse_foreign_file(output, "output", "predict", is_predictions_file)
 
 
+def _count_setting(settings: dict, key: str) -> int:
+    """A whole-number setting of at least 1; a mistake names only the setting that is wrong."""
+    try:
+        value = int(settings[key])
+    except ValueError:
+        raise UserError(f"{key}={settings[key]} must be a whole number (at least 1)") from None
+    if value < 1:
+        raise UserError(f"{key}={value} must be at least 1")
+    return value
+
+
 def main(argv: Sequence[str]) -> List[dict]:
     """`checkpoint=... inputs=... [output=predictions.csv] [top_k=5] [batch_size=256]
     [model=ema|raw] [device=auto]` (`--help` describes each argument).
@@ -236,13 +247,7 @@ def main(argv: Sequence[str]) -> List[dict]:
         UserError: for bad arguments, a bad checkpoint or missing inputs.
     """
     settings, overrides = parse_arguments(argv, DEFAULTS, REQUIRED)
-    try:
-        top_k, batch_size = int(settings["top_k"]), int(settings["batch_size"])
-    except ValueError:
-        raise UserError(f"top_k={settings['top_k']} and batch_size={settings['batch_size']} "
-                        "must be whole numbers") from None
-    if top_k < 1 or batch_size < 1:
-        raise UserError(f"top_k={top_k} and batch_size={batch_size} must be at least 1")
+    top_k, batch_size = (_count_setting(settings, key) for key in ("top_k", "batch_size"))
     output = output_path(settings["output"], "output")
     paths, skipped = list_inputs(settings["inputs"])
     check_output(output, paths)  # before the model is loaded: the cheap mistakes first

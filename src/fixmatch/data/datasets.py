@@ -300,6 +300,9 @@ def _source_in(module: str, function: str) -> Callable[[DatasetConfig], DatasetA
     return load
 
 
+# Shipped inside a package, with no files to point at: dataset.root does not apply to them.
+BUNDLED_DATASETS = ("digits",)
+
 DATASET_SOURCES: Dict[str, Callable[[DatasetConfig], DatasetArrays]] = {
     "cifar10": lambda config: load_cifar(config, _CIFAR10),
     "cifar100": lambda config: load_cifar(config, _CIFAR100),

@@ -144,7 +144,8 @@ def _pool_folder(root: Path, root_setting: str) -> str:
     """"labeled" or "train", whichever `root` holds (beside test/)."""
     where = f"dataset.root={root_setting}"
     if not root.is_dir():
-        raise UserError(f"{where}: no such folder ({root}); point dataset.root at the folder "
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise UserError(f"{where}: {what} ({root}); point dataset.root at the folder "
                         f"that holds labeled/ (or train/) and test/")
     pools = [name for name in ("labeled", "train") if _is_folder(root / name)]
     if not pools:
@@ -179,9 +180,11 @@ def _class_folders(root: Path, folder: str, skipped: Skipped) -> List[str]:
     """
     names = []
     for entry in _entries(root / folder):
-        if entry.name.startswith("."):
-            continue  # .ipynb_checkpoints, .git, .DS_Store: never a class
         kind = _kind(entry)
+        if entry.name.startswith("."):  # .ipynb_checkpoints, .git, .DS_Store: never a class
+            if kind is EntryKind.FILE:  # counted, as hidden files inside a class are
+                skipped.not_images.append(f"{folder}/{entry.name}")
+            continue
         if kind is EntryKind.BROKEN_LINK:
             raise UserError(f"class folder {root / folder / entry.name} is a link to "
                             f"{_link_target(entry)}, which does not exist or loops; point the "
