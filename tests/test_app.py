@@ -18,7 +18,7 @@ from fixmatch.checkpoint import load_checkpoint
 from fixmatch.errors import UserError
 
 REPO = CONF_DIR.parent
-TRAIN_KEYS = {"step", "lr", "train/loss", "train/loss_x", "train/loss_u", "train/mask_rate",
+TRAIN_KEYS = {"step", "train/lr", "train/loss", "train/loss_x", "train/loss_u", "train/mask_rate",
               "train/pseudo_label_acc"}
 EVAL_KEYS = {"eval/top1_ema", "eval/top5_ema", "eval/top1_raw", "eval/loss_ema"}
 

@@ -109,13 +109,13 @@ def test_trainer_logs_throughput_data_wait_and_eta_to_tensorboard(tiny_cifar10, 
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     series = {tag: [(event.step, event.value) for event in events.Scalars(tag)]
-              for tag in ("train/steps_per_s", "train/data_wait_fraction", "train/eta_s", "lr")}
+              for tag in ("train/steps_per_s", "train/data_wait_fraction", "train/eta_s", "train/lr")}
     assert {tag: sorted({step for step, _ in values}) for tag, values in series.items()} == {
         tag: [2, 4, 6] for tag in series}
     assert all(value > 0 for _, value in series["train/steps_per_s"])
     assert all(0 <= value <= 1 for _, value in series["train/data_wait_fraction"])
     assert series["train/eta_s"][-1][1] == 0 and series["train/eta_s"][0][1] > 0
-    assert 0 < series["lr"][-1][1] < series["lr"][0][1] <= 0.03  # the cosine decay
+    assert 0 < series["train/lr"][-1][1] < series["train/lr"][0][1] <= 0.03  # the cosine decay
     # One point per step: the evaluation at step 6 adds eval/*, not a second train/loss
     # (before: the means since the previous evaluation, so every curve jumped there).
     assert [event.step for event in events.Scalars("train/loss")] == [2, 4, 6]

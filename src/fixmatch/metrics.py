@@ -106,10 +106,10 @@ class MetricWriter:
         if self.write:
             with (self.run_dir / "metrics.jsonl").open("a") as file:
                 file.write(json_line(record) + "\n")
-        # TensorBoard has the train/* means and lr from every log step (Trainer._log); these
+        # TensorBoard has the train/* means (and lr) from every log step (Trainer._log); these
         # means since the previous evaluation, at the same step, would make each curve jump.
         self.scalars(step, {name: value for name, value in values.items()
-                            if not name.startswith("train/") and name != "lr"})
+                            if not name.startswith("train/")})
         self.summary("running", step)
 
     def stopped(self, error: BaseException, step: int) -> dict:

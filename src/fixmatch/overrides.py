@@ -60,11 +60,14 @@ def _listing(program: str) -> str:
 
 
 def override_error(args: Sequence[str], config_dir: Path, config_name: str = "config",
-                   program: str = RUN_PY) -> Optional[str]:
+                   program: str = RUN_PY, check_data: bool = False) -> Optional[str]:
     """What is wrong with the command line's overrides, in one line; None when they compose.
 
     Command lines with Hydra flags other than -m/--multirun (--cfg, --help, -cn, ...) and the
     `hydra...` overrides are left to Hydra. `program` is how the messages name the command.
+    With `check_data`, a sweep run by Hydra's basic launcher (in this process) also has its
+    data loaded and every job's label count drawn (`sweep_data_check`); a plugin launcher's
+    jobs run elsewhere, where the data may be other.
     """
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
@@ -107,6 +110,7 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
     if repeated:
         return repeated
     fixed, sweeps, subdir = [], [], []
+    check_data = check_data and not any(o.key_or_group == "hydra/launcher" for o in parsed)
     for override, text in zip(parsed, overrides):
         if override.get_key_element().lstrip("+~").startswith("hydra"):
             missing = _missing_launcher(override)
@@ -137,7 +141,7 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
                 return (f"{text} gives no value, so the sweep would run no job: give at least one "
                         "(e.g. seed=range(1,4) is 1, 2, 3)")
             sweeps.append([f"{override.get_key_element()}={value}" for value in values])
-    return _first_failure(config_dir, config_name, fixed, sweeps, program, subdir)
+    return _first_failure(config_dir, config_name, fixed, sweeps, program, subdir, check_data)
 
 
 SUBDIR_KEY = "hydra.sweep.subdir"
@@ -236,7 +240,7 @@ def _candidates(fixed: List[str], sweeps: List[List[str]]) -> Iterator[List[str]
 
 
 def _first_failure(config_dir: Path, config_name: str, fixed: List[str], sweeps: list,
-                   program: str, subdir: List[str]) -> Optional[str]:
+                   program: str, subdir: List[str], check_data: bool) -> Optional[str]:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -257,7 +261,8 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str], sweeps:
                     return error
             if sweeps:
                 return (_shared_job_folder(config_name, fixed + subdir, sweeps)
-                        or _label_count_error(config_name, fixed, sweeps, composed))
+                        or (_data_error(config_name, fixed, sweeps, composed) if check_data
+                            else None))
     finally:
         GlobalHydra.instance().clear()  # hydra.main initialises its own
         HydraConfig.instance().cfg = None  # set by _job_folder; hydra.main sets its own
@@ -295,10 +300,10 @@ def _value_error(cfg: DictConfig) -> Optional[str]:
     return None
 
 
-def _label_count_error(config_name: str, fixed: List[str], sweeps: List[List[str]],
-                       composed: dict) -> Optional[str]:
-    """sweep_data_check's one line for the jobs whose data or label count differ, or None."""
-    from fixmatch.sweep_data_check import jobs_that_differ_in_data, label_count_error
+def _data_error(config_name: str, fixed: List[str], sweeps: List[List[str]],
+                composed: dict) -> Optional[str]:
+    """sweep_data_check's one line for the jobs' data and label counts, or None."""
+    from fixmatch.sweep_data_check import data_error, jobs_that_differ_in_data
 
     def job_config(overrides: List[str]):
         key = tuple(overrides)
@@ -306,7 +311,7 @@ def _label_count_error(config_name: str, fixed: List[str], sweeps: List[List[str
             composed[key] = compose(config_name=config_name, overrides=overrides)
         return typed_config(composed[key])
 
-    return label_count_error(jobs_that_differ_in_data(fixed, sweeps, job_config))
+    return data_error(jobs_that_differ_in_data(fixed, sweeps, job_config))
 
 
 def _shared_job_folder(config_name: str, fixed: List[str],

@@ -1,11 +1,13 @@
-"""A sweep's label counts checked against its data before the first job trains.
+"""A sweep's data and label counts checked before the first job trains.
 
 `-m ssl.num_labeled=40,250,100000` would otherwise stop only at its third job, after the
-first two trained for hours. The datasets are loaded once each (images decoded by the
-sweep's first job are then cached) and every job's split is drawn as the job will draw it.
+first two trained for hours, and a sweep on a dataset that cannot be loaded (offline, a
+wrong root) would fail job after job. The datasets are loaded once each, as the jobs will
+load them (downloaded when absent and dataset.download=true, so the jobs find the files;
+an image folder's decoded images are cached for them), and every job's split is drawn as
+the job will draw it.
 """
 
-import dataclasses
 import itertools
 import logging
 from typing import Callable, Dict, List, Optional, Tuple
@@ -14,17 +16,14 @@ from fixmatch.config import Config
 from fixmatch.errors import UserError
 
 
-def label_count_error(jobs: List[Tuple[List[str], Config]]) -> Optional[str]:
-    """The first job whose labeled split cannot be drawn from its data, in one line naming
-    the job's swept values the message does not; None when every one can, when the jobs
-    share one dataset and label count (the first job finds that mistake at once itself), or
-    when a dataset is not on disk yet but may be downloaded (the job fetches it).
+def data_error(jobs: List[Tuple[List[str], Config]]) -> Optional[str]:
+    """The first job whose dataset cannot be loaded or whose labeled split cannot be drawn
+    from it, in one line naming the job's swept values the message does not; None when
+    every job's can.
 
     Args:
         jobs: the sweep's jobs (`jobs_that_differ_in_data`): swept values and typed config.
     """
-    if len({_data_of(config) for _, config in jobs}) < 2:
-        return None
     by_dataset: Dict[str, List[Tuple[List[str], Config]]] = {}
     for swept, config in jobs:
         by_dataset.setdefault(_dataset_key(config), []).append((swept, config))
@@ -40,12 +39,10 @@ def label_count_error(jobs: List[Tuple[List[str], Config]]) -> Optional[str]:
 
 
 def _first_split_error(jobs: List[Tuple[List[str], Config]]) -> Optional[str]:
-    """`label_count_error` for jobs that share one dataset."""
-    arrays, error = _load_without_download(jobs[0][1])
+    """`data_error` for jobs that share one dataset."""
+    arrays, error = _load(jobs[0][1])
     if error:
         return error
-    if arrays is None:
-        return None
     for swept, config in jobs:
         error = _split_error(config, arrays)
         if error:
@@ -94,15 +91,14 @@ def _dataset_key(config: Config) -> str:
     return repr(config.dataset)
 
 
-def _load_without_download(config: Config) -> Tuple[object, Optional[str]]:
-    """(the dataset's arrays, None), (None, why it cannot load), or (None, None) when it is
-    absent but the job would download it."""
+def _load(config: Config) -> Tuple[object, Optional[str]]:
+    """(the dataset's arrays, None), or (None, why it cannot be loaded)."""
     from fixmatch.data.datasets import load_dataset  # imports torch: only for sweeps
 
     try:
-        return load_dataset(dataclasses.replace(config.dataset, download=False)), None
+        return load_dataset(config.dataset), None
     except UserError as error:
-        return None, None if config.dataset.download else str(error)
+        return None, str(error)
 
 
 def _split_error(config: Config, arrays) -> Optional[str]:

@@ -175,7 +175,7 @@ class Trainer:
         means = self.log_window.means(self.parts.env)
         now, last_time, last_step = time.monotonic(), *self._last_log
         elapsed = max(now - last_time, 1e-9)
-        means["lr"] = self._last_lr
+        means["train/lr"] = self._last_lr
         means["train/steps_per_s"] = (self.step - last_step) / elapsed
         # Share of the wall time the loop sat in next(loader): > 0 means the data starves it.
         means["train/data_wait_fraction"] = min(self._data_wait_s / elapsed, 1.0)
@@ -185,7 +185,7 @@ class Trainer:
         summary = (
             f"loss {means['train/loss']:.4f} "
             + (f"mask {means['train/mask_rate']:.2f} " if "train/mask_rate" in means else "")
-            + f"lr {means['lr']:.4g} data wait {100 * means['train/data_wait_fraction']:.0f}%"
+            + f"lr {means['train/lr']:.4g} data wait {100 * means['train/data_wait_fraction']:.0f}%"
         )
         if isinstance(progress, tqdm):
             progress.set_postfix_str(summary)
@@ -197,7 +197,7 @@ class Trainer:
         self._check_finite()
         parts = self.parts
         values = self.eval_window.means(parts.env)
-        values["lr"] = self._last_lr
+        values["train/lr"] = self._last_lr
         raw = evaluate(unwrap_model(parts.model), parts.test_loader, parts.inputs, parts.env)
         if parts.ema is not None:
             ema = evaluate(parts.ema.module, parts.test_loader, parts.inputs, parts.env)
