@@ -134,8 +134,8 @@ def _print_error(message: str) -> None:
 EXISTING_RUN_DIRS: Set[Path] = set()
 
 if __name__ == "__main__":
+    _exit_on_a_sweep_under_torchrun()  # before the sweep's checks, which load its data
     _exit_on_a_bad_override()
-    _exit_on_a_sweep_under_torchrun()
     EXISTING_RUN_DIRS.update(existing_folders(sys.argv[1:], "hydra.run.dir"))
     _keep_other_ranks_out_of_the_output_folder()
     signal.signal(signal.SIGINT, signal.default_int_handler)
