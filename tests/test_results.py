@@ -20,8 +20,11 @@ from conftest import CONF_DIR, compose_config
 from fixmatch.curves import mean_band, read_curve
 from fixmatch.folder_lock import FolderLock
 from fixmatch.config import register_configs
-from fixmatch.results import (build_rows, cell_warnings, find_runs, format_table, main,
-                              protocol_warnings)
+from fixmatch.results import main
+from fixmatch.results_rows import build_rows
+from fixmatch.results_runs import find_runs
+from fixmatch.results_table import format_table
+from fixmatch.results_warnings import cell_warnings, protocol_warnings
 
 REPO = CONF_DIR.parent
 CIFAR10_40 = ["ssl.num_labeled=40"]

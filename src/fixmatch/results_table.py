@@ -1,4 +1,4 @@
-"""The results table as text: markdown, csv or latex, from the rows `fixmatch.results`
+"""The results table as text: markdown, csv or latex, from the rows `fixmatch.results_rows`
 builds (one per dataset, model, algorithm and label count)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import csv
 import io
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
-if TYPE_CHECKING:  # results.py imports this module for its command line
-    from fixmatch.results import Row
+if TYPE_CHECKING:  # results.py imports this module for its command line, after the rows
+    from fixmatch.results_rows import Row
 
 CELL_KEYS = ["dataset", "model", "algorithm", "labels"]
 FORMATS = ["markdown", "csv", "latex"]

@@ -33,7 +33,7 @@ def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
 
     Args:
         folders: the folders the results command was given.
-        runs: the runs found (`results.Run`: path, config, status).
+        runs: the runs found (`results_runs.Run`: path, config, status).
     """
     warnings = []
     for folder in map(Path, folders):
