@@ -24,6 +24,17 @@ def compose_config(overrides: List[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+def trained_ctaugment(seed: int = 3):
+    """A CTAugment whose bin rates 500 random probes have moved away from the start."""
+    from fixmatch.data.ctaugment import CTAugment
+
+    augment = CTAugment()
+    rng = np.random.default_rng(seed)
+    for _ in range(500):
+        augment.update(augment.sample_policy(rng, probe=True), float(rng.random()))
+    return augment
+
+
 def write_cifar10(root: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
     """Write a small CIFAR-10 in torchvision's python format: class c is a bright square
     at a class-specific position on noise, so a model can learn it in a few steps."""

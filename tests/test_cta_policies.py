@@ -6,7 +6,8 @@ import pytest
 
 from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointStore, load_checkpoint
 from fixmatch.data.cta_policies import PolicySchedule, PolicyTable, sample_uniforms
-from fixmatch.data.ctaugment import OP_NAMES, CTAugment, decode_policies
+from fixmatch.data.cta_ops import OP_NAMES
+from fixmatch.data.ctaugment import CTAugment, decode_policies
 
 CHI2_999 = {2: 13.82, 18: 42.31}  # upper 0.1 % points of the chi-square distribution
 

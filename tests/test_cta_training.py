@@ -13,7 +13,8 @@ import torch
 from conftest import compose_config, tiny_cifar_overrides
 from fixmatch.app import run_experiment
 from fixmatch.checkpoint import load_checkpoint
-from fixmatch.data.ctaugment import OP_NAMES, CTAugment
+from fixmatch.data.cta_ops import OP_NAMES
+from fixmatch.data.ctaugment import CTAugment
 from fixmatch.errors import UserError
 
 TOTAL_STEPS = 12

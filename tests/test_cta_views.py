@@ -8,7 +8,8 @@ from fixmatch.data.cta_views import (
     CTASampledStrongTransform, CTAStrongTransform, CTAWeakStrongTransform, WeakProbeTransform,
     decode_policy,
 )
-from fixmatch.data.ctaugment import CTAugment, OpCall, apply_policy, encode_policies, strong_view
+from fixmatch.data.cta_ops import OpCall, apply_policy, strong_view
+from fixmatch.data.ctaugment import CTAugment, encode_policies
 from fixmatch.data.transforms import WeakTransform, weak_augment
 
 

@@ -7,8 +7,9 @@ from PIL import Image
 
 from fixmatch.data.device_augment import DeviceAugment, cutout_batch
 from fixmatch.data.device_ops import apply_ops, magnitude_table, ops_view
+from fixmatch.data.image_ops import OP_NAMES
 from fixmatch.data.randaugment import (
-    OP_NAMES, RANDAUGMENT_VARIANTS, RandAugment, apply_op, cutout, op_magnitude,
+    RANDAUGMENT_VARIANTS, RandAugment, apply_op, cutout, op_magnitude,
 )
 from fixmatch.data.transforms import weak_augment
 

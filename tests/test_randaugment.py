@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
+from fixmatch.data.image_ops import OP_NAMES, contrast, posterize, rotate, solarize
 from fixmatch.data.randaugment import (
-    OP_NAMES, RANDAUGMENT_VARIANTS, RandAugment, apply_op, contrast, cutout, op_magnitude,
-    posterize, rotate, solarize,
+    RANDAUGMENT_VARIANTS, RandAugment, apply_op, cutout, op_magnitude,
 )
 
 # docs/PROTOCOL.md, official code, level L = 1..9, written out by hand.

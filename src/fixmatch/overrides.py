@@ -11,7 +11,7 @@ write: two jobs in one folder would make the second continue (or skip) the first
 import difflib
 import importlib.util
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -22,10 +22,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationKeyError,
-                              MissingMandatoryValue, ValidationError)
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+                              ValidationError)
 
 from fixmatch.errors import UserError
+from fixmatch.sweep_folders import SUBDIR_KEY, shared_job_folder
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Hydra's flags that choose what the command does; it takes one (several: a traceback).
@@ -71,12 +72,47 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
     """
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
+    error = _modes_error(args, program)
+    if error or any(arg.startswith("-") for arg in overrides):
+        return error  # other Hydra flags: left to Hydra
+    error = _folder_setting_error(overrides) or _flag_position_error(args, overrides, program)
+    if error:
+        return error
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException:
+        return _unparsable(overrides, multirun, program)
+    error = _sweep_given_twice(parsed, overrides)
+    if error:
+        return error
+    split = _split(parsed, overrides, multirun, program)
+    if split.error or split.left_to_hydra:
+        return split.error
+    check_data = check_data and not any(o.key_or_group == "hydra/launcher" for o in parsed)
+    return _first_failure(config_dir, config_name, split.fixed, split.sweeps, program,
+                          split.subdir, check_data)
+
+
+def _modes_error(args: Sequence[str], program: str) -> Optional[str]:
+    """Hydra's mode flags combined (Hydra: a traceback)."""
     modes = [arg for arg in args if arg in MODE_FLAGS]
     if len(set(MODE_FLAGS[arg] for arg in modes)) > 1:
         return (f"{' and '.join(modes)} cannot be combined: run ({program} ...), sweep (-m), "
                 "print the config (--cfg job) and --info are one at a time")
-    if any(arg.startswith("-") for arg in overrides):
-        return None
+    return None
+
+
+def _flag_position_error(args: Sequence[str], overrides: Sequence[str],
+                         program: str) -> Optional[str]:
+    """Overrides on both sides of -m (argparse: a usage dump)."""
+    flag_at = next((i for i, arg in enumerate(args) if arg in MULTIRUN_FLAGS), None)
+    if flag_at is not None and 0 < flag_at < len(args) - 1:
+        return f"-m must come before the overrides: {program} -m {' '.join(overrides)}"
+    return None
+
+
+def _folder_setting_error(overrides: Sequence[str]) -> Optional[str]:
+    """hydra.run.dir or hydra.sweep.dir at a file, or below one (Hydra: FileExistsError)."""
     for arg in overrides:
         key, _, folder = arg.partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir"):
@@ -85,66 +121,74 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
             if file is not None:
                 where = "is a file" if file == path else f"lies below the file {file}"
                 return f"{arg}: {folder} {where}; {key} must be a folder (new or existing)"
-    flag_at = next((i for i, arg in enumerate(args) if arg in MULTIRUN_FLAGS), None)
-    if flag_at is not None and 0 < flag_at < len(args) - 1:
-        # Overrides on both sides of the flag: argparse stops with a usage dump.
-        return (f"-m must come before the overrides: {program} -m "
-                f"{' '.join(overrides)}")
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException:
-        bad = next(arg for arg in overrides if not _parses(arg))
-        key, equals, value = bad.partition("=")
-        parts = value.split(",")
-        if equals and len(parts) > 1 and "" in parts and not any(q in value for q in "'\""):
-            return (f"{bad!r}: a comma with no value beside it (a stray comma?); "
-                    f"write {key}={','.join(part for part in parts if part)}")
-        if equals and re.fullmatch(r"[+~]*[\w./@-]+", key):
-            # A path with ( ) [ ] { } , = ~ ' # ! & or spaces is Hydra syntax unless quoted.
-            where = "each value" if multirun and "," in value else "it"
-            return (f"{bad!r}: the value {value!r} has characters Hydra reads as syntax; quote "
-                    f"{where} inside the argument: {_quoted(key, value, multirun)}")
-        return (f"{bad!r} is not an override: write key=value (e.g. seed=2) or group=option "
-                f"(e.g. dataset=cifar100); {_listing(program)}")
-    repeated = _sweep_given_twice(parsed, overrides)
-    if repeated:
-        return repeated
-    fixed, sweeps, subdir = [], [], []
-    check_data = check_data and not any(o.key_or_group == "hydra/launcher" for o in parsed)
+    return None
+
+
+def _unparsable(overrides: Sequence[str], multirun: bool, program: str) -> str:
+    """One line for the first override Hydra's grammar does not read."""
+    bad = next(arg for arg in overrides if not _parses(arg))
+    key, equals, value = bad.partition("=")
+    parts = value.split(",")
+    if equals and len(parts) > 1 and "" in parts and not any(q in value for q in "'\""):
+        return (f"{bad!r}: a comma with no value beside it (a stray comma?); "
+                f"write {key}={','.join(part for part in parts if part)}")
+    if equals and re.fullmatch(r"[+~]*[\w./@-]+", key):
+        # A path with ( ) [ ] { } , = ~ ' # ! & or spaces is Hydra syntax unless quoted.
+        where = "each value" if multirun and "," in value else "it"
+        return (f"{bad!r}: the value {value!r} has characters Hydra reads as syntax; quote "
+                f"{where} inside the argument: {_quoted(key, value, multirun)}")
+    return (f"{bad!r} is not an override: write key=value (e.g. seed=2) or group=option "
+            f"(e.g. dataset=cifar100); {_listing(program)}")
+
+
+@dataclass
+class _Split:
+    """The overrides sorted for composing: fixed ones, sweeps (value lists, or a group's
+    glob), the hydra.sweep.subdir given; or why not (error), or a sweep Hydra must expand."""
+
+    fixed: List[str] = field(default_factory=list)
+    sweeps: list = field(default_factory=list)
+    subdir: List[str] = field(default_factory=list)
+    error: Optional[str] = None
+    left_to_hydra: bool = False
+
+
+def _split(parsed, overrides: Sequence[str], multirun: bool, program: str) -> _Split:
+    split = _Split()
     for override, text in zip(parsed, overrides):
-        if override.get_key_element().lstrip("+~").startswith("hydra"):
-            missing = _missing_launcher(override)
-            if missing:
-                return missing
-            if override.get_key_element() == SUBDIR_KEY and not override.is_sweep_override():
-                subdir = [text]  # where the jobs write: checked for collisions
+        key = override.get_key_element()
+        if key.lstrip("+~").startswith("hydra"):
+            split.error = _missing_launcher(override)
+            if split.error:
+                return split
+            if key == SUBDIR_KEY and not override.is_sweep_override():
+                split.subdir = [text]  # where the jobs write: checked for collisions
             continue  # the rest of Hydra's own settings are left to Hydra
         schema = next((value for value in _plain_values(override) if value.endswith(SCHEMA_SUFFIX)), None)
-        if schema is not None and "." not in override.get_key_element():
-            return (f"{override.get_key_element()}={schema}: {schema} is the typed schema the "
-                    f"{override.get_key_element()} options extend, not an option (`{program} "
-                    "--help` lists the options)")
-        if not override.is_sweep_override():
-            fixed.append(text)
+        if schema is not None and "." not in key:
+            split.error = (f"{key}={schema}: {schema} is the typed schema the {key} options "
+                           f"extend, not an option (`{program} --help` lists the options)")
+        elif not override.is_sweep_override():
+            split.fixed.append(text)
         elif not multirun:
-            key, _, value = text.partition("=")
-            return (f"{text} gives several values, which is a sweep: add -m ({program} -m {text}); "
-                    f"if the commas belong to one value (a path), quote it: "
-                    f"{_quoted(key, value, sweep=False)}")
+            name, _, value = text.partition("=")
+            split.error = (f"{text} gives several values, which is a sweep: add -m ({program} -m "
+                           f"{text}); if the commas belong to one value (a path), quote it: "
+                           f"{_quoted(name, value, sweep=False)}")
         elif isinstance(override.value(), Glob):
-            sweeps.append(override)  # a group's options: expanded once the config is loaded
+            split.sweeps.append(override)  # a group's options: expanded once the config is loaded
         else:
             values = _sweep_values(override)
-            if values is None:
-                return None  # a sweep form Hydra expands itself (ranges with steps, ...)
-            if not values:
-                return (f"{text} gives no value, so the sweep would run no job: give at least one "
-                        "(e.g. seed=range(1,4) is 1, 2, 3)")
-            sweeps.append([f"{override.get_key_element()}={value}" for value in values])
-    return _first_failure(config_dir, config_name, fixed, sweeps, program, subdir, check_data)
-
-
-SUBDIR_KEY = "hydra.sweep.subdir"
+            if values is None:  # a sweep form Hydra expands itself (ranges with steps, ...)
+                split.left_to_hydra = True
+            elif not values:
+                split.error = (f"{text} gives no value, so the sweep would run no job: give at "
+                               "least one (e.g. seed=range(1,4) is 1, 2, 3)")
+            else:
+                split.sweeps.append([f"{key}={value}" for value in values])
+        if split.error or split.left_to_hydra:
+            return split
+    return split
 
 
 def _quoted(key: str, value: str, sweep: bool) -> str:
@@ -260,12 +304,12 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str], sweeps:
                 if error:
                     return error
             if sweeps:
-                return (_shared_job_folder(config_name, fixed + subdir, sweeps)
+                return (shared_job_folder(config_name, fixed + subdir, sweeps)
                         or (_data_error(config_name, fixed, sweeps, composed) if check_data
                             else None))
     finally:
         GlobalHydra.instance().clear()  # hydra.main initialises its own
-        HydraConfig.instance().cfg = None  # set by _job_folder; hydra.main sets its own
+        HydraConfig.instance().cfg = None  # set by sweep_folders; hydra.main sets its own
     return None
 
 
@@ -312,67 +356,6 @@ def _data_error(config_name: str, fixed: List[str], sweeps: List[List[str]],
         return typed_config(composed[key])
 
     return data_error(jobs_that_differ_in_data(fixed, sweeps, job_config))
-
-
-def _shared_job_folder(config_name: str, fixed: List[str],
-                       sweeps: List[List[str]]) -> Optional[str]:
-    """Two values of one swept key whose jobs would write to the same folder, in one line
-    saying how to tell them apart (the key in hydra.sweep.subdir); None when none do.
-
-    Each key's values are compared with the other keys at their first value: the folder is
-    built from the job's config (conf/config.yaml), so a key it names tells every job apart.
-    """
-    firsts = [values[0] for values in sweeps]
-    for i, values in enumerate(sweeps):
-        seen = {}
-        for value in values:
-            job = _job_folder(config_name, fixed + firsts[:i] + [value] + firsts[i + 1:])
-            if job.error or job.folder is None:
-                return job.error  # None: a subdir built at run time (hydra.job.num, ...)
-            if job.folder in seen:
-                return _collision(seen[job.folder], value, job)
-            seen[job.folder] = value
-    return None
-
-
-@dataclass(frozen=True)
-class _JobFolder:
-    """Where a sweep job writes, below hydra.sweep.dir (None: known only as it runs)."""
-
-    folder: Optional[str]
-    template: str = ""  # hydra.sweep.subdir as written
-    groups: Tuple[str, ...] = ()  # the config groups, named in the folder by their choice
-    error: Optional[str] = None  # the subdir names no setting
-
-
-def _job_folder(config_name: str, overrides: List[str]) -> _JobFolder:
-    cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    template = str(OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir"))
-    HydraConfig.instance().set_config(cfg)  # for ${hydra:runtime.choices.ssl}
-    try:
-        folder = str(cfg.hydra.sweep.subdir)
-    except InterpolationKeyError as error:  # a misspelt key: Hydra would stop with a traceback
-        why = str(error.msg).splitlines()[0]  # "Interpolation key 'oops' not found"
-        return _JobFolder(None, template, error=f"{SUBDIR_KEY}={template}: {why}; "
-                                                "`python run.py --cfg job` prints every key")
-    except Exception:  # noqa: BLE001 - e.g. ${hydra.job.num}, which Hydra fills per job
-        return _JobFolder(None)
-    return _JobFolder(folder, template, tuple(cfg.hydra.runtime.choices))
-
-
-def _collision(first: str, second: str, job: _JobFolder) -> str:
-    key, value = first.split("=", 1)[0].lstrip("+~"), second.split("=", 1)[1]
-    if first.split("=", 1)[1] == value:
-        return f"-m {key}=...: lists {value} twice; give each value once"
-    named = f"${{hydra:runtime.choices.{key}}}" if key in job.groups else f"${{{key}}}"
-    parts = job.template.rsplit("/", 1)
-    leaf = key.rsplit(".", 1)[-1]
-    example = "/".join([parts[0], f"{leaf}{named}", parts[1]] if len(parts) == 2
-                       else [job.template, f"{leaf}{named}"])
-    return (f"-m {key}=...: the jobs of {first} and {second} would share the folder "
-            f"<sweep dir>/{job.folder} ({SUBDIR_KEY} does not name {key}), so the second would "
-            f"continue or skip the first's run: name it there, e.g. '{SUBDIR_KEY}={example}' "
-            "(single quotes keep the shell off the $)")
 
 
 def _composed(config_name: str, overrides: List[str],

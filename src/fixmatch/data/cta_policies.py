@@ -15,7 +15,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from fixmatch.data.ctaugment import MAX_PARAMETERS, OP_NAMES, CTAugment
+from fixmatch.data.cta_ops import MAX_PARAMETERS, OP_NAMES
+from fixmatch.data.ctaugment import CTAugment
 from fixmatch.data.loaders import mix64
 
 POLICY_WIDTH = 1 + MAX_PARAMETERS  # one op of an encoded policy: op index, then its values

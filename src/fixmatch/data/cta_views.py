@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fixmatch.data.cta_ops import apply_policy, strong_view
 from fixmatch.data.cta_policies import POLICY_WIDTH
-from fixmatch.data.ctaugment import CTAugment, apply_policy, decode_policies, encode_policies, strong_view
+from fixmatch.data.ctaugment import CTAugment, decode_policies, encode_policies
 from fixmatch.data.transforms import Pipeline, to_chw_tensor, weak_augment
 
 

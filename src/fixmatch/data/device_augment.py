@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from fixmatch.data.device_ops import OP_INDEX, check_images, gather_pixels, magnitude_table, ops_view
-from fixmatch.data.randaugment import _VARIANTS, MAX_LEVEL, OP_NAMES, _get_variant
+from fixmatch.data.image_ops import OP_NAMES
+from fixmatch.data.randaugment import MAX_LEVEL, VARIANTS, get_variant
 
 CUTOUT_FILL = 128  # mid-gray, as `StrongTransform` fills its Cutout square
 
@@ -173,7 +174,7 @@ class DeviceAugment:
     compiled: bool = False
 
     def __post_init__(self) -> None:
-        _get_variant(self.variant)
+        get_variant(self.variant)
         if self.num_ops < 0:
             raise ValueError(f"DeviceAugment num_ops must be >= 0, got {self.num_ops}")
 
@@ -188,7 +189,7 @@ class DeviceAugment:
         Returns:
             (batch_size, num_ops) tensors, slots in the order they apply.
         """
-        spec = _VARIANTS[self.variant]
+        spec = VARIANTS[self.variant]
         shape, device = (batch_size, self.num_ops), generator.device
         ops = torch.randint(len(OP_NAMES), shape, generator=generator, device=device)
         if spec.continuous_level:
@@ -218,7 +219,7 @@ class DeviceAugment:
         check_images(images)
         draws = self.sample(images.shape[0], generator)
         table = magnitude_table(self.variant, images.device)
-        return self._run(randaugment_view)(images, draws, table, _VARIANTS[self.variant].fill)
+        return self._run(randaugment_view)(images, draws, table, VARIANTS[self.variant].fill)
 
     def strong(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The strong view of a uint8 (N, C, H, W) batch: weak view, RandAugment, Cutout."""
@@ -230,4 +231,4 @@ class DeviceAugment:
         side = round(self.cutout_fraction * min(images.shape[2:]))
         table = magnitude_table(self.variant, images.device)
         return self._run(strong_view)(images, weak, randaugment, table, centres, self.pad_fraction,
-                                      _VARIANTS[self.variant].fill, side)
+                                      VARIANTS[self.variant].fill, side)

@@ -1,5 +1,5 @@
 """RandAugment's ops on a uint8 (N, C, H, W) batch, each image with its own op and level,
-pixel for pixel as the PIL ops of `randaugment.py` compute them (same integer and float
+pixel for pixel as the PIL ops of `image_ops.py` compute them (same integer and float
 arithmetic), with no value read back to the host.
 """
 
@@ -9,7 +9,8 @@ import operator
 import torch
 from torch import Tensor
 
-from fixmatch.data.randaugment import _INTEGER_OPS, _SIGNED_OPS, MAX_LEVEL, OP_NAMES, _get_variant
+from fixmatch.data.image_ops import OP_NAMES
+from fixmatch.data.randaugment import INTEGER_OPS, MAX_LEVEL, SIGNED_OPS, get_variant
 
 OP_INDEX = {name: index for index, name in enumerate(OP_NAMES)}  # op name -> its index in OP_NAMES
 
@@ -40,11 +41,11 @@ def gather_pixels(images: Tensor, index: Tensor) -> Tensor:
 def _table_on(device: torch.device, variant: str) -> Tensor:
     # Copied to the device once per variant: a copy from pageable host memory every step
     # would make the host wait for the device.
-    spec = _get_variant(variant)
+    spec = get_variant(variant)
     table = (tuple(float(spec.ranges.get(name, (0.0, 0.0))[0]) for name in OP_NAMES),
              tuple(float(spec.ranges.get(name, (0.0, 0.0))[1]) for name in OP_NAMES),
-             tuple(float(name in _INTEGER_OPS) for name in OP_NAMES),
-             tuple(float(name in _SIGNED_OPS) for name in OP_NAMES))
+             tuple(float(name in INTEGER_OPS) for name in OP_NAMES),
+             tuple(float(name in SIGNED_OPS) for name in OP_NAMES))
     return torch.tensor(table, dtype=torch.float64).to(device)
 
 
@@ -128,7 +129,7 @@ def _affine_coefficients(ops: Tensor, magnitudes: Tensor, height: int, width: in
         "Rotate": rotate,
         "ShearX": (one, magnitudes, zero, zero, one, zero),
         "ShearY": (one, zero, zero, magnitudes, one, zero),
-        # Translations move by whole pixels, truncated like `int()` in randaugment.py.
+        # Translations move by whole pixels, truncated like `int()` in image_ops.py.
         "TranslateX": (one, zero, (magnitudes * width).trunc(), zero, one, zero),
         "TranslateY": (one, zero, zero, zero, one, (magnitudes * height).trunc()),
     }
@@ -222,7 +223,7 @@ def apply_ops(images: Tensor, ops: Tensor, levels: Tensor, signs: Tensor,
     Raises:
         ValueError: unknown variant, or not a uint8 (N, 1 or 3, H >= 3, W >= 3) batch.
     """
-    fill = _get_variant(variant).fill
+    fill = get_variant(variant).fill
     check_images(images)
     return ops_view(images, ops, levels, signs, magnitude_table(variant, images.device), fill)
 
