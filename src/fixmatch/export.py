@@ -6,6 +6,7 @@ channels, resize rule and normalisation mean/std.
 """
 
 import importlib.util
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -86,13 +87,23 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
         try:
             torch.onnx.export(trained.model, batch, str(output), input_names=["images"],
                               output_names=["logits"], opset_version=ONNX_OPSET,
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+                              **_any_batch_size())
         except ImportError as error:  # torch >= 2.9 exports through onnxscript
             raise UserError(f"format=onnx: {error} (pip install onnx onnxscript); "
                             "or use format=torchscript") from None
     with writing("output", output.with_suffix(".json")):
         output.with_suffix(".json").write_text(json.dumps(metadata(trained, file_format), indent=1) + "\n")
     return output
+
+
+def _any_batch_size() -> dict:
+    """torch.onnx.export's argument that leaves the batch dimension free: `dynamic_shapes`
+    where the export goes through torch.export by default (torch >= 2.9; dynamic_axes
+    there is deprecated and warns), else `dynamic_axes`."""
+    dynamo = inspect.signature(torch.onnx.export).parameters.get("dynamo")
+    if dynamo is not None and dynamo.default is True:
+        return {"dynamic_shapes": ({0: torch.export.Dim("batch")},)}
+    return {"dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
 
 
 def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
