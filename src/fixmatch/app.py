@@ -35,7 +35,7 @@ from fixmatch.distributed import (
     stop_with_the_launcher,
 )
 from fixmatch.errors import UserError
-from fixmatch.metrics import MetricWriter
+from fixmatch.metrics import MEDIAN_WINDOW, MetricWriter
 from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
@@ -145,7 +145,7 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
                  "final" if summary["status"] == "completed" else "last evaluation's",
                  summary["top1_ema_final"],
                  "EMA" if config.optim.ema_enabled else "the live model; no EMA",
-                 min(20, summary["num_evaluations"]), summary["top1_ema_median_last20"])
+                 min(MEDIAN_WINDOW, summary["num_evaluations"]), summary["top1_ema_median_last20"])
     # Not in metrics.json (folders move): where the run is, for run.py's resume hint.
     return {**summary, "run_dir": str(run_dir)}
 

@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from fixmatch.atomic_files import replaced_atomically
 from fixmatch.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -157,16 +158,8 @@ class CheckpointStore:
 
 
 def _write_atomic(state: dict, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with temporary.open("wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path, "wb") as file:
+        torch.save(state, file)
     _fsync_folder(path.parent)
 
 

@@ -40,7 +40,8 @@ def fixmatch_loss(
         not (Eq. 4), so few confident predictions mean a small Lu, not a noisy one.
     """
     loss_x = F.cross_entropy(logits_x, targets_x)
-    # The pseudo-label is a fixed target (Eq. 3): no gradient through the weak view.
+    # The pseudo-label q̂_b of Eq. 4 is a fixed target (the official code stops its gradient):
+    # no gradient through the weak view.
     probs_u_weak = torch.softmax(logits_u_weak.detach().float(), dim=-1)
     confidence, pseudo_targets = probs_u_weak.max(dim=-1)
     mask = (confidence >= threshold).float()

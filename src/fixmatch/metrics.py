@@ -3,11 +3,12 @@ and TensorBoard scalars, all under the same slash-namespaced names."""
 
 import json
 import math
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+
+from fixmatch.atomic_files import write_json_atomic, write_lines_atomic
 
 MEDIAN_WINDOW = 20  # the paper reports the median of the last 20 evaluations
 STATUS_FAILED = "failed"  # a mistake (or a crash) ended the run
@@ -15,26 +16,6 @@ STATUS_INTERRUPTED = "interrupted"  # an interrupt ended it (resumes on a rerun,
 # metrics.json of a start that ended before its first step: its folder is rewritten by the
 # next start (resume.holds_a_run); any other status is a run's result, never overwritten.
 RESTARTABLE_STATUSES = (STATUS_FAILED, STATUS_INTERRUPTED)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON so a reader never sees a half-written file (temp file + rename)."""
-    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
-
-
-def write_lines_atomic(path: Path, lines: List[str]) -> None:
-    """Replace a line-per-record file as a whole."""
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a text file as a whole: a reader sees the old file or the new one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 def json_line(record: Dict[str, float]) -> str:

@@ -24,6 +24,7 @@ from fixmatch.data.image_folder import (
     unreadable_reason,
 )
 from fixmatch.data.transforms import EvalTransform
+from fixmatch.atomic_files import replaced_atomically
 from fixmatch.errors import UserError
 from fixmatch.trained_model import (
     TrainedModel,
@@ -178,16 +179,12 @@ def write_csv(records: Sequence[dict], top_k: int, path: Path) -> None:
     """
     target = path.resolve()  # through a link, as writing to `path` itself would
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        # backslashreplace: any other text with such bytes (a reason) keeps the file UTF-8 too.
-        with temporary.open("w", newline="", encoding="utf-8", errors="backslashreplace") as file:
-            rows = csv.writer(file)
-            rows.writerow(csv_header(top_k))
-            rows.writerows(_csv_row(record, top_k) for record in records)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    # backslashreplace: any other text with such bytes (a reason) keeps the file UTF-8 too.
+    with replaced_atomically(target, "w", newline="", encoding="utf-8",
+                             errors="backslashreplace") as file:
+        rows = csv.writer(file)
+        rows.writerow(csv_header(top_k))
+        rows.writerows(_csv_row(record, top_k) for record in records)
 
 
 def _csv_row(record: dict, top_k: int) -> List[str]:

@@ -15,7 +15,7 @@ from typing import Optional
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fixmatch.metrics import write_text_atomic
+from fixmatch.atomic_files import write_text_atomic
 
 LOG_FILE = "run.log"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's file format

@@ -107,22 +107,6 @@ def cutout_view(images: Tensor, centre_y: Tensor, centre_x: Tensor, size: int,
     return torch.where(square.unsqueeze(1), fill, images)
 
 
-def cutout_batch(images: Tensor, size: int, generator: torch.Generator,
-                 fill: int = CUTOUT_FILL) -> Tensor:
-    """`randaugment.cutout` on every image: a square centred on a random pixel, clipped.
-
-    Args:
-        images: a uint8 (N, C, H, W) batch on the generator's device.
-        size: side of the square in pixels.
-        generator: source of the centres.
-        fill: value written into the square.
-
-    Returns:
-        A new batch; `images` is left untouched.
-    """
-    return cutout_view(images, *draw_cutout_centres(images, generator), size, fill)
-
-
 def randaugment_view(images: Tensor, draws: RandAugmentDraws, table: Tensor, fill: int) -> Tensor:
     """RandAugment under `draws`, slot by slot: a pure function (compilable)."""
     for slot in range(draws.ops.shape[1]):

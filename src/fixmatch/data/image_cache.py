@@ -12,6 +12,8 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from fixmatch.atomic_files import replaced_atomically
+
 try:  # POSIX only; elsewhere concurrent first loads each decode on their own
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -141,10 +143,5 @@ class ImageCache:
 
 
 def _atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with replaced_atomically(path, "wb") as handle:
+        write(handle)
