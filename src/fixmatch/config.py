@@ -7,7 +7,7 @@ at compose time. Code below the composition root only ever sees these dataclasse
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -201,3 +201,17 @@ def register_configs() -> None:
     store.store(group="optim", name="optim_schema", node=OptimConfig)
     store.store(group="ssl", name="ssl_schema", node=SSLConfig)
     store.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+
+
+def flatten_config(node: dict, prefix: str = "") -> Dict[str, object]:
+    """A config as a plain nested dict (OmegaConf.to_container) -> dotted keys and values,
+    `{"ssl": {"threshold": 0.95}}` -> `{"ssl.threshold": 0.95}`; lists become tuples, so a
+    value can be a dictionary key (a table cell) and compares as a value."""
+    flat: Dict[str, object] = {}
+    for name, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
+from fixmatch.config import flatten_config
 from fixmatch.folder_lock import is_held
 
 COMPLETED = "completed"
@@ -140,7 +141,7 @@ def load_run(run_dir: Path) -> Run:
         if problem:
             metrics = {"status": UNREADABLE}
     held = is_held(run_dir) if metrics is not None and metrics.get("status") == RUNNING else None
-    return Run(run_dir, _flatten(config), metrics, problem, _training_set(run_dir), held)
+    return Run(run_dir, flatten_config(config), metrics, problem, _training_set(run_dir), held)
 
 
 def _training_set(run_dir: Path) -> Optional[str]:
@@ -151,13 +152,3 @@ def _training_set(run_dir: Path) -> Optional[str]:
         return f"{record['num_images']}:{record['sha256']}"
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
-
-
-def _flatten(node: dict, prefix: str = "") -> Dict[str, object]:
-    flat: Dict[str, object] = {}
-    for name, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{name}."))
-        else:  # lists become tuples so that a --by value can be a dictionary key
-            flat[f"{prefix}{name}"] = tuple(value) if isinstance(value, list) else value
-    return flat

@@ -16,7 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore, load_checkpoint
-from fixmatch.config import Config, DatasetConfig, ModelConfig, OptimConfig, SSLConfig, TrainerConfig
+from fixmatch.config import (Config, DatasetConfig, ModelConfig, OptimConfig, SSLConfig, TrainerConfig,
+                             flatten_config)
 from fixmatch.distributed import DistEnv, broadcast_object
 from fixmatch.errors import UserError
 from fixmatch.folder_lock import FolderLock
@@ -262,17 +263,7 @@ def _schema_defaults() -> Dict[str, object]:
 
 
 def _flatten_yaml(text: str) -> Dict[str, object]:
-    flat: Dict[str, object] = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(OmegaConf.create(text)), "")
-    return flat
+    return flatten_config(OmegaConf.to_container(OmegaConf.create(text)))
 
 
 def _free_sibling(run_dir: Path) -> Path:
