@@ -64,6 +64,12 @@ def test_cta_resume_is_bitwise_identical_to_the_uninterrupted_run(reference_run,
     for path in (run_dir / "checkpoints").glob("step_*.pt"):
         if int(path.stem.split("_")[1]) > 6:
             path.unlink()
+    # ... and metrics files as a killed run leaves them: "running", evaluations up to step 7.
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**summary, "status": "running", "step": 7}))
+    kept = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["step"] <= 7]
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     resumed = run_experiment(compose_config(cta_overrides(tiny_cifar10, "trainer.num_workers=0")), run_dir)
     assert resumed["status"] == "completed"
 

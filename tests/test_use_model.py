@@ -79,8 +79,10 @@ def test_evaluate_skips_the_png_without_matplotlib(trained_run, tmp_path, monkey
     assert not (tmp_path / "confusion.png").exists() and "matplotlib is not installed" in caplog.text
 
 
-def test_evaluate_writes_next_to_the_run_and_takes_a_pt_file(trained_run):
-    run_dir, _, summary = trained_run
+def test_evaluate_writes_next_to_the_run_and_takes_a_pt_file(trained_run, tmp_path):
+    # A copy: the run folder the other tests share stays as training left it.
+    run_dir = Path(shutil.copytree(trained_run[0], tmp_path / "run", symlinks=True))
+    summary = trained_run[2]
     record = evaluate.main([f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}", "model=raw"])
     assert record["weights"] == "raw" and record["top1"] == summary["eval/top1_raw"]
     assert json.loads((run_dir / "eval.json").read_text())["weights"] == "raw"
