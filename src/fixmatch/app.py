@@ -1,7 +1,7 @@
 """The composition root: typed config -> split, data, model, optimiser -> Trainer.fit.
 
-With its data half, pipeline.py, the only code that reads more than one config node.
-Objects are built in the order a reader would explain a run: config checks, split,
+With its data half (run_data.py, pipeline.py), the only code that reads more than one config
+node. Objects are built in the order a reader would explain a run: config checks, split,
 datasets, loaders, model, DDP, EMA, optimiser, schedule, checkpoint store, metric writer,
 trainer.
 """
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fixmatch import pipeline
+from fixmatch import pipeline, run_data
 from fixmatch.algorithms import build_algorithm
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore
 from fixmatch.config import Config, StrongAugment
@@ -120,7 +120,7 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     run_dir = plan.run_dir
     finished = finished_summary(plan, config.trainer.total_steps)
     if finished is not None:
-        pipeline.check_finished_run_data(config, run_dir, lambda: load_dataset(config.dataset))
+        run_data.check_finished_run_data(config, run_dir, lambda: load_dataset(config.dataset))
         log.info("%s already completed %d steps; nothing to do", run_dir, finished["step"])
         return {**finished, "run_dir": str(run_dir)}
     state = plan.checkpoint or {}
@@ -190,10 +190,10 @@ def _load_data(config: Config, plan: StartPlan, env: DistEnv, device: torch.devi
         reuse_freed_host_memory()  # activations live in host memory: no page faults every step
     seed_everything(config.seed)
     arrays = load_dataset(config.dataset)
-    split = pipeline.labeled_split(config, arrays, plan)
-    pipeline.check_same_split_on_all_ranks(split, env)
-    normalization = pipeline.input_normalization(config, arrays, plan)
-    pipeline.warn_if_other_test_images(config, arrays, plan)
+    split = run_data.labeled_split(config, arrays, plan)
+    run_data.check_same_split_on_all_ranks(split, env)
+    normalization = run_data.input_normalization(config, arrays, plan)
+    run_data.warn_if_other_test_images(config, arrays, plan)
     return _RunData(arrays, split, normalization)
 
 

@@ -102,7 +102,7 @@ def _load(config: Config) -> Tuple[object, Optional[str]]:
 
 
 def _split_error(config: Config, arrays) -> Optional[str]:
-    from fixmatch.pipeline import draw_new_split
+    from fixmatch.run_data import draw_new_split
 
     try:
         draw_new_split(config, arrays)
