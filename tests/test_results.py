@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
-from fixmatch.curves import mean_band, read_curve
+from fixmatch.curves import runs_per_step, mean_band, read_curve
 from fixmatch.folder_lock import FolderLock
 from fixmatch.config import register_configs
 from fixmatch.results import main
@@ -367,9 +367,13 @@ def test_plot_draws_mean_and_band(tmp_path, capsys):
 
 
 def test_curve_mean_and_band_over_runs_of_different_length(tmp_path):
-    steps, means, stds = mean_band([{2: 10.0, 4: 20.0}, {2: 20.0, 4: 40.0, 6: 50.0}])
+    curves = [{2: 10.0, 4: 20.0}, {2: 20.0, 4: 40.0, 6: 50.0}]
+    steps, means, stds = mean_band(curves)
     assert steps == [2, 4, 6] and means == [15.0, 30.0, 50.0]
     assert stds == pytest.approx([math.sqrt(50), math.sqrt(200), 0.0])
+    # The legend says the mean is over other runs at other steps (before: "n=2" throughout).
+    assert runs_per_step(curves, steps) == "n=1-2 by step"
+    assert runs_per_step(curves[:1], [2, 4]) == "n=1"
 
     (tmp_path / "metrics.jsonl").write_text(
         '{"step": 2, "eval/top1_ema": 1.0}\n{"step": 2, "eval/top1_ema": 3.0}\n{"step": 4, "ev')

@@ -75,7 +75,7 @@ def plot_curves(pyplot, cells: Sequence[Tuple[str, Sequence]], path: Path) -> No
     figure, axes = pyplot.subplots(figsize=(8, 5))
     for label, curves in drawn:
         steps, means, stds = mean_band(curves)
-        line, = axes.plot(steps, means, label=f"{label} (n={len(curves)})")
+        line, = axes.plot(steps, means, label=f"{label} ({runs_per_step(curves, steps)})")
         axes.fill_between(steps, [m - s for m, s in zip(means, stds)],
                           [m + s for m, s in zip(means, stds)], color=line.get_color(), alpha=0.2)
     axes.set_xlabel("step")
@@ -91,3 +91,13 @@ def plot_curves(pyplot, cells: Sequence[Tuple[str, Sequence]], path: Path) -> No
         raise OSError(f"cannot write {path} ({error.strerror or error})") from None
     finally:
         pyplot.close(figure)
+
+
+def runs_per_step(curves: Sequence[Dict[int, float]], steps: Sequence[int]) -> str:
+    """The legend's run count: `n=3`, or `n=1-3 by step` when runs reached other steps (a
+    run still training, runs of other lengths), so a reader knows the mean changes runs."""
+    counts = [sum(step in curve for curve in curves) for step in steps]
+    if min(counts) == max(counts):
+        return f"n={counts[0]}"
+    return f"n={min(counts)}-{max(counts)} by step"
+
