@@ -120,7 +120,7 @@ def _how_to_resume(cfg: DictConfig, run_dir: str) -> str:
 
 def _exit_on_a_bad_override() -> None:
     # Before Hydra, whose report of a misspelt key or a wrong type is several lines (exit 1).
-    error = override_error(sys.argv[1:], Path(__file__).resolve().parent / "conf", check_data=True)
+    error = override_error(sys.argv[1:], Path(__file__).resolve().parent / "conf", run_checks=True)
     if error:
         _print_error(error)
         sys.exit(2)

@@ -207,21 +207,33 @@ def test_a_sweep_under_torchrun_is_one_line_not_a_hang(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_sweep_runs_every_job_then_exits_2_naming_the_failed_ones(tiny_cifar10, tmp_path):
-    # Before: the sweep exited 0 when a job stopped on a mistake (one found only as the job
-    # starts: here, no CUDA device).
-    overrides = [o for o in tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
-                                                 "trainer.eval_every_steps=2")
-                 if not o.startswith("trainer.device")]
-    result = run_cli("-m", *overrides, "trainer.device=cuda,cpu", "hydra.sweep.dir=sweep",
-                     "hydra.sweep.subdir=${trainer.device}", cwd=tmp_path)
+    # Before: the sweep exited 0 when a job stopped on a mistake. The mistake here is one
+    # only a job finds: its folder holds a run of another experiment (ssl.threshold=0.8).
+    overrides = tiny_cifar_overrides(tiny_cifar10, "trainer.total_steps=2",
+                                     "trainer.eval_every_steps=2")
+    other = run_cli(*overrides, "ssl.threshold=0.8",
+                    f"hydra.run.dir={tmp_path}/sweep/cifar10/40/fixmatch/1", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    result = run_cli("-m", *overrides, "seed=1,2", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("error: trainer.device=cuda"), lines
+    assert len(lines) == 2 and "ssl.threshold (0.8 -> 0.95)" in lines[0], lines
     assert lines[1].startswith("error: 1 of 2 sweep jobs stopped on a mistake")
-    assert "folder sweep/cuda" in lines[1] and "hydra.sweep.dir=sweep " in lines[1]
-    assert json.loads((tmp_path / "sweep/cpu/metrics.json").read_text())["status"] == "completed"
+    assert "folder sweep/cifar10/40/fixmatch/1" in lines[1] and "hydra.sweep.dir=sweep " in lines[1]
+    job = tmp_path / "sweep" / "cifar10" / "40" / "fixmatch"
+    assert json.loads((job / "2" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_value_no_run_can_use_leaves_no_folder_not_even_a_parent(tmp_path):
+    # Before: Hydra had made outputs/<date>/<time> (or a/b/c) before the run refused the
+    # value, and its empty parents stayed.
+    for overrides in (["ssl.threshold=1.5"], ["model.depth=11", f"hydra.run.dir={tmp_path}/a/b/c"],
+                      ["dataset.std=[0.2,0.2,0.2]"]):  # digits has one channel
+        result = run_cli("experiment=quickstart", *overrides, cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not any(tmp_path.iterdir()), list(tmp_path.rglob("*"))
 
 
 def test_a_sweep_with_a_label_count_its_data_cannot_give_stops_before_any_job(tiny_cifar10, tmp_path):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import unicodedata
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from PIL import Image
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.folder_listing import same_class_names
 from fixmatch.data.image_cache import CACHE_FORMAT, cache_key
+from fixmatch.data import image_folder
 from fixmatch.data.image_folder import load_test_folder
 from fixmatch.errors import UserError
 from test_image_folder import CLASSES, folder_config, gray, make_folder, write_image
@@ -227,3 +229,15 @@ def test_class_names_match_across_unicode_forms_and_not_otherwise():
     assert same_class_names(["caf\u00e9", "dog"], [NFD_CAFE, "dog"])
     assert not same_class_names(["cafe", "dog"], [NFD_CAFE, "dog"])
     assert not same_class_names(["dog", "caf\u00e9"], ["caf\u00e9", "dog"])  # order matters
+
+
+def test_decoder_processes_leave_ctrl_c_to_the_parent(monkeypatch):
+    # Before: a terminal's Ctrl-C during a first decode killed the pool's workers with a
+    # traceback each, and once left the run waiting on them forever.
+    monkeypatch.setattr(image_folder, "_decoder_processes", lambda: 2)
+    monkeypatch.setattr(image_folder, "_decode_chunk",
+                        lambda root, paths, prep: signal.getsignal(signal.SIGINT))
+    handlers = [handler for _, handler in image_folder._decode_chunks(
+        Path("."), ["x.png"] * image_folder.PARALLEL_MIN_FILES, None)]
+    assert len(handlers) > 1 and all(handler == signal.SIG_IGN for handler in handlers)
+    assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the parent still takes it

@@ -176,20 +176,24 @@ def test_label_counts_are_checked_against_every_combination_of_data_and_count(tm
     few = write_cifar10(tmp_path / "few", train_per_class=20, test_per_class=1)
     sweep = ["-m", f"dataset.root={many},{few}", "dataset.download=false",
              "ssl.num_labeled=40,400", "seed=1,2", "hydra.sweep.subdir=${hydra.job.num}"]
-    error = override_error(sweep, CONF_DIR, check_data=True)
+    error = override_error(sweep, CONF_DIR, run_checks=True)
     assert error is not None and "ssl.num_labeled=400" in error and "40 labeled images" in error, error
     assert error.startswith(f"the sweep's job with dataset.root={few}: ")
     assert override_error(["-m", f"dataset.root={many}", "dataset.download=false",
-                           "ssl.num_labeled=40,400", "seed=1,2"], CONF_DIR, check_data=True) is None
+                           "ssl.num_labeled=40,400", "seed=1,2"], CONF_DIR, run_checks=True) is None
     # A label count no job can draw, though not swept, and data that cannot be loaded: one
     # line before any job (before: every job failed the same way, leaving a failed folder).
     error = override_error(["-m", f"dataset.root={few}", "dataset.download=false",
-                            "ssl.num_labeled=400", "seed=1,2"], CONF_DIR, check_data=True)
+                            "ssl.num_labeled=400", "seed=1,2"], CONF_DIR, run_checks=True)
     assert error.startswith("ssl.num_labeled=400 needs 40 labeled images"), error
     error = override_error(["-m", f"dataset.root={tmp_path}/nowhere", "dataset.download=false",
-                            "seed=1,2"], CONF_DIR, check_data=True)
+                            "seed=1,2"], CONF_DIR, run_checks=True)
     assert error.startswith("cifar10: no dataset files in"), error
+    # Hydra's default launcher named on the command line runs its jobs here, too.
+    assert override_error(["-m", f"dataset.root={tmp_path}/nowhere", "dataset.download=false",
+                           "seed=1,2", "hydra/launcher=basic"], CONF_DIR,
+                          run_checks=True).startswith("cifar10: no dataset files in")
     # Jobs a plugin launcher runs elsewhere (a cluster's nodes) may see other data.
     assert override_error(["-m", f"dataset.root={tmp_path}/nowhere", "dataset.download=false",
                            "seed=1,2", "hydra/launcher=submitit_local"], CONF_DIR,
-                          check_data=True) is None
+                          run_checks=True) is None

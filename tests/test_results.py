@@ -656,6 +656,14 @@ def test_jobs_of_a_sweep_that_never_started_are_named(tmp_path, capsys):
     assert "2 of the 4 jobs of its sweep command (multirun.yaml) never started (e.g. seed=5)" \
         in capsys.readouterr().err
 
+    # Before: runs of an earlier sweep with other fixed values (here 250 labels, seeds 5
+    # and 6) stood in for this command's missing jobs.
+    for seed in (5, 6):
+        make_run(sweep / f"other{seed}", ["ssl.num_labeled=250", f"seed={seed}"], done(80.0, 80.0))
+    assert main([str(sweep)]) == 0
+    assert "2 of the 4 jobs of its sweep command (multirun.yaml) never started (e.g. seed=5)" \
+        in capsys.readouterr().err
+
     # Before: while the sweep still ran, the warning said to rerun it (a second copy).
     make_run(sweep / "5", [*CIFAR10_40, "seed=5"], {**done(50.0, 50.0), "status": "running"})
     training = FolderLock(sweep / "5").acquire()  # as the process training there holds it

@@ -68,7 +68,7 @@ def check_config(config: Config, env: DistEnv) -> None:
         raise UserError("optim.nesterov=true needs optim.momentum > 0; set optim.momentum=0.9 "
                         "or optim.nesterov=false")
     _check_model(config)
-    check_mean_std(config.dataset.mean, config.dataset.std)
+    check_mean_std(config.dataset.mean, config.dataset.std, config.dataset.channels)
     if config.ssl.randaugment_variant not in RANDAUGMENT_VARIANTS:
         raise UserError(f"ssl.randaugment_variant={config.ssl.randaugment_variant!r} is not a "
                         f"RandAugment variant; use one of {', '.join(RANDAUGMENT_VARIANTS)} "

@@ -61,14 +61,16 @@ def _listing(program: str) -> str:
 
 
 def override_error(args: Sequence[str], config_dir: Path, config_name: str = "config",
-                   program: str = RUN_PY, check_data: bool = False) -> Optional[str]:
+                   program: str = RUN_PY, run_checks: bool = False) -> Optional[str]:
     """What is wrong with the command line's overrides, in one line; None when they compose.
 
     Command lines with Hydra flags other than -m/--multirun (--cfg, --help, -cn, ...) and the
     `hydra...` overrides are left to Hydra. `program` is how the messages name the command.
-    With `check_data`, a sweep run by Hydra's basic launcher (in this process) also has its
-    data loaded and every job's label count drawn (`sweep_data_check`); a plugin launcher's
-    jobs run elsewhere, where the data may be other.
+    Every job of a sweep is checked as the run checks its config (`config_checks`). With
+    `run_checks` (run.py), so is a single run, before Hydra makes its folder; and where the
+    jobs run on this machine (Hydra's basic launcher), `trainer.device` must be there and a
+    sweep has its data loaded and every job's label count drawn (`sweep_data_check`); a
+    plugin launcher's jobs run elsewhere, where the devices and data may be other.
     """
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
@@ -88,9 +90,9 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
     split = _split(parsed, overrides, multirun, program)
     if split.error or split.left_to_hydra:
         return split.error
-    check_data = check_data and not any(o.key_or_group == "hydra/launcher" for o in parsed)
-    return _first_failure(config_dir, config_name, split.fixed, split.sweeps, program,
-                          split.subdir, check_data)
+    here = run_checks and all(o.key_or_group != "hydra/launcher" or _plain_values(o) == ["basic"]
+                              for o in parsed)
+    return _first_failure(config_dir, config_name, split, program, run_checks, here)
 
 
 def _modes_error(args: Sequence[str], program: str) -> Optional[str]:
@@ -283,8 +285,11 @@ def _candidates(fixed: List[str], sweeps: List[List[str]]) -> Iterator[List[str]
             yield fixed + firsts[:i] + [value] + firsts[i + 1:]
 
 
-def _first_failure(config_dir: Path, config_name: str, fixed: List[str], sweeps: list,
-                   program: str, subdir: List[str], check_data: bool) -> Optional[str]:
+def _first_failure(config_dir: Path, config_name: str, split: _Split, program: str,
+                   run_checks: bool, here: bool) -> Optional[str]:
+    """Compose each candidate job (`_candidates`) and check it; then, for a sweep, where its
+    jobs write and (`here`) their data."""
+    fixed, sweeps, subdir = split.fixed, split.sweeps, split.subdir
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -296,17 +301,17 @@ def _first_failure(config_dir: Path, config_name: str, fixed: List[str], sweeps:
             composed = {}
             for overrides in _candidates(fixed, sweeps):
                 cfg, error = _composed(config_name, overrides, program)
-                if sweeps and cfg is not None:
+                if (sweeps or run_checks) and cfg is not None:
                     # A value the schema's type admits but the run refuses (ssl.threshold=1.5)
-                    # would otherwise stop its job only after the jobs before it trained.
-                    error = _value_error(cfg)
+                    # would otherwise stop a sweep's job only after the jobs before it trained,
+                    # and leave a run's folder (made by Hydra) behind.
+                    error = _value_error(cfg, here)
                     composed[tuple(overrides)] = cfg
                 if error:
                     return error
             if sweeps:
                 return (shared_job_folder(config_name, fixed + subdir, sweeps)
-                        or (_data_error(config_name, fixed, sweeps, composed) if check_data
-                            else None))
+                        or (_data_error(config_name, fixed, sweeps, composed) if here else None))
     finally:
         GlobalHydra.instance().clear()  # hydra.main initialises its own
         HydraConfig.instance().cfg = None  # set by sweep_folders; hydra.main sets its own
@@ -331,14 +336,19 @@ def _glob_values(override: Override):
     return [f"{override.get_key_element()}={value}" for value in values]
 
 
-def _value_error(cfg: DictConfig) -> Optional[str]:
+def _value_error(cfg: DictConfig, here: bool) -> Optional[str]:
     """config_checks.check_config's one line for a job's composed config (as one process;
-    the data-dependent checks run when the job starts), or None."""
-    from fixmatch.config_checks import check_config  # imports torch: only for sweeps
+    a torchrun job's ranks are checked as it starts), and with `here` whether this machine
+    has its trainer.device; None when it passes."""
+    from fixmatch.config_checks import check_config  # imports torch: only for run.py and sweeps
     from fixmatch.distributed import DistEnv
+    from fixmatch.runtime import select_device
 
     try:
-        check_config(typed_config(cfg), DistEnv())
+        config = typed_config(cfg)
+        check_config(config, DistEnv())
+        if here:
+            select_device(config.trainer.device)
     except UserError as error:
         return str(error)
     return None

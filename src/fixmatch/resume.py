@@ -129,8 +129,8 @@ def _earlier_total_steps(run_dir: Path, state: dict, resolved_yaml: str) -> Tupl
         recorded = []
     earlier = tuple(recorded) if isinstance(recorded, list) and all(
         isinstance(steps, int) for steps in recorded) else ()
-    if before == after:
-        return earlier
+    if before == after or (isinstance(after, int) and after < state["step"]):
+        return earlier  # the same length, or one the start refuses (finished_summary)
     log.warning("%s: trainer.total_steps %s -> %s: from step %d on, the learning rate follows "
                 "the cosine over %s steps, so this run differs from a fresh %s-step run (for "
                 "that, use another output folder)", run_dir, before, after, state["step"],

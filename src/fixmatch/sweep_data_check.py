@@ -42,13 +42,18 @@ def _first_split_error(jobs: List[Tuple[List[str], Config]]) -> Optional[str]:
     """`data_error` for jobs that share one dataset."""
     arrays, error = _load(jobs[0][1])
     if error:
-        return error
+        return _naming_the_job(jobs[0][0], error)
     for swept, config in jobs:
         error = _split_error(config, arrays)
         if error:
-            unnamed = [value for value in swept if value not in error]
-            return f"the sweep's job with {' '.join(unnamed)}: {error}" if unnamed else error
+            return _naming_the_job(swept, error)
     return None
+
+
+def _naming_the_job(swept: List[str], error: str) -> str:
+    """The error, after the job's swept values it does not name already."""
+    unnamed = [value for value in swept if value not in error]
+    return f"the sweep's job with {' '.join(unnamed)}: {error}" if unnamed else error
 
 
 def jobs_that_differ_in_data(fixed: List[str], sweeps: List[List[str]],

@@ -18,10 +18,19 @@ ACTIVE_STATUSES = ("running", "starting")
 
 @dataclass(frozen=True)
 class PlannedSweep:
-    """The swept keys of a sweep command and its jobs' values (the basic sweeper's product)."""
+    """The swept keys of a sweep command and its jobs' values (the basic sweeper's product),
+    and the values it gave every job (`ssl.num_labeled=20` beside `seed=1,2`)."""
 
     keys: Tuple[str, ...]
     jobs: Tuple[Tuple[object, ...], ...]
+    fixed: Tuple[Tuple[str, object], ...] = ()
+
+    def could_have_run(self, run) -> bool:
+        """Whether `run`'s config holds the command's fixed values (keys it lacks, such as a
+        config group's name, are not compared): a run of an earlier sweep into the folder
+        with other values is not one of this command's jobs."""
+        return all(_canonical(run.config[key]) == _canonical(value)
+                   for key, value in self.fixed if key in run.config)
 
 
 def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
@@ -41,7 +50,7 @@ def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
         if plan is None:
             continue
         below = [run for run in runs if folder.resolve() in run.path.resolve().parents]
-        missing = _jobs_without_a_run(plan, below)
+        missing = _jobs_without_a_run(plan, [run for run in below if plan.could_have_run(run)])
         if not missing:
             continue
         active = sum(1 for run in below if run.status in ACTIVE_STATUSES)
@@ -66,11 +75,13 @@ def planned_sweep(path: Path) -> Optional[PlannedSweep]:
         if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
             return None
         task = list(OmegaConf.select(config, "hydra.overrides.task") or [])
-        swept = [override for override in OverridesParser.create().parse_overrides(task)
-                 if override.is_sweep_override()]
+        parsed = OverridesParser.create().parse_overrides(task)
+        swept = [override for override in parsed if override.is_sweep_override()]
         keys = tuple(override.key_or_group.lstrip("+~") for override in swept)
         values = [list(override.sweep_iterator()) for override in swept]
-        return PlannedSweep(keys, tuple(itertools.product(*values)))
+        fixed = tuple((override.key_or_group.lstrip("+~"), override.value()) for override in parsed
+                      if not override.is_sweep_override())
+        return PlannedSweep(keys, tuple(itertools.product(*values)), fixed)
     except Exception:  # noqa: BLE001 - a missing or foreign file, a glob: only a hint is lost
         return None
 

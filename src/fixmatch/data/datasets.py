@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from fixmatch.config import DatasetConfig
+from fixmatch.data.normalization import check_mean_std
 from fixmatch.errors import UserError
 
 
@@ -118,12 +119,7 @@ def _check_matches_config(arrays: DatasetArrays, config: DatasetConfig) -> None:
             + (" (or 0 to take the class folders as they are)" if config.name == "folder" else "")
             + " or point dataset.root at the right data"
         )
-    given = [values for values in (config.mean, config.std) if values is not None]
-    if any(len(values) != channels for values in given):
-        raise UserError(
-            f"dataset.mean and dataset.std need {channels} values (one per channel), "
-            f"got {config.mean} and {config.std}"
-        )
+    check_mean_std(config.mean, config.std, channels)
 
 
 # --- CIFAR in torchvision's python format -------------------------------------------

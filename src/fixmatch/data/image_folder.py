@@ -7,6 +7,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import struct
 import time
 import warnings
@@ -257,8 +258,15 @@ def _decode_chunks(root: Path, paths: Sequence[str], prep: Preprocessing) -> Ite
         yield from zip(starts, itertools.starmap(_decode_chunk, arguments))
         return
     # fork, as the DataLoader workers do: the children need no imports or pickled state.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool:
         yield from zip(starts, pool.imap(_decode_chunk_arguments, arguments))
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    # A terminal's Ctrl-C reaches every process of the group. A worker that died of it
+    # printed a traceback and could leave imap waiting forever; the parent's interrupt ends
+    # the `with` block, which terminates the workers (SIGTERM, still theirs to die of).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_chunk_arguments(arguments: tuple) -> Tuple[np.ndarray, List[Tuple[int, str]]]:

@@ -65,15 +65,26 @@ def channel_statistics(images: np.ndarray) -> Normalization:
     return Normalization(mean.tolist(), std.tolist(), "training images")
 
 
-def check_mean_std(mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> None:
+def check_mean_std(mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                   channels: Optional[int] = None) -> None:
     """Refuse dataset.mean/std values no run can use.
 
+    Args:
+        mean: dataset.mean (None: computed from the images).
+        std: dataset.std (None: computed from the images).
+        channels: the images' channels, which each needs one value for (None: not checked).
+
     Raises:
-        UserError: when only one of them is given, or a std is not positive.
+        UserError: when only one of them is given, one has another number of values than
+            the channels, or a std is not positive.
     """
     if (mean is None) != (std is None):
         raise UserError("give both dataset.mean and dataset.std, or set both to null to compute "
                         "them from the training images")
+    if channels is not None and any(len(values) != channels for values in (mean, std)
+                                    if values is not None):
+        raise UserError(f"dataset.mean and dataset.std need {channels} values (one per channel), "
+                        f"got {mean} and {std}")
     if std is not None and not all(np.isfinite(value) and value > 0 for value in std):
         raise UserError(f"dataset.std={list(std)}: every value must be positive (the pixels are "
                         "divided by it); give each channel's standard deviation in [0, 1] pixel "
