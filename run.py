@@ -20,9 +20,12 @@ def _interrupted_before_the_run(signum, frame):
 
 
 # Ctrl-C while torch and Hydra load takes seconds: one line instead of an import traceback.
-# Imports follow it on purpose. Hydra starts with Python's own handler back (Ctrl-C raises
-# KeyboardInterrupt, which main and the run turn into their own lines).
-signal.signal(signal.SIGINT, _interrupted_before_the_run)
+# The imports follow it on purpose; after them the process's own handler is back (Python's
+# KeyboardInterrupt, which main and the run turn into their own lines; or SIG_IGN, which a
+# script's background job inherits and the run respects).
+ORIGINAL_SIGINT_HANDLER = signal.getsignal(signal.SIGINT)
+if ORIGINAL_SIGINT_HANDLER is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, _interrupted_before_the_run)
 
 import os
 import tempfile
@@ -43,6 +46,9 @@ from fixmatch.preemption import EXIT_CODE_PREEMPTED
 from fixmatch.sweep import JobFailure
 
 register_configs()
+# The imports are done: from here Ctrl-C raises KeyboardInterrupt again (or stays ignored),
+# also where another program imports this module (a launcher plugin's job).
+signal.signal(signal.SIGINT, ORIGINAL_SIGINT_HANDLER)
 
 
 def _keep_other_ranks_out_of_the_output_folder() -> None:
@@ -134,14 +140,13 @@ def _print_error(message: str) -> None:
 EXISTING_RUN_DIRS: Set[Path] = set()
 
 if __name__ == "__main__":
-    _exit_on_a_sweep_under_torchrun()  # before the sweep's checks, which load its data
-    _exit_on_a_bad_override()
-    EXISTING_RUN_DIRS.update(existing_folders(sys.argv[1:], "hydra.run.dir"))
-    _keep_other_ranks_out_of_the_output_folder()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        _exit_on_a_sweep_under_torchrun()  # before the sweep's checks, which load its data
+        _exit_on_a_bad_override()
+        EXISTING_RUN_DIRS.update(existing_folders(sys.argv[1:], "hydra.run.dir"))
+        _keep_other_ranks_out_of_the_output_folder()
         main()
     except KeyboardInterrupt:
-        # Ctrl-C while Hydra composes (main's own handler covers the run): one line, not
-        # Hydra's traceback.
+        # Ctrl-C while the command line is checked (a sweep's data loads) or Hydra composes;
+        # main's own handler covers the run. One line, not a traceback.
         _interrupted_before_the_run(signal.SIGINT, None)

@@ -176,6 +176,22 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tiny_cifar10, tmp_path, sec
     assert len(lines) == 1 and lines[0].startswith("interrupted: stopped"), lines
 
 
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tiny_cifar10, tmp_path):
+    # A script's background job (`python run.py ... &`) inherits SIGINT ignored: the start's
+    # one-line handler must not take it over, nor the run after it.
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"),
+         *tiny_cifar_overrides(tiny_cifar10, f"hydra.run.dir={tmp_path}/run")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    for _ in range(3):
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_mistake_found_before_the_run_wrote_anything_leaves_no_empty_folder(tiny_cifar10, tmp_path):
     # Before: Hydra's freshly made run folder stayed behind, empty.
