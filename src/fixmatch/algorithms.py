@@ -76,7 +76,19 @@ def pseudo_label_stats(
 
 
 def build_algorithm(config: SSLConfig):
-    """The objective object for `config.algorithm`."""
+    """The objective of `config.algorithm`.
+
+    Args:
+        config: the ssl settings (algorithm, threshold τ, lambda_u λu).
+
+    Returns:
+        FixMatch (labeled plus masked pseudo-label loss) or Supervised (labeled loss only).
+
+    Raises:
+        ValueError: for an algorithm with no objective here (the config's enum has none).
+    """
     if config.algorithm is Algorithm.fixmatch:
         return FixMatch(config.threshold, config.lambda_u)
-    return Supervised()
+    if config.algorithm is Algorithm.supervised:
+        return Supervised()
+    raise ValueError(f"ssl.algorithm={config.algorithm} has no objective")

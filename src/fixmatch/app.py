@@ -244,8 +244,21 @@ def build_training_parts(
     cta_state: Optional[dict] = None,
 ) -> TrainingParts:
     """Datasets, loaders (this rank's share, from batch `start_batch` on), model, EMA,
-    optimiser and schedule; with CTAugment its probes, resumed from `cta_state` (the
-    checkpoint's "ctaugment") when `start_batch` > 0."""
+    optimiser and schedule; with CTAugment its probes.
+
+    Args:
+        config: the typed configuration.
+        arrays: the loaded dataset.
+        split: the labeled split (`run_data.labeled_split`).
+        normalization: the input statistics (`run_data.input_normalization`).
+        device: where the model trains.
+        start_batch: the step the loaders start at (the checkpoint's when resuming).
+        env: this process's rank; the loaders take its share of each batch.
+        cta_state: the checkpoint's "ctaugment" record, to resume the probes' rates.
+
+    Returns:
+        The parts the Trainer steps (model not yet wrapped for DDP or compiled).
+    """
     algorithm = build_algorithm(config.ssl)
     inputs = pipeline.device_inputs(config, normalization, device, start_batch, env)
     cta_probe = None

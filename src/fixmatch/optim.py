@@ -13,6 +13,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list:
 
     The official code decays only kernels; BatchNorm scales/shifts and biases (all 1-D)
     are left alone, since decaying them changes the function's scale, not its complexity.
+
+    Args:
+        model: the network whose trainable parameters are grouped.
+        weight_decay: the decay of the kernels' group (optim.weight_decay).
+
+    Returns:
+        Two SGD parameter groups: the kernels with `weight_decay`, the rest with 0.
     """
     decayed, undecayed = [], []
     for parameter in model.parameters():
@@ -36,6 +43,13 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:
 
     The fused implementation is used where torch has it for the model's device (same
     arithmetic as the foreach one, to rounding; tested).
+
+    Args:
+        model: the network to optimise, already on its device.
+        config: optim.lr, momentum, nesterov and weight_decay.
+
+    Returns:
+        The optimiser, over `parameter_groups(model, config.weight_decay)`.
     """
     devices = {parameter.device.type for parameter in model.parameters()}
     return torch.optim.SGD(
@@ -64,6 +78,14 @@ def cosine_factor(step: int, total_steps: int, cosine_fraction: float) -> float:
     """The learning-rate multiplier cos(7πk / 16K) at step k (7/16 = cosine_fraction).
 
     It never reaches zero: the last step trains at cos(7π/16) ≈ 0.195 of the base rate.
+
+    Args:
+        step: k, the optimiser steps taken so far (0 for the first).
+        total_steps: K, the run's length (trainer.total_steps).
+        cosine_fraction: the fraction of π the cosine spans over the run (7/16).
+
+    Returns:
+        The factor in (0, 1] the base learning rate is multiplied by.
     """
     return math.cos(math.pi * cosine_fraction * step / total_steps)
 
@@ -71,7 +93,16 @@ def cosine_factor(step: int, total_steps: int, cosine_fraction: float) -> float:
 def build_schedule(
     optimizer: torch.optim.Optimizer, total_steps: int, cosine_fraction: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step scheduler for `cosine_factor`; call `.step()` after every optimizer step."""
+    """A per-step scheduler for `cosine_factor`; call `.step()` after every optimizer step.
+
+    Args:
+        optimizer: the optimiser whose groups' learning rates it sets.
+        total_steps: K, the run's length.
+        cosine_fraction: as in `cosine_factor`.
+
+    Returns:
+        The scheduler; its `last_epoch` counts optimiser steps.
+    """
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_factor(step, total_steps, cosine_fraction)
     )
