@@ -12,6 +12,7 @@ A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep
 
 import signal
 import sys
+import threading
 
 
 def _interrupted_before_the_run(signum, frame):
@@ -24,7 +25,11 @@ def _interrupted_before_the_run(signum, frame):
 # KeyboardInterrupt, which main and the run turn into their own lines; or SIG_IGN, which a
 # script's background job inherits and the run respects).
 ORIGINAL_SIGINT_HANDLER = signal.getsignal(signal.SIGINT)
-if ORIGINAL_SIGINT_HANDLER is not signal.SIG_IGN:
+# Only Python's own handlers are swapped: a process started ignoring SIGINT, one whose
+# handler is not Python's (None), or an import outside the main thread keep theirs.
+SWAP_SIGINT = (ORIGINAL_SIGINT_HANDLER is signal.default_int_handler
+               and threading.current_thread() is threading.main_thread())
+if SWAP_SIGINT:
     signal.signal(signal.SIGINT, _interrupted_before_the_run)
 
 import os
@@ -48,7 +53,8 @@ from fixmatch.sweep import JobFailure
 register_configs()
 # The imports are done: from here Ctrl-C raises KeyboardInterrupt again (or stays ignored),
 # also where another program imports this module (a launcher plugin's job).
-signal.signal(signal.SIGINT, ORIGINAL_SIGINT_HANDLER)
+if SWAP_SIGINT:
+    signal.signal(signal.SIGINT, ORIGINAL_SIGINT_HANDLER)
 
 
 def _keep_other_ranks_out_of_the_output_folder() -> None:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from fixmatch.checkpoint import CHECKPOINT_FORMAT, CheckpointError, CheckpointStore, load_checkpoint
 
 
 class Foreign:  # a class a pickle would have to import to rebuild
@@ -45,3 +45,14 @@ def test_a_checkpoint_that_would_import_code_is_named_unsafe(tmp_path, recwarn):
     with pytest.raises(CheckpointError, match=r"is unsafe to load: it would import \S*Foreign"):
         load_checkpoint(path)
     assert not [warning for warning in recwarn if "torch" in warning.filename]
+
+
+def test_a_save_removes_the_temporary_file_a_killed_writer_left(tmp_path):
+    # Temporary files are named by the writer's pid: a process killed mid-write left one,
+    # and every later kill another, beside the checkpoints.
+    store = CheckpointStore(tmp_path / "checkpoints", keep=2)
+    store.save({"format": CHECKPOINT_FORMAT, "step": 1}, 1)
+    (tmp_path / "checkpoints" / ".step_000000002.pt.4242.tmp").write_bytes(b"half a checkpoint")
+    store.save({"format": CHECKPOINT_FORMAT, "step": 2}, 2)
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == [
+        "last.pt", "step_000000001.pt", "step_000000002.pt"]

@@ -197,3 +197,10 @@ def test_label_counts_are_checked_against_every_combination_of_data_and_count(tm
     assert override_error(["-m", f"dataset.root={tmp_path}/nowhere", "dataset.download=false",
                            "seed=1,2", "hydra/launcher=submitit_local"], CONF_DIR,
                           run_checks=True) is None
+
+
+def test_an_interpolation_to_nothing_is_one_line_before_the_run(tmp_path):
+    # Before: a traceback (InterpolationKeyError) and, from Hydra's job, an empty run folder.
+    error = override_error(["ssl.split_seed=${sed}"], CONF_DIR, run_checks=True)
+    assert error.startswith("ssl.split_seed: Interpolation key 'sed' not found"), error
+    assert error.endswith("`python run.py --cfg job` prints every key")

@@ -664,6 +664,20 @@ def test_jobs_of_a_sweep_that_never_started_are_named(tmp_path, capsys):
     assert "2 of the 4 jobs of its sweep command (multirun.yaml) never started (e.g. seed=5)" \
         in capsys.readouterr().err
 
+    # A rerun of a finished sweep with another per-run setting, a list value and a path
+    # written as a number still finds its runs (before: "2 of the 2 jobs never started").
+    rerun = tmp_path / "rerun"
+    for seed in (1, 2):
+        make_run(rerun / str(seed), [*CIFAR10_40, f"seed={seed}", "dataset.root=2024",
+                                     "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.2,0.2,0.2]"],
+                 done(80.0, 80.0))
+    command["hydra"]["overrides"]["task"] = [
+        "ssl.num_labeled=40", "trainer.num_threads=2", "dataset.root=2024",
+        "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.2,0.2,0.2]", "seed=1,2"]
+    (rerun / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
+    capsys.readouterr()
+    assert main([str(rerun)]) == 0 and capsys.readouterr().err == ""
+
     # Before: while the sweep still ran, the warning said to rerun it (a second copy).
     make_run(sweep / "5", [*CIFAR10_40, "seed=5"], {**done(50.0, 50.0), "status": "running"})
     training = FolderLock(sweep / "5").acquire()  # as the process training there holds it

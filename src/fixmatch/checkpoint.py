@@ -128,6 +128,10 @@ class CheckpointStore:
             ) from None
         for _, old in self.step_files()[self.keep:]:
             old.unlink(missing_ok=True)
+        # A process killed while writing left its temporary file (named by its pid); the
+        # folder lock makes this process the only writer, so any other is stale.
+        for stale in self.folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         return path
 
     def newest_valid(self, advice: str = RESUME_ADVICE) -> Optional[Tuple[Path, dict]]:

@@ -22,8 +22,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
-                              ValidationError)
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
+                              MissingMandatoryValue, ValidationError)
 
 from fixmatch.errors import UserError
 from fixmatch.sweep_folders import SUBDIR_KEY, shared_job_folder
@@ -54,6 +54,10 @@ def typed_config(cfg: DictConfig):
     except MissingMandatoryValue as error:
         raise UserError(f"{error.full_key} must be given (it is ??? in the config): add "
                         f"{error.full_key}=... to the command") from None
+    except InterpolationResolutionError as error:  # ssl.split_seed=${sed}, or ~seed
+        why = str(error.msg).splitlines()[0]
+        raise UserError(f"{error.full_key}: {why}; `python run.py --cfg job` prints every "
+                        "key") from None
 
 
 def _listing(program: str) -> str:

@@ -8,6 +8,7 @@ an image folder's decoded images are cached for them), and every job's split is 
 the job will draw it.
 """
 
+import dataclasses
 import itertools
 import logging
 from typing import Callable, Dict, List, Optional, Tuple
@@ -88,12 +89,20 @@ def jobs_that_differ_in_data(fixed: List[str], sweeps: List[List[str]],
     return jobs
 
 
-def _data_of(config: Config) -> Tuple[str, int]:
-    return _dataset_key(config), config.ssl.num_labeled
+def _data_of(config: Config) -> Tuple[str, str, int]:
+    """What decides whether a job's split can be drawn: its data and its label count."""
+    return _dataset_key(config), config.dataset.labeled_split.name, config.ssl.num_labeled
+
+
+# Dataset settings that change neither the images loaded nor the split (how they are
+# normalised and flipped, how the labels spread over the classes): sweeping them loads once.
+NOT_THE_ARRAYS = ("mean", "std", "hflip", "labeled_split")
 
 
 def _dataset_key(config: Config) -> str:
-    return repr(config.dataset)
+    """The dataset settings that decide the arrays a load gives."""
+    settings = dataclasses.asdict(config.dataset)
+    return repr({key: value for key, value in settings.items() if key not in NOT_THE_ARRAYS})
 
 
 def _load(config: Config) -> Tuple[object, Optional[str]]:

@@ -12,6 +12,8 @@ from typing import List, Optional, Sequence, Tuple
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from fixmatch.results_runs import PER_RUN_KEYS, SEED_KEYS
+
 # A run below the folder in one of these may still be the sweep's (the sweep still runs).
 ACTIVE_STATUSES = ("running", "starting")
 
@@ -30,7 +32,8 @@ class PlannedSweep:
         config group's name, are not compared): a run of an earlier sweep into the folder
         with other values is not one of this command's jobs."""
         return all(_canonical(run.config[key]) == _canonical(value)
-                   for key, value in self.fixed if key in run.config)
+                   for key, value in self.fixed
+                   if key in run.config and key not in PER_RUN_KEYS - SEED_KEYS)
 
 
 def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
@@ -106,9 +109,17 @@ def _jobs_without_a_run(plan: PlannedSweep, runs: Sequence) -> List[Tuple[object
 
 
 def _canonical(value: object) -> object:
-    """A value as both a run's config and a parsed override hold it (0.95 == 9.5e-1)."""
+    """A value as both a run's config and a parsed override hold it: 0.95 == 9.5e-1, a
+    list as a tuple, a path written as a number (dataset.root=2024) as that number."""
     if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(item) for item in value)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if isinstance(value, (int, float)) and math.isfinite(value):
         return round(float(value), 12)
     return str(value)
