@@ -10,14 +10,21 @@ interrupted at once.
 A sweep runs every job, then exits 2 if any stopped on a mistake (fixmatch/sweep.py).
 """
 
+import os
 import signal
 import sys
 import threading
 
 
-def _interrupted_before_the_run(signum, frame):
-    print("interrupted: stopped before the run started", file=sys.stderr)
-    sys.exit(130)
+INTERRUPTED_AT_START = "interrupted: stopped before the run started"
+
+
+def _interrupted_while_importing(signum, frame):
+    # os._exit, not sys.exit: an import that catches BaseException (some libraries' do)
+    # would swallow SystemExit, and the run would go on as if no Ctrl-C had come. Nothing
+    # was written yet, so there is nothing to clean up.
+    print(INTERRUPTED_AT_START, file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 # Ctrl-C while torch and Hydra load takes seconds: one line instead of an import traceback.
@@ -30,9 +37,8 @@ ORIGINAL_SIGINT_HANDLER = signal.getsignal(signal.SIGINT)
 SWAP_SIGINT = (ORIGINAL_SIGINT_HANDLER is signal.default_int_handler
                and threading.current_thread() is threading.main_thread())
 if SWAP_SIGINT:
-    signal.signal(signal.SIGINT, _interrupted_before_the_run)
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Optional, Set, Union
@@ -155,4 +161,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         # Ctrl-C while the command line is checked (a sweep's data loads) or Hydra composes;
         # main's own handler covers the run. One line, not a traceback.
-        _interrupted_before_the_run(signal.SIGINT, None)
+        print(INTERRUPTED_AT_START, file=sys.stderr)
+        sys.exit(130)
