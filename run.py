@@ -23,7 +23,8 @@ def _interrupted_while_importing(signum, frame):
     # os._exit, not sys.exit: an import that catches BaseException (some libraries' do)
     # would swallow SystemExit, and the run would go on as if no Ctrl-C had come. Nothing
     # was written yet, so there is nothing to clean up.
-    print(INTERRUPTED_AT_START, file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # one line for a torchrun job, not one per rank
+        print(INTERRUPTED_AT_START, file=sys.stderr, flush=True)
     os._exit(130)
 
 
@@ -68,7 +69,7 @@ def _keep_other_ranks_out_of_the_output_folder() -> None:
     # per rank. Rank 0's folder is the run's (app.py broadcasts it); the others write no
     # file: their Hydra folder is the temp folder itself, which exists, so no folder is
     # made there that a killed rank would leave behind.
-    if int(os.environ.get("RANK", "0")) > 0:
+    if _rank() > 0:
         sys.argv += [f"hydra.run.dir={tempfile.gettempdir()}", "hydra.output_subdir=null",
                      "hydra/job_logging=stdout"]
 
@@ -98,10 +99,15 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
             return JobFailure(message)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
+        if _rank() == 0:  # one line for the job, not one per rank
+            print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
         sys.exit(130)
     if summary["status"] == "preempted":
-        if int(os.environ.get("RANK", "0")) == 0:  # one line for the job, not one per rank
+        # The checkpoint is saved: a further Ctrl-C (or the launcher's copy of a signal) in
+        # the second the process takes to exit would only turn exit 75 into a signal death.
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(number, signal.SIG_IGN)
+        if _rank() == 0:
             print(f"preempted at step {summary['step']}: checkpoint saved in {summary['run_dir']}; "
                   f"{_how_to_resume(cfg, summary['run_dir'])}", file=sys.stderr)
         sys.exit(EXIT_CODE_PREEMPTED)
@@ -144,8 +150,12 @@ def _exit_on_a_bad_override() -> None:
         sys.exit(2)
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def _print_error(message: str) -> None:
-    rank = int(os.environ.get("RANK", "0"))
+    rank = _rank()
     print(f"{f'[rank {rank}] ' if rank else ''}error: {message}", file=sys.stderr)
 
 
@@ -160,6 +170,7 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         # Ctrl-C while the command line is checked (a sweep's data loads) or Hydra composes;
-        # main's own handler covers the run. One line, not a traceback.
-        print(INTERRUPTED_AT_START, file=sys.stderr)
+        # main's own handler covers the run. One line, not a traceback (rank 0's, under torchrun).
+        if _rank() == 0:
+            print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)

@@ -22,6 +22,7 @@ from fixmatch.app import run_experiment
 from fixmatch.checkpoint import CheckpointError, load_checkpoint
 from fixmatch.errors import UserError
 from fixmatch.folder_lock import FolderLock, is_held
+from fixmatch import preemption
 from fixmatch.preemption import EXIT_CODE_PREEMPTED, StopRequest
 from fixmatch.resume import experiment_differences
 
@@ -120,12 +121,45 @@ def test_sigterm_checkpoints_marks_preempted_and_resumes_exactly(tiny_cifar10, t
 
 
 def test_second_signal_stops_at_once():
+    with StopRequest() as stop:  # SIGUSR2: submitit's signal before a Slurm time limit
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.signal_name == "SIGUSR2"
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.requested and stop.signal_name == "SIGUSR1"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGUSR1)
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_a_ranks_copy_of_the_first_signal_is_that_request_not_a_second(monkeypatch):
+    # Before: Slurm's SIGTERM to every process of a torchrun job, then torchrun's forwarded
+    # copy, stopped the ranks at once without a checkpoint.
+    clock = [100.0]
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: clock[0])
+    with StopRequest(launched=True) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        clock[0] += 1.0
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's copy: still one request
+        assert stop.signal_name == "SIGTERM"
+        clock[0] += preemption.LAUNCHER_COPY_WINDOW_S
+        with pytest.raises(KeyboardInterrupt):  # the user's own second one, later
+            os.kill(os.getpid(), signal.SIGTERM)
+    with StopRequest() as stop:  # alone, a repeat is always the second request
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_signals_while_the_last_checkpoint_is_written_do_not_stop_it():
+    # Before: the final save ran after the handlers were gone; a second SIGTERM killed the
+    # process halfway through it, leaving no checkpoint of the stop and "running".
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        stop.saving = True
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal_name == "SIGTERM"
 
 
 def test_repeated_hangups_ask_once():

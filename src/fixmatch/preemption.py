@@ -1,5 +1,5 @@
-"""Preemption: SIGTERM, SIGINT and SIGUSR1 ask the run to checkpoint and stop at the next
-step boundary, so a cluster scheduler can requeue it; a second signal stops at once.
+"""Preemption: SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 ask the run to checkpoint and stop at the
+next step boundary, so a cluster scheduler can requeue it; a second signal stops at once.
 
 SIGHUP asks the same but never stops at once: it is also the signal a torchrun rank gets
 when torchrun dies (distributed.stop_with_the_launcher), and the kernel sends that once
@@ -9,14 +9,17 @@ for every thread of the dying launcher its rank is handed to.
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Optional
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+# SIGUSR2: what submitit has Slurm send before a job's time limit (its default).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 REPEATABLE_SIGNALS = (signal.SIGHUP,)  # a repeat is not a second request
 EXIT_CODE_PREEMPTED = 75  # EX_TEMPFAIL: "try again later", i.e. rerun to resume
+LAUNCHER_COPY_WINDOW_S = 5.0  # a torchrun rank's repeat of the first signal within it is a copy
 
 
 class StopRequest:
@@ -35,7 +38,9 @@ class StopRequest:
     def __init__(self, launched: bool = False):
         self.launched = launched
         self.signal_name: Optional[str] = None
+        self.saving = False  # set while the last checkpoint is written: no signal stops it
         self._previous = {}
+        self._first_at = 0.0
 
     @property
     def requested(self) -> bool:
@@ -57,16 +62,26 @@ class StopRequest:
 
     def _handle(self, number: int, frame: Optional[FrameType]) -> None:
         name = signal.Signals(number).name
-        if self.requested and number in REPEATABLE_SIGNALS:
+        if self.requested and (number in REPEATABLE_SIGNALS or self.saving
+                               or self._copy_of_the_first(name)):
             return
         if self.requested:
             # The second signal: the user (or scheduler) does not want to wait.
             raise KeyboardInterrupt(f"second stop signal ({name})")
         self.signal_name = name
+        self._first_at = time.monotonic()
         again = ("another SIGTERM or SIGINT stops at once" if number in REPEATABLE_SIGNALS
                  else "send it again to stop at once")
         log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
                     "(%s)", name, again)
+
+
+    def _copy_of_the_first(self, name: str) -> bool:
+        # Slurm and a terminal signal every process of a torchrun job, and torchrun forwards
+        # its own copy to the ranks moments later: the same signal within this window is
+        # that one request, not the user's second.
+        return (self.launched and name == self.signal_name
+                and time.monotonic() - self._first_at < LAUNCHER_COPY_WINDOW_S)
 
 
 def ignore_stop_signals_in_worker(worker_id: int) -> None:

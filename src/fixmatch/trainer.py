@@ -106,13 +106,16 @@ class Trainer:
         with StopRequest(launched=self.parts.env.is_distributed) as stop:
             while self.step < self.config.total_steps and not self._stop_agreed(stop):
                 self._advance(progress)
-        progress.close()
-        if stop.requested or self.step < self.config.total_steps:
+            progress.close()
+            if not (stop.requested or self.step < self.config.total_steps):
+                return self.writer.summary("completed", self.step)
+            # Still inside: a late copy of the signal, or one more, must not kill the process
+            # halfway through the checkpoint that makes the run resumable.
+            stop.saving = True
             self._save_checkpoint()
             log.warning("stopped by %s at step %d; checkpoint saved",
                         stop.signal_name or "a signal to another rank", self.step)
             return self.writer.summary("preempted", self.step)
-        return self.writer.summary("completed", self.step)
 
     def _stop_agreed(self, stop: StopRequest) -> bool:
         # Every rank must stop after the same step, or the others would wait forever in
