@@ -18,6 +18,11 @@ import threading
 
 INTERRUPTED_AT_START = "interrupted: stopped before the run started"
 
+# A torchrun rank notes its launcher first thing (distributed.LAUNCHER_PID_VARIABLE), so
+# that a launcher gone before the rank asks to die with it is noticed rather than waited for.
+if "WORLD_SIZE" in os.environ:
+    os.environ["FIXMATCH_LAUNCHER_PID"] = str(os.getppid())
+
 
 def _interrupted_while_importing(signum, frame):
     # os._exit, not sys.exit: an import that catches BaseException (some libraries' do)

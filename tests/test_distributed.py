@@ -155,3 +155,26 @@ def test_a_resumed_window_of_training_means_counts_every_ranks_steps_once():
     # the ranks' sums add up to the job's (the all-reduce of `means`), each step once
     assert float(on_rank_0.sums["train/loss"] + on_rank_1.sums["train/loss"]) == 4.0
     assert on_rank_0.steps == on_rank_1.steps == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+@pytest.mark.parametrize("launcher_gone", [True, False])
+def test_a_rank_whose_launcher_is_already_gone_stops_instead_of_waiting(launcher_gone):
+    # Before: torchrun killed while its ranks imported left them waiting ~30 min for a
+    # rendezvous that would never come (the death signal was asked for too late). In a
+    # child process: the death signal it asks for must not outlive the test.
+    code = ("import os, sys\n"
+            "from fixmatch.distributed import DistEnv, stop_with_the_launcher\n"
+            "from fixmatch.errors import UserError\n"
+            f"os.environ['FIXMATCH_LAUNCHER_PID'] = str(os.getppid() + {int(launcher_gone)})\n"
+            "try:\n"
+            "    stop_with_the_launcher(DistEnv(rank=1, local_rank=1, world_size=2))\n"
+            "except UserError as error:\n"
+            "    sys.exit(str(error))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    if launcher_gone:
+        assert result.returncode == 1
+        assert result.stderr.startswith("rank 1: torchrun, which started it, has stopped")
+    else:
+        assert result.returncode == 0, result.stderr

@@ -49,6 +49,9 @@ def environment() -> DistEnv:
         raise UserError(f"cannot read RANK/LOCAL_RANK/WORLD_SIZE from the environment ({error})") from None
 
 
+LAUNCHER_PID_VARIABLE = "FIXMATCH_LAUNCHER_PID"  # the parent a torchrun rank started under
+
+
 def stop_with_the_launcher(env: DistEnv) -> None:
     """Have the kernel send this rank SIGHUP when its launcher dies (Linux).
 
@@ -65,6 +68,13 @@ def stop_with_the_launcher(env: DistEnv) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
     except (OSError, AttributeError):
         return  # no prctl: as before
+    # A launcher that died before the request (while this rank imported and composed) sends
+    # nothing: the rank would wait for its rendezvous for half an hour. run.py noted the
+    # parent as the rank started; another parent now means it is gone.
+    started_under = os.environ.get(LAUNCHER_PID_VARIABLE)
+    if started_under and os.getppid() != int(started_under):
+        raise UserError(f"rank {env.rank}: torchrun, which started it, has stopped; rerun the "
+                        "torchrun command (with the run's hydra.run.dir) to resume")
 
 
 def init_process_group(env: DistEnv, device: torch.device) -> None:
