@@ -685,10 +685,10 @@ def test_evaluation_leaves_the_model_in_its_mode_even_when_it_fails():
     assert not model.training
 
 
-def test_top_k_hits_break_ties_like_topk_and_cap_k_at_the_classes():
-    logits = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
-    targets = torch.tensor([0, 2])
-    hits = evaluate.top_k_hits(logits, targets)
-    assert hits.shape == (2, 3)  # k = 5, capped at 3 classes
-    assert torch.equal(hits[:, 0], logits.topk(1, dim=1).indices[:, 0] == targets)
-    assert not hits[1, 0] and hits.any(dim=1).tolist() == [True, True]
+def test_top_k_hits_by_hand_with_k_capped_at_the_classes():
+    # Row 1 ranks its classes 1, 2, 0, so its target 2 is its second guess.
+    hits = evaluate.top_k_hits(torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]]), torch.tensor([0, 2]))
+    assert hits.tolist() == [[True, False, False], [False, True, False]]  # k = 5, capped at 3
+    # Six classes: the least likely one is outside the top 5.
+    hits = evaluate.top_k_hits(torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]]), torch.tensor([5]))
+    assert hits.shape == (1, 5) and not hits.any()

@@ -94,8 +94,9 @@ def _data_of(config: Config) -> Tuple[str, str, int]:
     return _dataset_key(config), config.dataset.labeled_split.name, config.ssl.num_labeled
 
 
-# Dataset settings that change neither the images loaded nor the split (how they are
-# normalised and flipped, how the labels spread over the classes): sweeping them loads once.
+# Dataset settings that do not change the images a load gives (how they are normalised and
+# flipped, how the labels spread over the classes: each job draws its split from the same
+# arrays, `_data_of` keeps labeled_split apart): sweeping them loads the data once.
 NOT_THE_ARRAYS = ("mean", "std", "hflip", "labeled_split")
 
 
