@@ -56,6 +56,7 @@ from omegaconf import DictConfig
 
 from fixmatch.app import run_experiment
 from fixmatch.config import register_configs
+from fixmatch.distributed import end_rank
 from fixmatch.errors import UserError
 from fixmatch.overrides import (MULTIRUN_FLAGS, existing_folders, override_error,
                                 remove_if_made_empty)
@@ -166,7 +167,8 @@ def _print_error(message: str) -> None:
 
 EXISTING_RUN_DIRS: Set[Path] = set()
 
-if __name__ == "__main__":
+
+def _run_command() -> None:
     try:
         _exit_on_a_sweep_under_torchrun()  # before the sweep's checks, which load its data
         _exit_on_a_bad_override()
@@ -179,3 +181,9 @@ if __name__ == "__main__":
         if _rank() == 0:
             print(INTERRUPTED_AT_START, file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    if "WORLD_SIZE" in os.environ:
+        end_rank(_run_command)  # a torchrun rank: see distributed.end_rank
+    _run_command()
