@@ -79,14 +79,16 @@ def stop_with_the_launcher(env: DistEnv) -> None:
 
 
 def end_rank(command: Callable[[], Any]) -> NoReturn:
-    """Run a torchrun rank's `command`, then end the process without the native teardown.
+    """Run a torchrun rank's `command`, then end the process without the interpreter's teardown.
 
-    Every file is written and the process group is gone when a run returns, yet about one
-    two-rank CPU run in 200 (this 2-core machine, 2026-11-30) aborted while the interpreter
-    shut down: a native thread (not Python's; gloo's) called std::terminate ("terminate called
-    without an active exception") as C++'s exit handlers ran, and torchrun reported the
-    finished job as failed. Python's own exit work still runs here (atexit: log handlers,
-    child processes); only what follows it is skipped.
+    Every file is written and the process group is left when a run returns, yet about one
+    two-rank CPU run in 200 (this 2-core machine, 2026-11-30) aborted as Python shut down,
+    and torchrun reported the finished job as failed. A core dump showed why: gloo's worker
+    thread was still freeing the final barrier's work, whose tensors need the GIL to release
+    their Python objects; a thread that asks for the GIL while the interpreter finalizes is
+    ended by pthread_exit, and that unwinding through C++ calls std::terminate ("terminate
+    called without an active exception"). Python's own exit work still runs here (atexit:
+    log handlers, child processes); only the finalization that races the thread is skipped.
     """
     try:
         command()
