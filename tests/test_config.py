@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import CONF_DIR, compose_config
-from fixmatch.config import Algorithm, CompileMode, Config, Device, Precision, register_configs
+from fixmatch.config import (EXECUTION_KEYS, LENGTH_KEYS, MACHINE_KEYS, SEED_KEYS, Algorithm,
+                             CompileMode, Config, Device, Precision, flatten_config,
+                             register_configs)
 
 REPO = CONF_DIR.parent
 GROUPS = ["dataset", "model", "optim", "ssl", "trainer", "experiment"]
@@ -89,6 +91,15 @@ def test_quickstart_preset_and_its_supervised_twin_share_split_and_budget():
     for key in ["ssl.num_labeled", "ssl.split_seed", "ssl.batch_size", "trainer.total_steps",
                 "model.depth", "model.widen_factor", "optim.lr"]:
         assert OmegaConf.select(fixmatch, key) == OmegaConf.select(supervised, key), key
+
+
+def test_the_key_roles_resume_and_results_share_name_keys_of_the_config_once():
+    # A key renamed in the schema but not here would silently become part of what a run is.
+    keys = set(flatten_config(OmegaConf.to_container(compose_config())))
+    roles = [MACHINE_KEYS, EXECUTION_KEYS, LENGTH_KEYS, SEED_KEYS]
+    named = [key for role in roles for key in role]
+    assert set(named) <= keys, set(named) - keys
+    assert len(named) == len(set(named))
 
 
 @pytest.mark.parametrize("override", ["ssl.num_labelled=4", "trainer.total_step=10", "modle.depth=10"])

@@ -192,6 +192,30 @@ class Config:
     trainer: TrainerConfig = MISSING
 
 
+# What each key says about a run, read by resume (which changes a resumed run may make) and by
+# the results table (which runs are seeds of one experiment), so the two cannot disagree. Every
+# key not named here says *what* experiment a run is.
+# Where the run happens and how it reports: no figure depends on them. (dataset.root only says
+# where the same files are kept on each machine for CIFAR, SVHN and STL-10; for image folders
+# the root is the data, and the table names it in the row, results_rows.dataset_label.)
+MACHINE_KEYS = frozenset({
+    "dataset.root", "dataset.download", "trainer.device", "trainer.num_workers",
+    "trainer.num_threads", "trainer.progress_bar", "trainer.eval_batch_size",
+    "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.keep_checkpoints",
+    "trainer.resume",
+})
+# How the step is executed: rounding differs (sync_bn: which images' BatchNorm statistics are
+# pooled), so a table keeps such runs apart, but a run resumed on other hardware may switch them.
+EXECUTION_KEYS = frozenset({
+    "trainer.channels_last", "trainer.compile", "trainer.compile_mode", "trainer.sync_bn",
+})
+# The schedule's length and evaluation cadence: a resumed run may extend them (metrics.json
+# records earlier_total_steps); a table keeps runs of different lengths apart.
+LENGTH_KEYS = frozenset({"trainer.total_steps", "trainer.eval_every_steps"})
+# The seeds of a run: its own, yet two runs that share them repeat each other.
+SEED_KEYS = frozenset({"seed", "ssl.split_seed"})
+
+
 def register_configs() -> None:
     """Store the schemas so YAML option files can name them in their defaults lists."""
     store = ConfigStore.instance()

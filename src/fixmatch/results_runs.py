@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from fixmatch.config import flatten_config
+from fixmatch.config import MACHINE_KEYS, SEED_KEYS, flatten_config
 from fixmatch.folder_lock import is_held
 
 COMPLETED = "completed"
@@ -22,15 +22,9 @@ UNREADABLE = "unreadable"  # its config_resolved.yaml or metrics.json cannot be 
 # metrics.json says running, yet no process holds the folder (folder_lock): the run was
 # killed (SIGKILL, out of memory, a lost node) before it could say so; a rerun resumes it.
 KILLED = "killed"
-# Keys that may differ between the runs of one cell without making them different experiments.
-# (Unlike resume, a table does mind trainer.total_steps and trainer.eval_every_steps.)
-# dataset.root is one only where it is just where the same files are kept on each machine
-# (CIFAR, SVHN, STL-10); for ROOT_IS_DATA datasets it is part of the cell (`dataset_label`).
-PER_RUN_KEYS = {"seed", "ssl.split_seed", "dataset.root", "dataset.download", "trainer.device",
-                "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
-                "trainer.eval_batch_size", "trainer.log_every_steps",
-                "trainer.checkpoint_every_steps", "trainer.keep_checkpoints", "trainer.resume"}
-SEED_KEYS = {"seed", "ssl.split_seed"}  # per run, but two runs that share them repeat each other
+# Keys that may differ between the runs of one cell without making them different experiments
+# (unlike resume, a table minds the schedule's length and how the step was executed).
+PER_RUN_KEYS = MACHINE_KEYS | SEED_KEYS
 
 
 class ResultsError(Exception):
@@ -61,7 +55,7 @@ class Run:
     def experiment(self) -> Tuple:
         """What two runs share when one repeats the other: the config but for the keys that
         only say where and how it ran (the seeds kept), and the images it trained on."""
-        kept = (key for key in sorted(self.config) if key not in PER_RUN_KEYS - SEED_KEYS)
+        kept = (key for key in sorted(self.config) if key not in MACHINE_KEYS)
         return (*((key, repr(self.config[key])) for key in kept), self.training_set)
 
     def finished_at(self) -> float:

@@ -16,8 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore, load_checkpoint
-from fixmatch.config import (Config, DatasetConfig, ModelConfig, OptimConfig, SSLConfig, TrainerConfig,
-                             flatten_config)
+from fixmatch.config import (EXECUTION_KEYS, LENGTH_KEYS, MACHINE_KEYS, Config, DatasetConfig,
+                             ModelConfig, OptimConfig, SSLConfig, TrainerConfig, flatten_config)
 from fixmatch.distributed import DistEnv, broadcast_object
 from fixmatch.errors import UserError
 from fixmatch.folder_lock import FolderLock
@@ -27,14 +27,7 @@ from fixmatch.output_marks import cannot_write_in
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: they do not change which experiment it is.
-RESUMABLE_CHANGES = frozenset({
-    "dataset.root", "dataset.download",
-    "trainer.total_steps", "trainer.eval_every_steps", "trainer.checkpoint_every_steps",
-    "trainer.keep_checkpoints", "trainer.log_every_steps", "trainer.eval_batch_size",
-    "trainer.device", "trainer.num_workers", "trainer.num_threads", "trainer.progress_bar",
-    "trainer.resume", "trainer.sync_bn", "trainer.channels_last", "trainer.compile",
-    "trainer.compile_mode",
-})
+RESUMABLE_CHANGES = MACHINE_KEYS | EXECUTION_KEYS | LENGTH_KEYS
 
 
 @dataclass

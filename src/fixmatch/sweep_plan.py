@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from fixmatch.results_runs import PER_RUN_KEYS, SEED_KEYS
+from fixmatch.config import MACHINE_KEYS
 
 # A run below the folder in one of these may still be the sweep's (the sweep still runs).
 ACTIVE_STATUSES = ("running", "starting")
@@ -33,7 +33,7 @@ class PlannedSweep:
         with other values is not one of this command's jobs."""
         return all(_canonical(run.config[key]) == _canonical(value)
                    for key, value in self.fixed
-                   if key in run.config and key not in PER_RUN_KEYS - SEED_KEYS)
+                   if key in run.config and key not in MACHINE_KEYS)
 
 
 def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
