@@ -69,6 +69,14 @@ def pseudo_label_stats(
 
     Returned as a correct count and a confident count, so averages over many steps
     weigh every confident pseudo-label equally.
+
+    Args:
+        pseudo_targets: (μB,) argmax of the weak views.
+        mask: (μB,) 1.0 where the pseudo-label is confident, else 0.0.
+        true_targets: (μB,) the unlabeled images' true labels, -1 where unknown.
+
+    Returns:
+        "train/pseudo_label_correct" and "train/pseudo_label_count", as 0-d float tensors.
     """
     known = (true_targets >= 0).float() * mask
     correct = (pseudo_targets == true_targets).float() * known

@@ -18,6 +18,9 @@ def replaced_atomically(path: Path, mode: str = "w", **open_args) -> Iterator[IO
         path: the file to replace (created when absent).
         mode: "w" for text, "wb" for bytes.
         **open_args: passed to `open` (encoding, newline, errors).
+
+    Yields:
+        The open temporary file to write the new contents to.
     """
     # The pid keeps two processes writing one path (two ranks, two sweeps) apart.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -32,16 +35,31 @@ def replaced_atomically(path: Path, mode: str = "w", **open_args) -> Iterator[IO
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a text file as a whole."""
+    """Replace a text file as a whole.
+
+    Args:
+        path: the file to replace (created when absent).
+        text: its new contents, written as they are.
+    """
     with replaced_atomically(path) as file:
         file.write(text)
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Replace a JSON file as a whole."""
+    """Replace a JSON file as a whole.
+
+    Args:
+        path: the file to replace (created when absent).
+        payload: the object to write, indented by one space, with a final newline.
+    """
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def write_lines_atomic(path: Path, lines: List[str]) -> None:
-    """Replace a line-per-record file as a whole."""
+    """Replace a line-per-record file as a whole.
+
+    Args:
+        path: the file to replace (created when absent).
+        lines: the records, without line endings; each gets a newline.
+    """
     write_text_atomic(path, "".join(line + "\n" for line in lines))

@@ -37,9 +37,15 @@ class CheckpointError(UserError):
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint safely and check it is one of ours.
 
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The checkpoint's state, its tensors on the CPU.
+
     Raises:
         CheckpointError: when the file is missing, truncated, corrupt, would need to run
-            code to load, or is not a fixmatch checkpoint.
+            code to load, is an exported TorchScript model, or is not a fixmatch checkpoint.
     """
     if is_torchscript_archive(path):  # torch.load's own refusal is a paragraph and a warning
         raise CheckpointError(f"checkpoint {path} is an exported model (TorchScript), not a "
@@ -62,7 +68,14 @@ def load_checkpoint(path: Path) -> dict:
 
 def is_torchscript_archive(path: Path) -> bool:
     """Whether `path` is a TorchScript model (torch.jit's zip, with code/ entries); a
-    checkpoint written by torch.save is a zip without them."""
+    checkpoint written by torch.save is a zip without them.
+
+    Args:
+        path: any file; a missing one or one that is not a zip gives False.
+
+    Returns:
+        True when it is a zip archive with an entry in a code/ folder.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             return any("/code/" in f"/{name}" for name in archive.namelist())
@@ -91,6 +104,9 @@ class CheckpointStore:
     Args:
         folder: the run's `checkpoints/` folder.
         keep: how many step files to keep (at least 1).
+
+    Raises:
+        UserError: when keep is below 1.
     """
 
     def __init__(self, folder: Path, keep: int):
@@ -109,6 +125,14 @@ class CheckpointStore:
 
     def save(self, state: dict, step: int) -> Path:
         """Write `state` as the checkpoint of `step`, point last.pt at it, drop old ones.
+
+        Args:
+            state: tensors and plain values only, with the "format" marker
+                (CHECKPOINT_FORMAT) that load_checkpoint requires.
+            step: the training step; names the file step_<step, 9 digits>.pt.
+
+        Returns:
+            The file written.
 
         Raises:
             UserError: when the file cannot be written (disk full, no permission); the

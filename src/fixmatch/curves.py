@@ -20,6 +20,12 @@ def read_curve(run_dir: Path) -> Dict[int, float]:
 
     A line cut short by a run that is writing it is skipped; when a step appears twice
     (a resumed run re-evaluating), the later line wins.
+
+    Args:
+        run_dir: the run's folder.
+
+    Returns:
+        Each evaluated step's eval/top1_ema (%), by step; empty without a metrics.jsonl.
     """
     path = run_dir / "metrics.jsonl"
     curve: Dict[int, float] = {}
@@ -95,7 +101,15 @@ def plot_curves(pyplot, cells: Sequence[Tuple[str, Sequence]], path: Path) -> No
 
 def runs_per_step(curves: Sequence[Dict[int, float]], steps: Sequence[int]) -> str:
     """The legend's run count: `n=3`, or `n=1-3 by step` when runs reached other steps (a
-    run still training, runs of other lengths), so a reader knows the mean changes runs."""
+    run still training, runs of other lengths), so a reader knows the mean changes runs.
+
+    Args:
+        curves: one cell's curves, one per run (`read_curve`).
+        steps: the steps drawn (`mean_band`); must not be empty.
+
+    Returns:
+        The count of runs per step, as `n=<count>` or `n=<fewest>-<most> by step`.
+    """
     counts = [sum(step in curve for curve in curves) for step in steps]
     if min(counts) == max(counts):
         return f"n={counts[0]}"

@@ -17,4 +17,12 @@ class CommandLineParser(argparse.ArgumentParser):
     one `error: ...` line with the command's exit status 2, instead of the usage text."""
 
     def error(self, message: str):
+        """Report a command-line mistake as a UserError instead of printing the usage text.
+
+        Args:
+            message: argparse's description of the mistake.
+
+        Raises:
+            UserError: always, with the message and a pointer to `--help`.
+        """
         raise UserError(f"{message} (see {self.prog} --help)")

@@ -36,7 +36,14 @@ class EvalResult:
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """The model in eval mode inside the block, and in its former mode after it, also when
-    the block fails: a model left in eval mode after evaluation is a bug of popular ports."""
+    the block fails: a model left in eval mode after evaluation is a bug of popular ports.
+
+    Args:
+        model: the module to switch.
+
+    Yields:
+        The same model, in eval mode.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -48,7 +55,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def top_k_hits(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> torch.Tensor:
     """(N, min(k, C)) booleans: whether each of the k best predictions is the target. Column
     0 is top-1, the first of `topk`, so a tie breaks the same way wherever it is counted
-    (the run's `eval/top1_*` and the evaluate command agree)."""
+    (the run's `eval/top1_*` and the evaluate command agree).
+
+    Args:
+        logits: (N, C) class scores.
+        targets: (N,) true class indices.
+        k: how many of the best predictions to compare (at most C are).
+
+    Returns:
+        Column j is True where the (j + 1)-th best prediction is the target; `[:, 0]`
+        counts top-1 hits and `.any(dim=1)` top-k hits.
+    """
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return top == targets[:, None]
 
@@ -105,7 +122,16 @@ class ClassificationReport:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, inputs: DeviceInputs) -> tuple:
-    """(logits (N, C) float32, targets (N,)) of every image of `loader`, in order, eval mode."""
+    """(logits (N, C) float32, targets (N,)) of every image of `loader`, in order, eval mode.
+
+    Args:
+        model: the classifier; back in its former mode afterwards.
+        loader: yields (uint8 images, labels) batches.
+        inputs: moves batches to the model's device and normalises them.
+
+    Returns:
+        (logits, targets), both on the CPU, the targets as the loader gives them.
+    """
     logits, targets = [], []
     with eval_mode(model):
         for images, labels in loader:
@@ -116,7 +142,16 @@ def predict_logits(model: nn.Module, loader: DataLoader, inputs: DeviceInputs) -
 
 def classification_report(logits: torch.Tensor, targets: torch.Tensor) -> ClassificationReport:
     """Top-1/top-5, per-class accuracy, macro F1 and the confusion matrix (top-1 counted as
-    `evaluate` counts it, so the number equals the run's own `eval/top1_*`)."""
+    `evaluate` counts it, so the number equals the run's own `eval/top1_*`).
+
+    Args:
+        logits: (N, C) class scores of N >= 1 images.
+        targets: (N,) their true class indices, in 0 .. C - 1.
+
+    Returns:
+        The report; per-class accuracy is None for a class without test images, and macro
+        F1 averages over the classes that have some.
+    """
     num_classes = logits.shape[1]
     hits = top_k_hits(logits, targets)
     predicted = logits.topk(1, dim=1).indices[:, 0].numpy()
@@ -146,7 +181,17 @@ CSV_CORNER = "true \\ predicted"  # confusion.csv's first header cell
 
 def write_report(report: ClassificationReport, class_names: Sequence[str], out: Path,
                  about: dict) -> List[Path]:
-    """Write eval.json, confusion.csv and (with matplotlib) confusion.png into `out`."""
+    """Write eval.json, confusion.csv and (with matplotlib) confusion.png into `out`.
+
+    Args:
+        report: the scores to write.
+        class_names: the classes in label order: the matrix's rows and columns.
+        out: the folder, created when missing; report files already there are replaced.
+        about: what was scored (checkpoint, step, weights, dataset root), first in eval.json.
+
+    Returns:
+        The files written, eval.json first; confusion.png only when matplotlib is installed.
+    """
     out.mkdir(parents=True, exist_ok=True)
     record = {**about, **asdict(report), "class_names": list(class_names),
               "per_class_accuracy": dict(zip(class_names, report.per_class_accuracy))}
@@ -193,7 +238,15 @@ def is_report_file(path: Path) -> bool:
     """Whether `path` (eval.json, confusion.csv or confusion.png) is an earlier evaluate's,
     which a rerun may replace: eval.json by its keys, confusion.csv by its header corner,
     confusion.png by the tEXt chunk written with it (or, from versions without that chunk,
-    by evaluate's eval.json beside it)."""
+    by evaluate's eval.json beside it).
+
+    Args:
+        path: an existing report file; a name other than eval.json or confusion.csv is
+            checked as confusion.png.
+
+    Returns:
+        True for an earlier evaluate's file; False also when it cannot be read or parsed.
+    """
     try:
         if path.name == "eval.json":
             record = json.loads(path.read_text())
@@ -213,8 +266,15 @@ def is_report_file(path: Path) -> bool:
 
 
 def check_out(value: str) -> Path:
-    """The folder `out=value` (created when missing), refused when it is a run's checkpoints/
-    folder or holds an eval.json, confusion.csv or confusion.png that no evaluate wrote.
+    """The folder `out=value` (created when the report is written), refused when it is a run's
+    checkpoints/ folder or holds an eval.json, confusion.csv or confusion.png that no
+    evaluate wrote.
+
+    Args:
+        value: out= as given.
+
+    Returns:
+        The folder, with ~ expanded; not created here.
 
     Raises:
         UserError: for such a folder, a file where the folder is meant or an unwritable place.
@@ -286,12 +346,17 @@ def main(argv: Sequence[str]) -> dict:
     """`checkpoint=<run dir or .pt> [model=ema|raw] [out=<dir>] [device=auto] [dataset.*=...]`
     (`--help` describes each argument).
 
+    Args:
+        argv: the command-line arguments, each key=value.
+
     Returns:
         The eval.json record.
 
     Raises:
-        UserError: for bad arguments, a bad checkpoint, data whose classes differ, or an out=
-            folder that is a run's checkpoints/ or holds report files evaluate did not write.
+        UserError: for bad arguments, a bad checkpoint, data whose classes differ, a
+            dataset.root for a dataset that ships with its package, or an out= folder that
+            is a run's checkpoints/, lies inside an image folder's dataset.root, holds report
+            files evaluate did not write or cannot be written.
     """
     # Imported here: the trainer imports `evaluate` and must not pull in the app.
     from fixmatch.data.loaders import AugmentedImages, build_eval_loader

@@ -33,7 +33,16 @@ ONNX_OPSET = 17  # supported by onnxruntime >= 1.11 and torch >= 1.13
 
 
 def example_batch(trained: TrainedModel, batch_size: int = 2) -> torch.Tensor:
-    """A normalised-looking random batch of the model's input shape, on its device."""
+    """A normalised-looking random batch of the model's input shape, on its device.
+
+    Args:
+        trained: the model, whose config gives the input shape.
+        batch_size: images in the batch.
+
+    Returns:
+        Standard-normal (batch_size, channels, image_size, image_size) float32 values,
+        seeded with 0, so every export traces the same input.
+    """
     dataset = trained.config.dataset
     generator = torch.Generator().manual_seed(0)
     shape = (batch_size, dataset.channels, dataset.image_size, dataset.image_size)
@@ -41,7 +50,16 @@ def example_batch(trained: TrainedModel, batch_size: int = 2) -> torch.Tensor:
 
 
 def metadata(trained: TrainedModel, file_format: str) -> dict:
-    """What the exported file's `<name>.json` records about its inputs and outputs."""
+    """What the exported file's `<name>.json` records about its inputs and outputs.
+
+    Args:
+        trained: the exported model.
+        file_format: "torchscript" or "onnx".
+
+    Returns:
+        The record: format, class names, image size, channels, resize rule, mean/std, the
+        input and output layouts, weights, step and source checkpoint.
+    """
     dataset = trained.config.dataset
     return {
         "format": file_format,
@@ -63,8 +81,18 @@ def metadata(trained: TrainedModel, file_format: str) -> dict:
 def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
     """Write the model to `output` and its metadata to `output` with suffix .json.
 
+    Args:
+        trained: the model to export, in eval mode.
+        file_format: "torchscript" (traced) or "onnx" (opset ONNX_OPSET, free batch size).
+        output: the model file; its folder is created when missing.
+
+    Returns:
+        `output`.
+
     Raises:
-        UserError: for an unknown format, or onnx without the `onnx` package.
+        UserError: for an unknown format, onnx without the `onnx` package (or without
+            onnxscript, where torch exports through it), or a TorchScript model or
+            metadata file that cannot be written.
     """
     if file_format not in FORMATS:
         raise UserError(f"format={file_format} is not known; use format=torchscript or format=onnx")
@@ -109,11 +137,18 @@ def _any_batch_size() -> dict:
 def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
     """Refuse an output that would overwrite the run's own files or lose the model itself.
 
+    Args:
+        output: the model file to write.
+        trained: the model; its checkpoint file is refused as the output.
+        suffix: the chosen format's extension, ".pt" or ".onnx".
+
     Raises:
-        UserError: for a .json model name (its metadata file would replace it), a file in a
-            run's checkpoints/ folder or the checkpoint itself, a <name>.json beside it that
-            is not an earlier export's metadata (eval.json, metrics.json, ...), or an existing
-            model file without such metadata (config_resolved.yaml, an image, ...).
+        UserError: for a .json model name (its metadata file would replace it), the other
+            format's extension (a .onnx name with format=torchscript, or the reverse), a
+            file in a run's checkpoints/ folder or the checkpoint itself, a <name>.json
+            beside it that is not an earlier export's metadata (eval.json, metrics.json,
+            ...), or an existing model file without such metadata (config_resolved.yaml, an
+            image, ...).
     """
     if output.suffix.lower() == ".json":
         raise UserError(f"output={output}: the metadata is written to <name>.json beside the "
@@ -167,8 +202,15 @@ def main(argv: Sequence[str]) -> Path:
     """`checkpoint=... [format=torchscript|onnx] [output=<run dir>/model.pt] [model=ema|raw]
     [device=auto]` (`--help` describes each argument).
 
+    Args:
+        argv: the command-line arguments, each key=value.
+
+    Returns:
+        The model file written.
+
     Raises:
-        UserError: for bad arguments or a bad checkpoint.
+        UserError: for bad arguments, a bad checkpoint, or an output that `check_output`
+            refuses or that cannot be written.
     """
     settings, overrides = parse_arguments(argv, DEFAULTS)
     if settings["format"] not in FORMATS:

@@ -31,6 +31,15 @@ class FolderLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "FolderLock":
+        """Take the lock without waiting; does nothing where flock is missing or unsupported
+        (the run then trains unlocked) or when this object already holds it.
+
+        Returns:
+            This lock, so that `FolderLock(folder).acquire()` can be kept in one line.
+
+        Raises:
+            UserError: when another process holds the folder.
+        """
         if fcntl is None or self._fd is not None:
             return self
         fd = os.open(self.folder, os.O_RDONLY)
@@ -49,6 +58,7 @@ class FolderLock:
         return self
 
     def release(self) -> None:
+        """Drop the lock if this object holds it; safe to call more than once."""
         if self._fd is not None:
             _HELD.discard(self._fd)
             os.close(self._fd)  # closing the descriptor drops the lock
@@ -76,8 +86,16 @@ if hasattr(os, "register_at_fork"):
 
 
 def is_held(folder: Path) -> Optional[bool]:
-    """Whether a process holds `folder` (is training there) right now; None where that cannot
-    be told (no flock here, or on that filesystem, or the folder cannot be opened)."""
+    """Whether a process holds `folder` (is training there) right now.
+
+    Args:
+        folder: a run folder.
+
+    Returns:
+        True when a process holds it (this one included), False when it is free, None
+        where that cannot be told (no flock here, or on that filesystem, or the folder
+        cannot be opened).
+    """
     if fcntl is None:
         return None
     try:

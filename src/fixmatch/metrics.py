@@ -21,7 +21,14 @@ RESTARTABLE_STATUSES = (STATUS_FAILED, STATUS_INTERRUPTED)
 def json_line(record: Dict[str, float]) -> str:
     """One evaluation as strict JSON: a value that is not finite (the pseudo-label accuracy
     of a window without a confident pseudo-label is NaN) is null, which every parser reads;
-    json.dumps would write NaN, which is not JSON."""
+    json.dumps would write NaN, which is not JSON.
+
+    Args:
+        record: metric names (and "step") to their values.
+
+    Returns:
+        One line of JSON, without the newline.
+    """
     return json.dumps({name: value if not isinstance(value, float) or math.isfinite(value) else None
                        for name, value in record.items()}, allow_nan=False)
 
@@ -71,17 +78,28 @@ class MetricWriter:
                                          purge_step=purge_step)
 
     def elapsed_s(self) -> float:
-        """Wall time of the run so far, across resumed processes."""
+        """Wall time of the run so far in seconds, across resumed processes."""
         return time.monotonic() - self.started
 
     def scalars(self, step: int, values: Dict[str, float]) -> None:
-        """Send scalars to TensorBoard only (the frequent train/* logs)."""
+        """Send scalars to TensorBoard only (the frequent train/* logs).
+
+        Args:
+            step: the training step they belong to.
+            values: metric names to values; nothing is sent before `open()` or off rank 0.
+        """
         if self.tensorboard is not None:
             for name, value in values.items():
                 self.tensorboard.add_scalar(name, value, step)
 
     def evaluation(self, step: int, values: Dict[str, float]) -> None:
-        """Record one evaluation everywhere and refresh the running summary."""
+        """Record one evaluation everywhere and refresh the running summary.
+
+        Args:
+            step: the training step of the evaluation.
+            values: metric names (eval/*, the train/* means since the last evaluation) to
+                values; the train/* ones go to metrics.jsonl but not to TensorBoard.
+        """
         record = {"step": step, **values}
         self.history.append(record)
         if self.write:
@@ -96,14 +114,34 @@ class MetricWriter:
     def stopped(self, error: BaseException, step: int) -> dict:
         """metrics.json for a run that `error` ended: `interrupted` for an interrupt (a second
         stop signal, Ctrl-C before training began), which is no mistake and resumes on a
-        rerun; `failed`, with why, for anything else."""
+        rerun; `failed`, with why, for anything else.
+
+        Args:
+            error: the exception that ended the run.
+            step: the step the run had reached.
+
+        Returns:
+            The summary (see `summary`).
+        """
         status = STATUS_INTERRUPTED if isinstance(error, KeyboardInterrupt) else STATUS_FAILED
         why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         return self.summary(status, step, error=why)
 
     def summary(self, status: str, step: int, error: Optional[str] = None) -> dict:
         """Write metrics.json with `status` (running, completed, preempted, interrupted or
-        failed) and any error."""
+        failed) and any error.
+
+        Args:
+            status: the run's state.
+            step: the step the run has reached.
+            error: why the run ended, for a failed or interrupted one; None otherwise.
+
+        Returns:
+            The summary: status, step, total_steps, the number of evaluations, the final,
+            median-of-the-last-20 and best EMA top-1 (None before the first evaluation),
+            the wall time in seconds, and earlier_total_steps and error when there are any.
+            Returned even on ranks that write nothing.
+        """
         top1 = [record["eval/top1_ema"] for record in self.history if "eval/top1_ema" in record]
         payload = {
             "status": status,
@@ -126,6 +164,7 @@ class MetricWriter:
         return payload
 
     def close(self) -> None:
+        """Close TensorBoard, if it was opened."""
         if self.tensorboard is not None:
             self.tensorboard.close()
 

@@ -67,6 +67,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     torch restores every group setting from the checkpoint, including `fused` and
     `foreach`; a checkpoint written elsewhere (a CPU run resumed on a GPU, or an older
     version) would otherwise switch the kernel this machine runs.
+
+    Args:
+        optimizer: the optimiser built for this run (`build_optimizer`).
+        state: its state dict from a checkpoint.
     """
     implementation = [{key: group.get(key) for key in IMPLEMENTATION_KEYS} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)

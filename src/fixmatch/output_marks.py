@@ -22,11 +22,28 @@ MAX_BYTES_READ = 64 << 20  # a drawn image is far smaller; a larger file is not 
 
 
 def mark(command: str) -> str:
+    """The mark of a command's images.
+
+    Args:
+        command: the command's name, e.g. "preview".
+
+    Returns:
+        The text "fixmatch <command>".
+    """
     return f"fixmatch {command}"
 
 
 def pil_save_kwargs(path: Path, command: str) -> dict:
-    """PIL's `Image.save` arguments that mark `path` as `command`'s (empty where none can)."""
+    """PIL's `Image.save` arguments that mark `path` as `command`'s.
+
+    Args:
+        path: the image to write; its suffix picks the format.
+        command: the command that draws it.
+
+    Returns:
+        Keyword arguments for `Image.save`: a PNG tEXt chunk, a JPEG comment or a TIFF
+        description; empty for formats that carry no mark.
+    """
     suffix = path.suffix.lower()
     if suffix == ".png":
         info = PngInfo()
@@ -42,7 +59,16 @@ def pil_save_kwargs(path: Path, command: str) -> dict:
 def matplotlib_save_kwargs(path: Path, command: str) -> dict:
     """savefig's arguments that mark `path` as `command`'s: `metadata=` where matplotlib
     writes it, PIL's arguments for the formats it hands to PIL (matplotlib refuses
-    `metadata=`, even empty, for those)."""
+    `metadata=`, even empty, for those).
+
+    Args:
+        path: the image to write; its suffix picks the format.
+        command: the command that draws it.
+
+    Returns:
+        Keyword arguments for `savefig` (`metadata` or `pil_kwargs`); empty for formats
+        that carry no mark.
+    """
     key = MATPLOTLIB_KEYS.get(path.suffix.lower())
     if key:
         return {"metadata": {key: mark(command)}}
@@ -51,7 +77,16 @@ def matplotlib_save_kwargs(path: Path, command: str) -> dict:
 
 
 def carries_mark(path: Path, command: str) -> bool:
-    """Whether the file at `path` is an image `command` drew (its mark is in its bytes)."""
+    """Whether the file at `path` is an image `command` drew (its mark is in its bytes).
+
+    Args:
+        path: the file to look at.
+        command: the command whose mark is looked for.
+
+    Returns:
+        True when the mark is there; False when it is not, when the file is larger than
+        MAX_BYTES_READ, or when it cannot be read (or does not exist).
+    """
     try:
         if path.stat().st_size > MAX_BYTES_READ:
             return False
@@ -63,6 +98,11 @@ def carries_mark(path: Path, command: str) -> bool:
 def refuse_to_replace(path: Path, setting: str, command: str) -> None:
     """Refuse to write `path` when it exists and `command` did not draw it.
 
+    Args:
+        path: the file about to be written.
+        setting: the option that named it, for the message (e.g. "--plot out.png").
+        command: the command about to write it.
+
     Raises:
         UserError: naming the setting, the file and what to do instead.
     """
@@ -73,8 +113,16 @@ def refuse_to_replace(path: Path, setting: str, command: str) -> None:
 
 
 def cannot_write_in(folder: Path) -> Optional[str]:
-    """Why a file cannot be written in `folder` (e.g. "Permission denied"), None when it can.
-    A real write: os.access says yes to root on a read-only mount (/sys, a read-only NFS)."""
+    """Why a file cannot be written in `folder`, found by a real write: os.access says yes
+    to root on a read-only mount (/sys, a read-only NFS).
+
+    Args:
+        folder: an existing folder.
+
+    Returns:
+        The operating system's reason (e.g. "Permission denied"), None when a file can be
+        written there.
+    """
     probe = folder / f".fixmatch-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")

@@ -46,8 +46,15 @@ LAUNCHER_PLUGINS = {
 def typed_config(cfg: DictConfig):
     """The composed config as its dataclasses (`OmegaConf.to_object`), for run.py and preview.
 
+    Args:
+        cfg: the config Hydra composed (its root is the registered schema).
+
+    Returns:
+        The config as a tree of the schema's dataclasses.
+
     Raises:
-        UserError: for a key left ??? in the config (dataset.root of dataset=folder, say).
+        UserError: for a key left ??? in the config (dataset.root of dataset=folder, say),
+            or an interpolation that does not resolve.
     """
     try:
         return OmegaConf.to_object(cfg)
@@ -75,6 +82,18 @@ def override_error(args: Sequence[str], config_dir: Path, config_name: str = "co
     jobs run on this machine (Hydra's basic launcher), `trainer.device` must be there and a
     sweep has its data loaded and every job's label count drawn (`sweep_data_check`); a
     plugin launcher's jobs run elsewhere, where the devices and data may be other.
+
+    Args:
+        args: the command-line arguments after the program name (overrides and flags).
+        config_dir: the folder of the primary config (conf/).
+        config_name: the primary config's name, without .yaml.
+        program: how the messages name the command (e.g. "python run.py").
+        run_checks: check a single run's config too, and (with the basic launcher) the
+            device and a sweep's data, as run.py does.
+
+    Returns:
+        The first mistake found, in one line; None when the overrides compose and pass the
+        checks, or when the command line is left for Hydra to report.
     """
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
@@ -221,7 +240,15 @@ def _sweep_given_twice(parsed, texts: Sequence[str]) -> Optional[str]:
 def existing_folders(args: Sequence[str], key: str) -> Set[Path]:
     """The folders that `key=<folder>` on the command line names and that exist already
     (resolved): Hydra creates a run's folder before the run, and a start that stops on a
-    mistake removes the folder only when it made it."""
+    mistake removes the folder only when it made it.
+
+    Args:
+        args: the command-line arguments.
+        key: the setting that names a folder, e.g. "hydra.run.dir".
+
+    Returns:
+        The resolved paths of the named folders that exist now; empty when none is given.
+    """
     given = [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{key}=")]
     return {Path(folder).expanduser().resolve() for folder in given
             if Path(folder).expanduser().is_dir()}
@@ -229,7 +256,12 @@ def existing_folders(args: Sequence[str], key: str) -> Set[Path]:
 
 def remove_if_made_empty(folder: Path, existing: Set[Path]) -> None:
     """Remove the run folder Hydra made before a start that stopped on a mistake, when it is
-    still empty; a folder in `existing` (`existing_folders`) was the user's and stays."""
+    still empty; a folder in `existing` (`existing_folders`) was the user's and stays.
+
+    Args:
+        folder: the run's folder.
+        existing: the resolved folders that existed before Hydra started.
+    """
     if folder.resolve() in existing:
         return
     try:

@@ -15,10 +15,12 @@ class PaperResult:
 
     @property
     def accuracy_mean(self) -> float:
+        """Mean test accuracy (%): 100 minus the error rate, to two decimals."""
         return round(100.0 - self.error_mean, 2)
 
     @property
     def accuracy_std(self) -> float:
+        """Standard deviation of the accuracy (%): the error rate's."""
         return self.error_std
 
 
@@ -122,6 +124,16 @@ PROTOCOL_BY_DATASET: Dict[str, Dict[str, object]] = {
 
 def paper_protocol(dataset: str, strong_augment: str = "randaugment") -> Dict[str, object]:
     """The paper's protocol for a dataset's cells with one strong augmentation: `PROTOCOL`
-    with that dataset's changes and that augmentation's settings."""
+    with that dataset's changes and that augmentation's settings.
+
+    Args:
+        dataset: `dataset.name` (a dataset without changes of its own gets `PROTOCOL`).
+        strong_augment: `ssl.strong_augment`; randaugment or ctaugment add their settings,
+            any other adds none.
+
+    Returns:
+        A new dict of dotted config keys (as config_resolved.yaml writes them) to the
+        paper's values.
+    """
     return {**PROTOCOL, **STRONG_AUGMENT_PROTOCOL.get(strong_augment, {}),
             **PROTOCOL_BY_DATASET.get(dataset, {})}

@@ -55,6 +55,17 @@ def device_inputs(config: Config, normalization: Normalization, device: torch.de
     """The stage that normalises batches on `device` (and, with trainer.augment_on=device,
     draws the training views there, from batch `start_batch` on).
 
+    Args:
+        config: the run's typed config.
+        normalization: the per-channel mean and std the images are normalised with.
+        device: where the model runs.
+        start_batch: the first training batch still to come (0, or the step resumed from).
+        env: this process's place in the torchrun job.
+
+    Returns:
+        The input stage; it draws views only with trainer.augment_on=device, and gives
+        channels-last images with trainer.channels_last, except to DDP ranks on the CPU.
+
     Raises:
         UserError: device augmentation cannot do the configured RandAugment.
     """
@@ -90,7 +101,17 @@ def _unlabeled_pool(arrays: DatasetArrays) -> Tuple[StackedImages, np.ndarray]:
 def resident_images(config: Config, arrays: DatasetArrays, device: torch.device) -> Optional[ResidentImages]:
     """With trainer.augment_on=device on a GPU, the training images (and any extra unlabeled
     ones) copied to it once, for both training streams to gather from; None where the loaders
-    keep serving them (CPU views, a CPU device, or images too large for the GPU)."""
+    keep serving them (CPU views, a CPU device, or images too large for the GPU).
+
+    Args:
+        config: the run's typed config.
+        arrays: the loaded dataset.
+        device: where the model runs.
+
+    Returns:
+        The images of the unlabeled pool (the training set, then any extra unlabeled ones,
+        whose target is -1) on the device, or None.
+    """
     if config.trainer.augment_on is not AugmentOn.device or device.type != "cuda":
         return None
     images, targets = _unlabeled_pool(arrays)
@@ -108,7 +129,22 @@ def labeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit,
                     cta_probe: Optional[CTAProbe], resident: Optional[ResidentImages] = None) -> Iterator:
     """This rank's endless stream of labeled batches (weak views), from batch `start_batch` on;
     with CTAugment each image also brings a probe view and its policy. With `resident` images
-    the batches are gathered from them on the device (raw, for device views)."""
+    the batches are gathered from them on the device (raw, for device views).
+
+    Args:
+        config: the run's typed config.
+        arrays: the loaded dataset.
+        split: the labeled split; its indices are the images drawn from.
+        device: where the model runs (pinned memory on CUDA).
+        start_batch: index of the first batch to yield, to continue the stream on a resume.
+        env: this process's rank and world size; each rank gets its share of every batch.
+        cta_probe: the CTAugment probe, None without CTAugment.
+        resident: the images already on the device (`resident_images`), or None.
+
+    Returns:
+        An endless iterator of this rank's shares of the labeled batches (ssl.batch_size
+        images over all ranks).
+    """
     sampler = InfiniteBatchSampler(split.indices, config.ssl.batch_size, config.seed,
                                    LABELED_STREAM, start_batch, env.rank, env.world_size)
     if resident is not None:
@@ -127,6 +163,12 @@ def build_views(config: Config) -> Tuple[WeakTransform, Pipeline]:
 
     With CTAugment the strong pipeline draws its policy from the initial rates; training
     passes policies from the main process instead (`unlabeled_batches`).
+
+    Args:
+        config: the run's typed config (dataset.hflip and the ssl augmentation settings).
+
+    Returns:
+        The weak pipeline and the strong one (RandAugment or CTAugment, then Cutout).
 
     Raises:
         UserError: for a RandAugment variant that does not exist.
@@ -151,8 +193,25 @@ def unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit
     """This rank's endless stream of unlabeled (weak, strong) batches, from batch `start_batch` on
     (raw images gathered on the device when `resident` is given).
 
+    Args:
+        config: the run's typed config.
+        arrays: the loaded dataset; the pool is its training images plus any extra
+            unlabeled ones.
+        split: the labeled split, left out of the pool when
+            ssl.include_labeled_in_unlabeled is false.
+        device: where the model runs (pinned memory on CUDA).
+        start_batch: index of the first batch to yield, to continue the stream on a resume.
+        env: this process's rank and world size; each rank gets its share of every batch.
+        cta_probe: the CTAugment probe whose policies the strong views apply, None without
+            CTAugment.
+        resident: the images already on the device (`resident_images`), or None.
+
+    Returns:
+        An endless iterator of this rank's shares of the unlabeled batches, each of
+        ssl.batch_size x ssl.unlabeled_ratio images over all ranks.
+
     Raises:
-        UserError: no image is left unlabeled.
+        UserError: no image is left unlabeled, or the RandAugment variant does not exist.
     """
     ssl = config.ssl
     weak, strong = build_views(config)
@@ -185,7 +244,17 @@ def unlabeled_batches(config: Config, arrays: DatasetArrays, split: LabeledSplit
 
 def eval_batches(config: Config, arrays: DatasetArrays, device: torch.device,
                  env: DistEnv) -> DataLoader:
-    """This rank's share of the test images, unaugmented, in trainer.eval_batch_size batches."""
+    """This rank's share of the test images, unaugmented, in trainer.eval_batch_size batches.
+
+    Args:
+        config: the run's typed config.
+        arrays: the loaded dataset; its test part is evaluated.
+        device: where the model runs (pinned memory on CUDA).
+        env: this process's rank and world size; each rank takes every world_size-th image.
+
+    Returns:
+        A loader that goes through this rank's test images once, in order.
+    """
     test_set = AugmentedImages(arrays.test.images, arrays.test.targets, EvalTransform())
     return build_eval_loader(
         test_set, config.trainer.eval_batch_size, config.trainer.num_workers, device.type == "cuda",

@@ -62,8 +62,15 @@ def list_inputs(inputs: str) -> Tuple[List[Path], Skipped]:
     skipped, linked folders read once; sorted), comma-separated files are taken as given,
     whatever their extension.
 
+    Args:
+        inputs: inputs= as given: a file or folder, or comma-separated files and folders.
+
+    Returns:
+        (the image files in the order named, each folder's sorted; what listing skipped).
+
     Raises:
-        UserError: when a named file or folder does not exist or a folder has no images.
+        UserError: when `inputs` names nothing, a named file or folder does not exist, or a
+            folder has no images or cannot be listed.
     """
     paths = _named_paths(inputs)
     if not paths:
@@ -131,6 +138,11 @@ def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
         paths: image files.
         top_k: how many classes (and softmax probabilities) to list per image.
         batch_size: images per forward pass.
+
+    Returns:
+        The records in the order of `paths`, each with "path", "failure" and "error" (both
+        "" when decoded); a decoded file's also with "predicted", "confidence" and "top_k"
+        ((class name, probability) pairs, at most one per class).
     """
     dataset = trained.config.dataset
     prep = Preprocessing(dataset.image_size, dataset.channels, dataset.resize)
@@ -158,7 +170,14 @@ def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
 
 
 def csv_header(top_k: int) -> List[str]:
-    """path, predicted, confidence, class_1, probability_1, ..., class_k, probability_k, error."""
+    """path, predicted, confidence, class_1, probability_1, ..., class_k, probability_k, error.
+
+    Args:
+        top_k: the number of ranked (class, probability) column pairs, k.
+
+    Returns:
+        The 4 + 2·k column names.
+    """
     header = ["path", "predicted", "confidence"]
     for rank in range(1, top_k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
@@ -167,7 +186,14 @@ def csv_header(top_k: int) -> List[str]:
 
 def shown_path(path: str) -> str:
     """`path` as UTF-8 text: a name whose bytes are not UTF-8 (a Latin-1 "caf\\xe9.png" on
-    Linux) shows its odd bytes as \\xNN escapes, where printing it would fail."""
+    Linux) shows its odd bytes as \\xNN escapes, where printing it would fail.
+
+    Args:
+        path: a file name as Python holds it (surrogate-escaped where its bytes are not UTF-8).
+
+    Returns:
+        The name as printable text.
+    """
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
@@ -176,6 +202,12 @@ def write_csv(records: Sequence[dict], top_k: int, path: Path) -> None:
 
     Written to a temporary file beside `path` and renamed over it, so a failure leaves an
     earlier predictions file whole rather than cut short.
+
+    Args:
+        records: `predict_files` records, one row each.
+        top_k: the ranked column pairs; a record with fewer leaves the rest empty.
+        path: the CSV file (through a link, its target is replaced); its folder is created
+            when missing.
     """
     target = path.resolve()  # through a link, as writing to `path` itself would
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +230,14 @@ def _csv_row(record: dict, top_k: int) -> List[str]:
 
 def is_predictions_file(path: Path) -> bool:
     """Whether `path` starts with the header write_csv writes (any top_k): an earlier
-    predict's output, which a rerun may replace."""
+    predict's output, which a rerun may replace.
+
+    Args:
+        path: an existing file.
+
+    Returns:
+        True for an earlier predictions CSV; False also when the file cannot be read.
+    """
     try:
         with path.open("rb") as file:
             first = file.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
@@ -212,6 +251,10 @@ def is_predictions_file(path: Path) -> bool:
 def check_output(output: Path, inputs: Sequence[Path]) -> None:
     """Refuse an output that would overwrite a file predict did not write: a checkpoint,
     the run's config or metrics, an input image or any other file.
+
+    Args:
+        output: the CSV file to write.
+        inputs: the image files to classify.
 
     Raises:
         UserError: for a file in a run's checkpoints/ folder, one of the inputs, or an
@@ -240,8 +283,15 @@ def main(argv: Sequence[str]) -> List[dict]:
     """`checkpoint=... inputs=... [output=predictions.csv] [top_k=5] [batch_size=256]
     [model=ema|raw] [device=auto]` (`--help` describes each argument).
 
+    Args:
+        argv: the command-line arguments, each key=value.
+
+    Returns:
+        The `predict_files` records, one per input file.
+
     Raises:
-        UserError: for bad arguments, a bad checkpoint or missing inputs.
+        UserError: for bad arguments, a bad checkpoint, missing inputs, or an output that
+            would overwrite a file predict did not write or cannot be written.
     """
     settings, overrides = parse_arguments(argv, DEFAULTS, REQUIRED)
     top_k, batch_size = (_count_setting(settings, key) for key in ("top_k", "batch_size"))

@@ -44,6 +44,7 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
+        """Whether a stop signal has arrived."""
         return self.signal_name is not None
 
     def __enter__(self) -> "StopRequest":
@@ -89,6 +90,9 @@ def ignore_stop_signals_in_worker(worker_id: int) -> None:
 
     A terminal's Ctrl-C and a scheduler's SIGTERM reach every process of the job; a worker
     that died of them would break the batch the main process still needs before it saves.
+
+    Args:
+        worker_id: the DataLoader's index of the worker (unused).
     """
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)

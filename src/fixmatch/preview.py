@@ -65,14 +65,27 @@ def register_preview_configs() -> None:
 
 
 def grid_size(num_images: int, num_strong: int, cell: int) -> Tuple[int, int]:
-    """(width, height) in px of the grid: columns original, weak, num_strong strong views."""
+    """The size of the grid: columns original, weak, num_strong strong views.
+
+    Args:
+        num_images: rows of the grid.
+        num_strong: strong views per row.
+        cell: displayed side of one image, in px (`cell_side`).
+
+    Returns:
+        (width, height) in px, gaps and the title row included.
+    """
     columns = 2 + num_strong
     return columns * cell + (columns + 1) * GAP, HEADER + num_images * cell + (num_images + 1) * GAP
 
 
 def check_options(options: PreviewConfig, image_size: int) -> None:
     """Refuse a preview setting before loading anything: bad counts, a file name PIL cannot
-    write, or a grid over MAX_SIDE px a side (`image_size`: the dataset's image side).
+    write, or a grid over MAX_SIDE px a side.
+
+    Args:
+        options: the preview settings.
+        image_size: the dataset's image side, in px.
 
     Raises:
         UserError: naming the setting and what would work.
@@ -101,19 +114,39 @@ def check_options(options: PreviewConfig, image_size: int) -> None:
 
 
 def image_extensions() -> List[str]:
-    """The file extensions PIL can write (".png", ".jpg", ...)."""
+    """The file extensions PIL can write.
+
+    Returns:
+        The lower-case extensions with their dot (".png", ".jpg", ...), sorted.
+    """
     Image.init()
     return sorted(extension for extension, image_format in Image.registered_extensions().items()
                   if image_format in Image.SAVE)
 
 
 def cell_side(image_side: int, cell_size: int) -> int:
-    """The displayed side of an image: enlarged by a whole factor to at least `cell_size`."""
+    """The displayed side of an image: enlarged by a whole factor to at least `cell_size`.
+
+    Args:
+        image_side: the image's side, in px.
+        cell_size: the smallest displayed side wanted, in px.
+
+    Returns:
+        The side in px: `image_side` times the smallest whole factor (at least 1) that
+        reaches `cell_size`.
+    """
     return image_side * max(1, math.ceil(cell_size / image_side))
 
 
 def to_display(view: torch.Tensor) -> np.ndarray:
-    """A uint8 (C, H, W) view as a uint8 (H, W, C) image."""
+    """A uint8 (C, H, W) view as a uint8 (H, W, C) image.
+
+    Args:
+        view: a pipeline's output, on the CPU.
+
+    Returns:
+        The same pixels, channels last (a view of the tensor's memory, not a copy).
+    """
     return view.permute(1, 2, 0).numpy()
 
 
@@ -152,8 +185,18 @@ def preview_grid(images: Sequence[np.ndarray], weak: Pipeline, strong: Pipeline,
 def write_preview(config: PreviewAppConfig, path: Path) -> Path:
     """Load the configured dataset and write the preview grid of its training images to `path`.
 
+    Args:
+        config: run.py's typed config plus the preview settings; `seed` picks the images
+            and seeds the views.
+        path: the image file to write; its extension picks the format.
+
+    Returns:
+        `path`, once written.
+
     Raises:
-        UserError: for a dataset that cannot be loaded or a bad preview setting.
+        UserError: for a dataset that cannot be loaded, a bad preview or augmentation
+            setting, a file at `path` that the preview did not draw, or a file PIL cannot
+            write.
     """
     options = config.preview
     check_options(options, config.dataset.image_size)
@@ -177,6 +220,9 @@ def write_preview(config: PreviewAppConfig, path: Path) -> Path:
 def find_conf_dir() -> Path:
     """The repository's conf/ folder.
 
+    Returns:
+        The folder, which holds config.yaml.
+
     Raises:
         UserError: when the package is not run from a checkout (no conf/ next to src/).
     """
@@ -192,7 +238,14 @@ EXISTING_RUN_DIRS: Set[Path] = set()  # hydra.run.dir when it existed before the
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Compose like run.py, then write the preview into Hydra's run directory."""
+    """Compose like run.py, then write the preview into Hydra's run directory.
+
+    A mistake is printed as one `error:` line; the process then exits with status 2, after
+    removing the run directory when Hydra made it and it is still empty.
+
+    Args:
+        cfg: the config Hydra composed from the command line.
+    """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         config: PreviewAppConfig = typed_config(cfg)

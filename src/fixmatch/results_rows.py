@@ -39,13 +39,26 @@ class Stat:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> "Stat":
+        """Summarise some figures.
+
+        Args:
+            values: one figure per run (accuracies in %).
+
+        Returns:
+            Their count, mean and sample std; the mean is None when there are none, the std
+            when there are fewer than two.
+        """
         if not values:
             return cls(0, None, None)
         std = statistics.stdev(values) if len(values) > 1 else None
         return cls(len(values), statistics.fmean(values), std)
 
     def error_rate(self) -> "Stat":
-        """The same figure as the paper writes it: 100 - accuracy, same spread."""
+        """The same figure as the paper writes it: 100 - accuracy, same spread.
+
+        Returns:
+            The error rate (%) of the same runs; its mean is None when this one's is.
+        """
         return Stat(self.n, None if self.mean is None else 100.0 - self.mean, self.std)
 
 
@@ -70,6 +83,14 @@ class Row:
         return None if self.paper is None else not self.off_protocol
 
     def status_of(self, run: Run) -> str:
+        """The status the table gives one of its runs.
+
+        Args:
+            run: one of the row's runs.
+
+        Returns:
+            REPEATED for a repeat, else the run's own status (completed, running, ...).
+        """
         return REPEATED if run.path in self.repeats else run.status
 
     @property
@@ -79,10 +100,16 @@ class Row:
 
     @property
     def done(self) -> int:
+        """How many of its runs completed, repeats not counted."""
         return sum(self.status_of(run) == COMPLETED for run in self.runs)
 
     def status_text(self) -> str:
-        """E.g. "2/3 done, 1 failed": every run found is accounted for."""
+        """The row's runs by status, e.g. "2/3 done, 1 failed": every run found is accounted
+        for (repeats as `repeated`).
+
+        Returns:
+            The completed count over all runs, then the count of each other status.
+        """
         counts = Counter(self.status_of(run) for run in self.runs
                          if self.status_of(run) != COMPLETED)
         order = STATUS_ORDER + sorted(set(counts) - set(STATUS_ORDER))
@@ -124,8 +151,18 @@ def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
 
 def cell_key(run: Run, by: Sequence[str] = (),
              names: Optional[Dict[Tuple[str, str], str]] = None) -> Tuple:
-    """(dataset label, model, algorithm label, num_labeled, *by values) of one run; `names`
-    from `root_names` over all runs of the table."""
+    """The cell one run belongs to.
+
+    Args:
+        run: the run.
+        by: dotted config keys that split cells further.
+        names: short names of the dataset roots, from `root_names` over all runs of the table;
+            None names roots in full.
+
+    Returns:
+        (dataset label, model, algorithm label, num_labeled, *by values); a key the run's
+        config lacks is None.
+    """
     config = run.config
     return (dataset_label(config, names), model_name(config), algorithm_label(config),
             config.get("ssl.num_labeled"), *(config.get(key) for key in by))
@@ -134,7 +171,15 @@ def cell_key(run: Run, by: Sequence[str] = (),
 def dataset_label(config: Dict[str, object],
                   names: Optional[Dict[Tuple[str, str], str]] = None) -> Optional[str]:
     """The dataset as the table names it: dataset.name, and for a ROOT_IS_DATA dataset its
-    root too, `folder:<root>`, shortened to its last folder(s) by `names` (else in full)."""
+    root too, `folder:<root>`, shortened to its last folder(s) by `names` (else in full).
+
+    Args:
+        config: a run's resolved config, flattened to dotted keys.
+        names: short names of the roots (`root_names`), or None.
+
+    Returns:
+        The label; None when the config has no dataset.name.
+    """
     name = config.get("dataset.name")
     if name not in ROOT_IS_DATA or config.get("dataset.root") is None:
         return name
@@ -147,7 +192,14 @@ def root_names(runs: Sequence[Run]) -> Dict[Tuple[str, str], str]:
     among `runs` shares: `/data/shapes` is `shapes`, beside `/backup/shapes` `data/shapes`
     (and `backup/shapes`). Roots are compared as written (normalised: `./a/` is `a`), since
     the runs may come from machines with other folders; one that is the ending of another
-    (`shapes` beside `/data/shapes`) keeps its whole self."""
+    (`shapes` beside `/data/shapes`) keeps its whole self.
+
+    Args:
+        runs: all runs of the table.
+
+    Returns:
+        The short name of every (dataset.name, normalised root) of a ROOT_IS_DATA dataset.
+    """
     roots: Dict[str, set] = {}
     for run in runs:
         name, root = run.config.get("dataset.name"), run.config.get("dataset.root")
@@ -173,7 +225,15 @@ def _ending(root: str, count: int) -> str:
 def algorithm_label(config: Dict[str, object]) -> Optional[str]:
     """The algorithm as the table names it: FixMatch with CTAugment is `fixmatch_cta` (a row
     of its own, as in the paper's Table 2 and in the sweep folders of `ssl=fixmatch_cta`);
-    with RandAugment, the default, plain `fixmatch`. Other algorithms have no strong views."""
+    with RandAugment, the default, plain `fixmatch`. Other algorithms have no strong views.
+
+    Args:
+        config: a run's resolved config, flattened to dotted keys.
+
+    Returns:
+        The label: ssl.algorithm, for FixMatch with a suffix per strong augmentation; None
+        when the config has no ssl.algorithm.
+    """
     algorithm = config.get("ssl.algorithm")
     if algorithm != "fixmatch":
         return algorithm
@@ -182,7 +242,15 @@ def algorithm_label(config: Dict[str, object]) -> Optional[str]:
 
 
 def model_name(config: Dict[str, object]) -> Optional[str]:
-    """The model as papers name it, e.g. WRN-28-2."""
+    """The model as papers name it, e.g. WRN-28-2.
+
+    Args:
+        config: a run's resolved config, flattened to dotted keys.
+
+    Returns:
+        WRN-<depth>-<widen_factor> for a wide ResNet, else model.name; None when the config
+        has no model.name.
+    """
     if config.get("model.name") == "wide_resnet":
         return f"WRN-{config.get('model.depth')}-{config.get('model.widen_factor')}"
     return None if config.get("model.name") is None else str(config.get("model.name"))
@@ -193,7 +261,17 @@ def protocol_differences(runs: Sequence[Run], dataset: str,
     """How the runs differ from the paper's protocol for `dataset` (`paper.PROTOCOL`): one
     entry per key, "ssl.batch_size 4 vs 64" (the runs' values, then the paper's), the model
     named as one, "model WRN-10-1 vs WRN-28-2". A key a run's config lacks (an older run, an
-    unreadable file) is not held against it."""
+    unreadable file) is not held against it.
+
+    Args:
+        runs: the runs of one cell.
+        dataset: their dataset.name.
+        strong_augment: their ssl.strong_augment, which picks the paper's row.
+
+    Returns:
+        One line per differing key (the model counting as one key), in the protocol's key
+        order after the model; empty when the runs follow the protocol.
+    """
     protocol = paper_protocol(dataset, strong_augment)
     model_keys = ("model.name", "model.depth", "model.widen_factor")
     differences = []
@@ -268,7 +346,15 @@ def _sortable(key: Tuple) -> Tuple:
 
 
 def row_label(key: Tuple, by: Sequence[str]) -> str:
-    """E.g. "cifar10 WRN-28-2 fixmatch 40 labels ssl.threshold=0.8"."""
+    """A row's name in one line, e.g. "cifar10 WRN-28-2 fixmatch 40 labels ssl.threshold=0.8".
+
+    Args:
+        key: the row's key (`cell_key`).
+        by: the --by keys, in the order of the key's extra values.
+
+    Returns:
+        The label, as the plot's legend shows it.
+    """
     dataset, model, algorithm, num_labeled, *values = key
     return " ".join([f"{dataset} {model} {algorithm} {num_labeled} labels",
                      *(f"{name}={value}" for name, value in zip(by, values))])

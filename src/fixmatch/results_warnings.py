@@ -8,7 +8,16 @@ from fixmatch.results_runs import COMPLETED, PER_RUN_KEYS, Run
 
 def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
     """Cells whose runs are not seeds of one experiment: other keys differ, they trained on
-    other images (split.json), or a seed repeats (the warning names the copies' folders)."""
+    other images (split.json), or a seed repeats (the warning names the copies' folders); and
+    cells with runs whose trainer.total_steps changed while they trained.
+
+    Args:
+        rows: from `build_rows`.
+        by: the --by keys the rows were split by (not held against a cell).
+
+    Returns:
+        One line per problem of each row, without the `warning:` prefix; empty when none.
+    """
     warnings = []
     for row in rows:
         label = row_label(row.key, by)
@@ -49,7 +58,15 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
 
 def protocol_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
     """Rows beside a paper figure whose runs do not follow the paper's protocol: the figure is
-    the paper's runs, not what these runs should reach."""
+    the paper's runs, not what these runs should reach.
+
+    Args:
+        rows: from `build_rows`.
+        by: the --by keys the rows were split by (for the row labels).
+
+    Returns:
+        One line per such row, naming how its runs differ; empty when none.
+    """
     return [f"{row_label(row.key, by)}: not the paper's protocol ({', '.join(row.off_protocol)}); "
             "its paper columns are the paper's runs, for reference" for row in rows
             if row.off_protocol]

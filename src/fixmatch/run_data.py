@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 def draw_new_split(config: Config, arrays: DatasetArrays) -> LabeledSplit:
     """The labeled split a new run draws from `arrays` as the config says.
 
+    Args:
+        config: the run's typed config (ssl.num_labeled, ssl.split_seed,
+            dataset.labeled_split).
+        arrays: the loaded dataset, with its class names and any official folds.
+
+    Returns:
+        The split, with sorted indices into the training images.
+
     Raises:
         UserError: the dataset has one class, or the label count cannot be drawn from it.
     """
@@ -45,7 +53,17 @@ def draw_new_split(config: Config, arrays: DatasetArrays) -> LabeledSplit:
 def labeled_split(config: Config, arrays: DatasetArrays, plan: StartPlan) -> LabeledSplit:
     """Draw the split, or take it from the checkpoint when resuming (never re-drawn).
 
+    Args:
+        config: the run's typed config.
+        arrays: the loaded dataset.
+        plan: how the run starts; its checkpoint, when resuming, holds the split.
+
+    Returns:
+        The split; a resumed one has the checkpoint's indices, its per-class counts counted
+        in this dataset's labels.
+
     Raises:
+        UserError: a new run's split cannot be drawn (see `draw_new_split`).
         CheckpointError: the checkpoint was trained on other classes or on other training
             images, or its split indexes past this dataset's training images.
     """
@@ -114,7 +132,13 @@ def _check_same_unlabeled_images(config: Config, arrays: DatasetArrays, plan: St
 def warn_if_other_test_images(config: Config, arrays: DatasetArrays, plan: StartPlan) -> None:
     """A resumed run may be scored on other test images (a mislabeled one fixed, say), but
     its reported median then mixes evaluations on both sets: say so (a checkpoint without
-    the record predates it)."""
+    the record predates it).
+
+    Args:
+        config: the run's typed config (dataset.root, for the warning).
+        arrays: the loaded dataset; its test-set fingerprint is compared.
+        plan: how the run starts; nothing is compared for a new run.
+    """
     saved = plan.checkpoint.get("test_set") if plan.checkpoint else None
     current = arrays.test_set
     if saved is None or saved == current:
@@ -171,6 +195,12 @@ def check_finished_run_data(config: Config, run_dir: Path, load: Callable[[], Da
 def check_same_split_on_all_ranks(split: LabeledSplit, env: DistEnv) -> None:
     """Refuse a job whose ranks drew different labeled splits.
 
+    Every rank must call it (it gathers from all of them).
+
+    Args:
+        split: this rank's split.
+        env: this process's place in the job; a single process always passes.
+
     Raises:
         UserError: the ranks' split fingerprints differ (they read different data).
     """
@@ -185,7 +215,19 @@ def check_same_split_on_all_ranks(split: LabeledSplit, env: DistEnv) -> None:
 
 def input_normalization(config: Config, arrays: DatasetArrays, plan: StartPlan) -> Normalization:
     """dataset.mean/std, or (null) computed from the training images; a resumed run keeps
-    the values it started with."""
+    the values it started with.
+
+    Args:
+        config: the run's typed config (dataset.mean and dataset.std).
+        arrays: the loaded dataset; its training images give the computed statistics.
+        plan: how the run starts; a checkpoint's normalization record wins.
+
+    Returns:
+        The per-channel mean and std, in [0, 1] pixel units, and where they came from.
+
+    Raises:
+        UserError: only one of dataset.mean/std is given, or a std is not positive.
+    """
     saved = plan.checkpoint.get("normalization") if plan.checkpoint else None
     normalization = resolve_normalization(config.dataset.mean, config.dataset.std,
                                           arrays.train.images, saved)

@@ -41,7 +41,13 @@ class RunLog:
             self._root.addHandler(self._held)
 
     def write_to(self, run_dir: Path) -> None:
-        """Append the held records and everything logged from now on to run_dir/run.log."""
+        """Append the held records and everything logged from now on to run_dir/run.log.
+
+        Does nothing when disabled or already writing.
+
+        Args:
+            run_dir: the run's folder, decided and writable.
+        """
         if self._held is None or self._file is not None:
             return
         self._file = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
@@ -53,7 +59,14 @@ class RunLog:
         self._root.addHandler(self._file)
 
     def write_to_file_only(self, level: int, message: str) -> None:
-        """Append one record to run.log and not to the console (which has it already)."""
+        """Append one record to run.log and not to the console (which has it already).
+
+        Nothing is written before `write_to`, or when disabled.
+
+        Args:
+            level: the record's logging level, e.g. logging.ERROR.
+            message: the text, as it is (no %-formatting).
+        """
         if self._file is not None:
             self._file.handle(logging.LogRecord("fixmatch", level, __file__, 0, message, None, None))
 
@@ -80,21 +93,38 @@ class RunRecord:
         self.log = RunLog(enabled=keep_log)
 
     def write(self, run_dir: Path, resolved_yaml: str) -> None:
+        """Write config_resolved.yaml and Hydra's notes, and start run.log (held records first).
+
+        Args:
+            run_dir: the run's folder, decided and writable.
+            resolved_yaml: the run's resolved config as YAML text.
+        """
         write_text_atomic(run_dir / "config_resolved.yaml", resolved_yaml)
         write_hydra_notes(run_dir, self.cfg)
         self.log.write_to(run_dir)
 
     def write_failure(self, run_dir: Path, resolved_yaml: str, why: str) -> None:
         """`write` for a new run that stopped before training, with why in run.log: run.py
-        prints it on the console only, and the log should say how the run ended too."""
+        prints it on the console only, and the log should say how the run ended too.
+
+        Args:
+            run_dir: the run's folder.
+            resolved_yaml: the run's resolved config as YAML text.
+            why: the one-line reason the start stopped.
+        """
         self.write(run_dir, resolved_yaml)
         self.note_stop(f"stopped before training: {why}")
 
     def note_stop(self, message: str) -> None:
-        """Say in run.log (once it is written) why the run stopped."""
+        """Say in run.log (once it is written) why the run stopped.
+
+        Args:
+            message: the reason, logged at ERROR level.
+        """
         self.log.write_to_file_only(logging.ERROR, message)
 
     def close(self) -> None:
+        """Stop recording the log (see `RunLog.close`)."""
         self.log.close()
 
 

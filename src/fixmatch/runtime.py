@@ -17,10 +17,15 @@ def select_device(choice: Device, local_rank: Optional[int] = None) -> torch.dev
 
     Args:
         choice: auto, cpu or cuda.
-        local_rank: under torchrun, this process's GPU index on its node.
+        local_rank: under torchrun, this process's GPU index on its node (made the current
+            CUDA device); None for a single process.
+
+    Returns:
+        The CPU, the current CUDA device, or the local rank's GPU.
 
     Raises:
-        UserError: when CUDA is asked for on a machine without it.
+        UserError: when CUDA is asked for on a machine without it, or the local rank has no
+            GPU of its own.
     """
     if choice is Device.cuda and not torch.cuda.is_available():
         raise UserError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
@@ -40,6 +45,16 @@ def resolve_precision(precision: Precision, device: torch.device) -> Precision:
 
     fp16 needs a gradient scaler and CUDA kernels; `auto` takes bf16 only on CUDA devices
     with bf16 support (on CPUs without bf16 instructions it would be emulated, and slow).
+
+    Args:
+        precision: trainer.precision (auto, fp32, bf16 or fp16).
+        device: the device the run trains on.
+
+    Returns:
+        The precision to train in: never auto.
+
+    Raises:
+        UserError: fp16 asked for off CUDA.
     """
     if precision is Precision.fp16 and device.type != "cuda":
         raise UserError("trainer.precision=fp16 needs a CUDA device; use trainer.precision=bf16 or fp32 on the CPU")
@@ -50,7 +65,14 @@ def resolve_precision(precision: Precision, device: torch.device) -> Precision:
 
 
 def configure_threads(num_threads: int) -> None:
-    """Set torch's intra-op threads (0 keeps the default of one per core)."""
+    """Set torch's intra-op threads.
+
+    Args:
+        num_threads: trainer.num_threads; 0 keeps torch's default (one per core).
+
+    Raises:
+        UserError: for a negative count.
+    """
     if num_threads < 0:
         raise UserError(f"trainer.num_threads={num_threads} must be 0 (torch's default) or positive")
     if num_threads:
@@ -88,6 +110,9 @@ def seed_everything(seed: int) -> None:
     """Seed the global generators, which decide the initial weights.
 
     Augmentations do not draw from them: each sample gets its own seeded generator.
+
+    Args:
+        seed: the run's seed, for Python's, NumPy's (mod 2**32) and torch's generators.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -95,7 +120,12 @@ def seed_everything(seed: int) -> None:
 
 
 def capture_rng_state() -> dict:
-    """Every global generator's state, as tensors and plain types (safe to load)."""
+    """Every global generator's state, as tensors and plain types (safe to load).
+
+    Returns:
+        The states of Python's, NumPy's, torch's CPU and every CUDA device's generator
+        (an empty list without CUDA), keyed python, numpy, torch and cuda.
+    """
     numpy_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -107,7 +137,12 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Put back what `capture_rng_state` saved (CUDA states only where devices match)."""
+    """Put back what `capture_rng_state` saved.
+
+    Args:
+        state: a `capture_rng_state` record; its CUDA states are restored only where this
+            machine has CUDA and as many devices as the saving one.
+    """
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, position, has_gauss, cached = state["numpy"]

@@ -41,11 +41,28 @@ class FailedJobsReport(Callback):
         self.failed_folders: List[str] = []
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Count a job, and its folder when it returned a `JobFailure`.
+
+        Args:
+            config: the job's config (hydra.runtime.output_dir is its folder).
+            job_return: what the job returned.
+            **kwargs: Hydra's further arguments (unused).
+        """
         self.jobs += 1
         if job_return.status is JobStatus.COMPLETED and isinstance(job_return.return_value, JobFailure):
             self.failed_folders.append(_shown(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Report the failed jobs, if any, in one line on stderr, naming at most
+        MAX_FOLDERS_NAMED folders, and exit.
+
+        Args:
+            config: the sweep's config (hydra.sweep.dir is its folder).
+            **kwargs: Hydra's further arguments (unused).
+
+        Raises:
+            SystemExit: with EXIT_CODE_JOBS_FAILED when any job failed.
+        """
         if not self.failed_folders:
             return
         count = len(self.failed_folders)

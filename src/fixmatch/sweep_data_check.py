@@ -24,6 +24,10 @@ def data_error(jobs: List[Tuple[List[str], Config]]) -> Optional[str]:
 
     Args:
         jobs: the sweep's jobs (`jobs_that_differ_in_data`): swept values and typed config.
+
+    Returns:
+        The first problem in one line, or None. Each dataset is loaded once, for the jobs
+        that share it; the data's warnings are not logged meanwhile.
     """
     by_dataset: Dict[str, List[Tuple[List[str], Config]]] = {}
     for swept, config in jobs:

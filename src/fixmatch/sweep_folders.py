@@ -20,6 +20,18 @@ def shared_job_folder(config_name: str, fixed: List[str],
 
     Each key's values are compared with the other keys at their first value: the folder is
     built from the job's config (conf/config.yaml), so a key it names tells every job apart.
+    Needs Hydra initialised (`initialize_config_dir`); leaves the last job's config in
+    HydraConfig.
+
+    Args:
+        config_name: the primary config's name, without .yaml.
+        fixed: the overrides every job shares (hydra.sweep.subdir among them, if given).
+        sweeps: per swept key, its values as `key=value` overrides.
+
+    Returns:
+        The collision (or a value listed twice, or a subdir naming no setting) in one line;
+        None when every job has its own folder, or when the folder is known only as a job
+        runs (e.g. a subdir with ${hydra.job.num}).
     """
     firsts = [values[0] for values in sweeps]
     for i, values in enumerate(sweeps):

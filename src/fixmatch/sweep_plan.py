@@ -30,7 +30,15 @@ class PlannedSweep:
     def could_have_run(self, run) -> bool:
         """Whether `run`'s config holds the command's fixed values (keys it lacks, such as a
         config group's name, are not compared): a run of an earlier sweep into the folder
-        with other values is not one of this command's jobs."""
+        with other values is not one of this command's jobs.
+
+        Args:
+            run: a run found below the sweep folder (`results_runs.Run`).
+
+        Returns:
+            False when a fixed value differs from the run's (keys that only say where and
+            how a run ran are not compared); True otherwise.
+        """
         return all(_canonical(run.config[key]) == _canonical(value)
                    for key, value in self.fixed
                    if key in run.config and key not in MACHINE_KEYS)
@@ -46,6 +54,12 @@ def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
     Args:
         folders: the folders the results command was given.
         runs: the runs found (`results_runs.Run`: path, config, status).
+
+    Returns:
+        The warnings, without the `warning:` prefix: how many jobs never started (or have not
+        yet, while runs below the folder are running), an example's swept values, and the
+        rerun that runs them. Empty when every job has a run or no folder has a
+        multirun.yaml of the basic sweeper.
     """
     warnings = []
     for folder in map(Path, folders):
@@ -71,8 +85,15 @@ def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
 
 
 def planned_sweep(path: Path) -> Optional[PlannedSweep]:
-    """The swept keys and job values of the sweep command in a multirun.yaml; None when it
-    cannot be told (no file, another sweeper, a form the basic sweeper expands itself)."""
+    """The swept keys and job values of the sweep command in a multirun.yaml.
+
+    Args:
+        path: a sweep folder's multirun.yaml.
+
+    Returns:
+        The plan; None when it cannot be told (no file, another sweeper, a form the basic
+        sweeper expands itself).
+    """
     try:
         config = OmegaConf.load(path)
         if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):

@@ -61,6 +61,13 @@ class TrainedModel:
 def resolve_checkpoint(location: str) -> Path:
     """The checkpoint file that `checkpoint=` names: a .pt file, or a run folder's newest.
 
+    Args:
+        location: checkpoint= as given: a file, a run folder or its checkpoints/ folder.
+
+    Returns:
+        `location` itself when it is a file (not read here), else the newest step_*.pt
+        of the run that loads.
+
     Raises:
         CheckpointError: when nothing is there, or a run folder holds no checkpoint or
             none that loads.
@@ -82,8 +89,17 @@ def resolve_checkpoint(location: str) -> Path:
 def rebuild_config(config_yaml: str, overrides: Sequence[str] = ()) -> Config:
     """The run's typed config from its resolved YAML, with `dataset.*` overrides applied.
 
+    Args:
+        config_yaml: the checkpoint's resolved config, as YAML text.
+        overrides: dataset.key=value settings; one of MODEL_INPUT_KEYS only with the value
+            the model was trained with.
+
+    Returns:
+        The typed config, checked against the schema.
+
     Raises:
-        UserError: for an override outside dataset.*, an unknown key or a bad value.
+        UserError: for an override outside dataset.*, a changed model input (image size,
+            channels, resize rule, mean/std), an unknown key or a bad value.
     """
     for override in overrides:
         if not override.startswith("dataset."):
@@ -121,9 +137,14 @@ def load_trained_model(location: str, weights: str = "ema", overrides: Sequence[
         overrides: dataset.key=value settings (another test folder with the same classes).
         device: auto, cpu or cuda.
 
+    Returns:
+        The model in eval mode on the chosen device, with its config, class names,
+        normalisation, checkpoint file, run folder, the weights used and the step.
+
     Raises:
         CheckpointError: missing, corrupt, of another format or inconsistent checkpoint.
-        UserError: a bad `weights`, `device` or override.
+        UserError: a bad `weights`, `device` or override, or device=cuda without a visible
+            CUDA device.
     """
     if weights not in WEIGHTS:
         raise UserError(f"model={weights} is not known; use model=ema or model=raw")
@@ -163,8 +184,15 @@ def parse_arguments(argv: Sequence[str], defaults: Dict[str, str],
                     required: Sequence[str] = ("checkpoint",)) -> tuple:
     """Split `key=value` arguments into known settings and dataset.* overrides.
 
+    Args:
+        argv: the command-line arguments.
+        defaults: the command's settings with their default values.
+        required: the settings that must be given a non-empty value.
+
     Returns:
         (settings: dict of every key of `defaults` plus the given ones, dataset overrides).
+        Every argument whose key has a "." is an override, kept as written, in order, for
+        `rebuild_config` to check.
 
     Raises:
         UserError: for an argument without '=', an unknown key or a missing required one.
@@ -197,6 +225,9 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
         folder: the command writes several files into this folder (created when written);
             otherwise `value` names one file (its folder created when written).
 
+    Returns:
+        `value` as a path, with ~ expanded; no folder is created.
+
     Raises:
         UserError: when it is a folder where a file is meant (or the reverse), or its folder
             cannot be created or written.
@@ -224,7 +255,16 @@ def output_path(value: str, setting: str, folder: bool = False) -> Path:
 @contextmanager
 def writing(setting: str, where: Path, errors: Tuple[type, ...] = (OSError,)):
     """Turn a failed write of a command's output (a full disk, a read-only mount) into one
-    line naming the setting and the place."""
+    line naming the setting and the place.
+
+    Args:
+        setting: the argument's name, for the message (out, output).
+        where: the file or folder being written, for the message.
+        errors: the exceptions that mean the write failed.
+
+    Raises:
+        UserError: when the block raises one of `errors`.
+    """
     try:
         yield
     except errors as error:
@@ -323,6 +363,9 @@ def usage(command: str, about: str, defaults: Dict[str, str], descriptions: Dict
             order of `required`, `defaults`, then the rest.
         required: the settings that must be given.
 
+    Returns:
+        The help text, each argument's line wrapped at 96 characters.
+
     Raises:
         KeyError: when an argument has no description (so the help cannot fall behind).
     """
@@ -346,7 +389,15 @@ def usage(command: str, about: str, defaults: Dict[str, str], descriptions: Dict
 def run_command(main: Callable[[Sequence[str]], object], usage_text: str = "") -> None:
     """Run a command's `main(argv)`: -h/--help prints `usage_text` and exits 0, warnings
     (a skipped checkpoint, ...) become `warning: ...` lines on stderr, a user mistake one
-    `error: ...` line and exit 2."""
+    `error: ...` line and exit 2.
+
+    Args:
+        main: the command's main, given sys.argv[1:].
+        usage_text: the --help text; when empty, -h and --help are passed on to `main`.
+
+    Raises:
+        SystemExit: with status 0 after --help, 2 after a UserError.
+    """
     if usage_text and any(argument in ("-h", "--help") for argument in sys.argv[1:]):
         print(usage_text)
         sys.exit(0)

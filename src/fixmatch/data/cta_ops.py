@@ -40,35 +40,88 @@ def _affine(img: Image.Image, coefficients: tuple[float, ...]) -> Image.Image:
 
 
 def identity(img: Image.Image, *, rng: np.random.Generator | None = None) -> Image.Image:
-    """Return an unchanged copy (the official op has no parameter)."""
+    """Return an unchanged copy (the official op has no parameter).
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return img.copy()
 
 
 def autocontrast(img: Image.Image, level: float, *,
                  rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with the auto-contrasted image by `level`."""
+    """Blend with the auto-contrasted image by `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _blend(img, ImageOps.autocontrast(img), level)
 
 
 def blur(img: Image.Image, level: float, *, rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with PIL's BLUR filter output by `level`."""
+    """Blend with PIL's BLUR filter output by `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _blend(img, img.filter(ImageFilter.BLUR), level)
 
 
 def brightness(img: Image.Image, level: float, *,
                rng: np.random.Generator | None = None) -> Image.Image:
-    """Brightness factor 0.1 + 1.9 * `level`."""
+    """Brightness factor 0.1 + 1.9 * `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _enhance(img, ImageEnhance.Brightness, level)
 
 
 def color(img: Image.Image, level: float, *, rng: np.random.Generator | None = None) -> Image.Image:
-    """Saturation factor 0.1 + 1.9 * `level` (no effect on "L" images)."""
+    """Saturation factor 0.1 + 1.9 * `level` (no effect on "L" images).
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _enhance(img, ImageEnhance.Color, level)
 
 
 def contrast(img: Image.Image, level: float, *,
              rng: np.random.Generator | None = None) -> Image.Image:
-    """Contrast factor 0.1 + 1.9 * `level`."""
+    """Contrast factor 0.1 + 1.9 * `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _enhance(img, ImageEnhance.Contrast, level)
 
 
@@ -77,6 +130,14 @@ def cutout(img: Image.Image, level: float, *, rng: np.random.Generator) -> Image
 
     Official: size 1 + int(level * min(side) * 0.499), and the square spans size // 2 pixels
     either side of the centre (so an odd size covers one pixel less), clipped at the borders.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: no pixel covered at 0 (size 1), about half the shorter side at 1.
+        rng: source of the square's centre.
+
+    Returns:
+        A new image of the same size and mode.
     """
     size = 1 + int(level * min(img.size) * 0.499)
     return Image.fromarray(cutout_array(np.array(img), 2 * (size // 2), rng, _CUTOUT_FILL))
@@ -84,19 +145,46 @@ def cutout(img: Image.Image, level: float, *, rng: np.random.Generator) -> Image
 
 def equalize(img: Image.Image, level: float, *,
              rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with the histogram-equalized image by `level`."""
+    """Blend with the histogram-equalized image by `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _blend(img, ImageOps.equalize(img), level)
 
 
 def invert(img: Image.Image, level: float, *,
            rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with the inverted image by `level`."""
+    """Blend with the inverted image by `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _blend(img, ImageOps.invert(img), level)
 
 
 def posterize(img: Image.Image, level: float, *,
               rng: np.random.Generator | None = None) -> Image.Image:
-    """Keep 1 + int(7.999 * `level`) bits (1 .. 8) of every pixel value."""
+    """Keep 1 + int(7.999 * `level`) bits (1 .. 8) of every pixel value.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: 1 bit at 0, all 8 at 1.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return ImageOps.posterize(img, 1 + int(level * 7.999))
 
 
@@ -107,7 +195,18 @@ _RESCALE_FILTERS = (Image.Resampling.LANCZOS, Image.Resampling.BICUBIC, Image.Re
 
 def rescale(img: Image.Image, scale: float, method: float, *,
             rng: np.random.Generator | None = None) -> Image.Image:
-    """Crop 0.25 * `scale` of each side away, resize back with the filter that `method` picks."""
+    """Crop 0.25 * `scale` of each side away, resize back with the filter that `method` picks.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        scale: in [0, 1]: nothing cropped at 0, a quarter of each side at 1.
+        method: in [0, 1]: picks LANCZOS, BICUBIC, BILINEAR, BOX, HAMMING or NEAREST by
+            int(5.99 * method).
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     width, height = img.size
     margin = 0.25 * scale
     box = (margin * width, margin * height, (1 - margin) * width, (1 - margin) * height)
@@ -116,38 +215,92 @@ def rescale(img: Image.Image, scale: float, method: float, *,
 
 def rotate(img: Image.Image, level: float, *,
            rng: np.random.Generator | None = None) -> Image.Image:
-    """Rotate counter-clockwise by round((2 * `level` - 1) * 45) degrees (-45 .. 45)."""
+    """Rotate counter-clockwise by round((2 * `level` - 1) * 45) degrees (-45 .. 45).
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: -45 degrees at 0, none at 0.5, 45 at 1; corners fill black.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     angle = round((2 * level - 1) * 45)
     return img.rotate(angle, Image.Resampling.NEAREST, fillcolor=_GEOMETRIC_FILL)
 
 
 def sharpness(img: Image.Image, level: float, *,
               rng: np.random.Generator | None = None) -> Image.Image:
-    """Sharpness factor 0.1 + 1.9 * `level`."""
+    """Sharpness factor 0.1 + 1.9 * `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _enhance(img, ImageEnhance.Sharpness, level)
 
 
 def shear_x(img: Image.Image, level: float, *,
             rng: np.random.Generator | None = None) -> Image.Image:
-    """Shear horizontally about the top-left corner by (2 * `level` - 1) * 0.3."""
+    """Shear horizontally about the top-left corner by (2 * `level` - 1) * 0.3.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: shear -0.3 at 0, none at 0.5, 0.3 at 1; exposed areas black.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _affine(img, (1, (2 * level - 1) * 0.3, 0, 0, 1, 0))
 
 
 def shear_y(img: Image.Image, level: float, *,
             rng: np.random.Generator | None = None) -> Image.Image:
-    """Shear vertically about the top-left corner by (2 * `level` - 1) * 0.3."""
+    """Shear vertically about the top-left corner by (2 * `level` - 1) * 0.3.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: shear -0.3 at 0, none at 0.5, 0.3 at 1; exposed areas black.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _affine(img, (1, 0, 0, (2 * level - 1) * 0.3, 1, 0))
 
 
 def smooth(img: Image.Image, level: float, *,
            rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with PIL's SMOOTH filter output by `level`."""
+    """Blend with PIL's SMOOTH filter output by `level`.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _blend(img, img.filter(ImageFilter.SMOOTH), level)
 
 
 def solarize(img: Image.Image, level: float, *,
              rng: np.random.Generator | None = None) -> Image.Image:
-    """Invert every pixel value >= int(255.999 * `level`) (level 0 inverts all)."""
+    """Invert every pixel value >= int(255.999 * `level`) (level 0 inverts all).
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: the threshold as a fraction of 255.999; at 1 only 255 inverts.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return ImageOps.solarize(img, int(level * 255.999))
 
 
@@ -156,13 +309,31 @@ def solarize(img: Image.Image, level: float, *,
 # it as the ReMixMatch paper describes it, a fraction of the side (+-30 %), rounded to pixels.
 def translate_x(img: Image.Image, level: float, *,
                 rng: np.random.Generator | None = None) -> Image.Image:
-    """Shift left by round((2 * `level` - 1) * 0.3 * width) pixels (negative shifts right)."""
+    """Shift left by round((2 * `level` - 1) * 0.3 * width) pixels (negative shifts right).
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: 30 % of the width right at 0, none at 0.5, 30 % left at 1.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _affine(img, (1, 0, round((2 * level - 1) * 0.3 * img.width), 0, 1, 0))
 
 
 def translate_y(img: Image.Image, level: float, *,
                 rng: np.random.Generator | None = None) -> Image.Image:
-    """Shift up by round((2 * `level` - 1) * 0.3 * height) pixels (negative shifts down)."""
+    """Shift up by round((2 * `level` - 1) * 0.3 * height) pixels (negative shifts down).
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        level: in [0, 1]: 30 % of the height down at 0, none at 0.5, 30 % up at 1.
+        rng: unused; accepted so that every op takes `apply_op`'s arguments.
+
+    Returns:
+        A new image of the same size and mode.
+    """
     return _affine(img, (1, 0, 0, 0, 1, round((2 * level - 1) * 0.3 * img.height)))
 
 
@@ -229,7 +400,19 @@ def apply_op(img: Image.Image, name: str, values: Sequence[float],
 
 
 def apply_policy(img: Image.Image, policy: Policy, rng: np.random.Generator) -> Image.Image:
-    """Apply the ops of `policy` in order to `img` (mode "L" or "RGB"); returns a new image."""
+    """Apply the ops of `policy` in order to `img` (mode "L" or "RGB"); returns a new image.
+
+    Args:
+        img: the image, mode "L" or "RGB".
+        policy: the ops and their values, in the order they apply.
+        rng: source of the cutout positions.
+
+    Returns:
+        A new image of the same size and mode.
+
+    Raises:
+        ValueError: `img` has another mode, or an op of `policy` is invalid (see `apply_op`).
+    """
     if img.mode not in ("L", "RGB"):
         raise ValueError(f"CTAugment expects an 'L' or 'RGB' image, got mode {img.mode!r}")
     for name, values in policy:
@@ -254,7 +437,8 @@ def strong_view(image: np.ndarray, policy: Policy, rng: np.random.Generator,
         A new uint8 (H, W, C) array.
 
     Raises:
-        ValueError: `image` is not a uint8 (H, W, 1) or (H, W, 3) array.
+        ValueError: `image` is not a uint8 (H, W, 1) or (H, W, 3) array, or an op of `policy`
+            is invalid (see `apply_op`).
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
         raise ValueError(f"strong_view expects a uint8 (H, W, 1) or (H, W, 3) array, "

@@ -30,12 +30,16 @@ _POLICY_SALT = np.uint64(0x5EED_C7A0_0000_0001)
 def sample_uniforms(seeds: Sequence[int], count: int) -> np.ndarray:
     """`count` uniforms in [0, 1) per sample, a pure function of the sample's seed.
 
-    A counter-based generator (SplitMix64, as the loaders' per-sample seeds), so a whole batch is drawn
-    in a few vectorised numpy calls instead of one `numpy.random.Generator` per sample (which
-    costs about 50 us per sample: 20 ms per paper-sized unlabeled batch).
+    A counter-based generator (SplitMix64, as the loaders' per-sample seeds), so a whole batch
+    is drawn in a few vectorised numpy calls instead of one `numpy.random.Generator` per sample
+    (which costs about 50 us per sample: 20 ms per paper-sized unlabeled batch).
+
+    Args:
+        seeds: one non-negative 64-bit seed per sample (the loaders' per-sample seeds).
+        count: uniforms to draw per sample.
 
     Returns:
-        A float64 (len(seeds), count) array.
+        A float64 (len(seeds), count) array; row i depends only on seeds[i].
     """
     keys = mix64(np.asarray(seeds, dtype=np.uint64) ^ _POLICY_SALT)
     with np.errstate(over="ignore"):
@@ -100,6 +104,9 @@ class PolicySchedule:
         augment: the settings (depth, threshold, decay, bins) and the initial rates.
         lag: steps between a batch and the rates it samples from; at least twice the loader
             workers (a DataLoader requests batches 2 x num_workers ahead).
+
+    Raises:
+        ValueError: a negative `lag`.
     """
 
     def __init__(self, augment: CTAugment, lag: int):
@@ -112,10 +119,15 @@ class PolicySchedule:
 
     @property
     def newest_step(self) -> int:
+        """The step of the newest recorded snapshot (0 for the initial rates)."""
         return next(reversed(self._snapshots))
 
     def record(self, step: int, flat_rates: np.ndarray) -> None:
         """Keep the rates after `step` (`CTAugment.flat_rates`) and forget those no batch needs.
+
+        Args:
+            step: the training step just taken; one more than `newest_step`.
+            flat_rates: the rates after that step, from `CTAugment.flat_rates`.
 
         Raises:
             ValueError: `step` does not follow the newest recorded step.
@@ -129,11 +141,23 @@ class PolicySchedule:
             self._tables.pop(oldest, None)
 
     def source_step(self, batch_number: int) -> int:
-        """The step whose rates batch `batch_number` samples from."""
+        """The step whose rates batch `batch_number` samples from.
+
+        Args:
+            batch_number: the batch's number in its stream, counted from 0.
+
+        Returns:
+            max(0, batch_number - lag): 0 means the initial rates.
+        """
         return max(0, batch_number - self.lag)
 
     def policies(self, batch_number: int, seeds: Sequence[int]) -> np.ndarray:
         """Encoded training policies of a batch, one per sample seed.
+
+        Args:
+            batch_number: the batch's number in the unlabeled stream, counted from 0.
+            seeds: the per-sample seeds of the batch's images; each seed alone fixes its policy
+                (given the rates).
 
         Returns:
             float64 (len(seeds), depth, POLICY_WIDTH), as `encode_policies`.
@@ -161,13 +185,21 @@ class PolicySchedule:
         return table.draw(sample_uniforms(seeds, self._template.depth * _DRAWS_PER_OP))
 
     def state_dict(self) -> dict:
-        """The held snapshots: `steps` (ints) and `rates`, a float32 (len(steps), bins) tensor."""
+        """The held snapshots, for the checkpoint.
+
+        Returns:
+            `lag`, `steps` (ints, oldest first) and `rates`, a float32 (len(steps), total_bins)
+            tensor whose row i holds the rates after steps[i].
+        """
         steps: List[int] = list(self._snapshots)
         return {"lag": self.lag, "steps": steps,
                 "rates": torch.from_numpy(np.stack([self._snapshots[s] for s in steps]))}
 
     def load_state_dict(self, state: dict) -> None:
         """Replace the snapshots with those of `state_dict()`.
+
+        Args:
+            state: a `state_dict()` of a schedule with the same lag and CTAugment bins.
 
         Raises:
             ValueError: the state was saved with another lag or number of bins, or is empty.

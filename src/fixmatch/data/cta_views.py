@@ -18,7 +18,14 @@ from fixmatch.data.transforms import Pipeline, to_chw_tensor, weak_augment
 
 
 def decode_policy(encoded: Sequence[float]):
-    """One policy from its flat encoding (`encode_policies` row, flattened)."""
+    """One policy from its flat encoding (`encode_policies` row, flattened).
+
+    Args:
+        encoded: depth * POLICY_WIDTH values, as the unlabeled sampler ships them.
+
+    Returns:
+        The policy: a tuple of `OpCall`s in the order they apply.
+    """
     return decode_policies(np.asarray(encoded, dtype=np.float64).reshape(1, -1, POLICY_WIDTH))[0]
 
 

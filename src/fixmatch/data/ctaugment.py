@@ -19,6 +19,13 @@ def encode_policies(policies: Sequence[Policy]) -> np.ndarray:
     Entry [..., 0] is the op's index in `OP_NAMES`, then its values, NaN where it has fewer
     parameters. Floats keep the values exact, so `decode_policies` returns equal policies.
 
+    Args:
+        policies: the policies, all with the same number of ops.
+
+    Returns:
+        A float64 (len(policies), depth, 1 + MAX_PARAMETERS) array; depth 0 when there are
+        no policies.
+
     Raises:
         ValueError: the policies do not all have the same depth.
     """
@@ -36,7 +43,14 @@ def encode_policies(policies: Sequence[Policy]) -> np.ndarray:
 
 
 def decode_policies(encoded: np.ndarray) -> list[Policy]:
-    """Unpack the array of `encode_policies` into policies."""
+    """Unpack the array of `encode_policies` into policies.
+
+    Args:
+        encoded: an (N, depth, 1 + MAX_PARAMETERS) array from `encode_policies`.
+
+    Returns:
+        N policies, each a tuple of `OpCall`s in the order they apply.
+    """
     policies = []
     for row in np.asarray(encoded, dtype=np.float64):
         policy = []
@@ -82,6 +96,9 @@ class CTAugment:
     def probabilities(self, rate: np.ndarray) -> np.ndarray:
         """Sampling weights of one parameter's bins (official `rate_to_p`).
 
+        Args:
+            rate: the parameter's per-bin rates (an entry of `rates`).
+
         Returns:
             (rate + 1 - decay) / max, with entries below `threshold` set to 0: the best bin has
             weight 1; sampling divides by the sum.
@@ -93,7 +110,15 @@ class CTAugment:
         return weights
 
     def sample_values(self, name: str, rng: np.random.Generator) -> tuple[float, ...]:
-        """Training values of op `name`: per parameter a bin drawn by weight, uniform within it."""
+        """Training values of op `name`: per parameter a bin drawn by weight, uniform within it.
+
+        Args:
+            name: an op name from `OP_NAMES`.
+            rng: the source of the bin and the position inside it.
+
+        Returns:
+            One value in [0, 1) per parameter of the op (none for identity).
+        """
         values = []
         for rate in self.rates[name]:
             weights = self.probabilities(rate)
@@ -126,7 +151,19 @@ class CTAugment:
         return tuple(policy)
 
     def apply(self, image: Image.Image, policy: Policy, rng: np.random.Generator) -> Image.Image:
-        """Apply `policy` to `image` (see `apply_policy`)."""
+        """Apply `policy` to `image` (see `apply_policy`).
+
+        Args:
+            image: the image, mode "L" or "RGB".
+            policy: the ops and their values, in the order they apply.
+            rng: source of the cutout positions.
+
+        Returns:
+            A new image of the same size and mode.
+
+        Raises:
+            ValueError: `image` has another mode, or an op of `policy` is invalid.
+        """
         return apply_policy(image, policy, rng)
 
     def update(self, policy: Policy, proximity: float) -> None:
@@ -134,6 +171,11 @@ class CTAugment:
 
         An op drawn twice is updated twice. The bin is int(value * bins * 0.999), as in the
         official code: a value just above a bin's lower edge counts for the bin below.
+
+        Args:
+            policy: the probe policy that was applied (values in [0, 1]).
+            proximity: its score from `proximity`, in [0, 1]: the target the used bins'
+                rates move towards.
         """
         for name, values in policy:
             for value, rate in zip(values, self.rates[name]):
@@ -141,7 +183,15 @@ class CTAugment:
                 rate[index] = rate[index] * self.decay + proximity * (1.0 - self.decay)
 
     def update_many(self, policies: Sequence[Policy], proximities: Sequence[float]) -> None:
-        """`update` with each policy and its proximity, in order."""
+        """`update` with each policy and its proximity, in order.
+
+        Args:
+            policies: the probe policies that were applied.
+            proximities: one score per policy, from `proximity`.
+
+        Raises:
+            ValueError: the two have different lengths.
+        """
         if len(policies) != len(proximities):
             raise ValueError(f"update_many got {len(policies)} policies and "
                              f"{len(proximities)} proximities")
@@ -158,6 +208,9 @@ class CTAugment:
 
         Returns:
             A float64 (N,) array; 1 is a confident correct prediction.
+
+        Raises:
+            ValueError: `probs` is not (N, K) or `labels` not (N,).
         """
         probs = np.asarray(probs, dtype=np.float64)
         labels = np.asarray(labels, dtype=np.int64)
@@ -171,12 +224,22 @@ class CTAugment:
         """All rates as float32 (total_bins,): ops in `OP_NAMES` order, then parameters, bins.
 
         Float32 is for sharing with loader workers, which only sample; `state_dict` is exact.
+
+        Returns:
+            A new float32 array, the input of `set_flat_rates`.
         """
         return np.concatenate([rate for name in OP_NAMES for rate in self.rates[name]],
                               dtype=np.float32)
 
     def set_flat_rates(self, flat: np.ndarray) -> None:
-        """Overwrite all rates from the array of `flat_rates` (e.g. sent to loader workers)."""
+        """Overwrite all rates from the array of `flat_rates` (e.g. sent to loader workers).
+
+        Args:
+            flat: a (total_bins,) array in the layout of `flat_rates`.
+
+        Raises:
+            ValueError: `flat` does not have that shape.
+        """
         flat = np.asarray(flat)
         total = sum(rate.size for rates in self.rates.values() for rate in rates)
         if flat.shape != (total,):
@@ -189,7 +252,11 @@ class CTAugment:
 
     def op_weights(self) -> dict[str, float]:
         """Per op, the mean of `probabilities` over its bins (1 when every bin is drawn equally;
-        1 for identity, which has none): a summary for TensorBoard."""
+        1 for identity, which has none): a summary for TensorBoard.
+
+        Returns:
+            Per op name, its mean weight in (0, 1] (each parameter's best bin weighs 1).
+        """
         return {
             name: float(np.mean([w for rate in rates for w in self.probabilities(rate)]))
             if rates else 1.0
@@ -203,6 +270,9 @@ class CTAugment:
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, Sequence[Sequence[float]]]]) -> None:
         """Restore the rates of `state_dict`.
+
+        Args:
+            state: a `state_dict()` of an augmenter with the same ops and bins.
 
         Raises:
             ValueError: the state's ops or bins differ from this augmenter's.

@@ -83,9 +83,18 @@ class DatasetArrays:
 def load_dataset(config: DatasetConfig) -> DatasetArrays:
     """Load the dataset that `config.name` names and check it against the config.
 
+    Args:
+        config: the dataset settings (name, root, download, image size, channels, number of
+            classes, mean/std).
+
+    Returns:
+        The training and test images with the class names and, where the dataset has them,
+        its unlabeled images, official folds and file names.
+
     Raises:
-        UserError: for an unknown name, missing files or images that do not match
-            the configured size, channels or number of classes.
+        UserError: for an unknown name, missing files, images that do not match
+            the configured size, channels or number of classes, or a dataset.mean/std that
+            does not fit the channels.
     """
     if config.name not in DATASET_SOURCES:
         raise UserError(
@@ -146,7 +155,20 @@ _CIFAR100 = _CifarLayout(
 
 
 def load_cifar(config: DatasetConfig, layout: _CifarLayout) -> DatasetArrays:
-    """Read CIFAR-10/100 from `<root>/<folder>/`, downloading it first when allowed."""
+    """Read CIFAR-10/100 from `<root>/<folder>/`, downloading it first when allowed.
+
+    Args:
+        config: the dataset settings (root, download).
+        layout: which of the two: file names, label keys and torchvision class.
+
+    Returns:
+        The training batches joined in order and the test batch, as (N, 32, 32, 3) uint8,
+        with the class names of the archive's meta file.
+
+    Raises:
+        UserError: when files are missing and cannot be downloaded, or a file is not a
+            readable CIFAR batch.
+    """
     folder = Path(config.root).expanduser().resolve() / layout.folder
     if not _cifar_complete(folder, layout):
         _download_cifar(config, layout, folder)
@@ -268,7 +290,15 @@ DIGITS_SPLIT_SEED = 0  # fixed, so every run and every seed is scored on the sam
 
 
 def load_digits(config: DatasetConfig) -> DatasetArrays:
-    """The 1,797 8x8 digits bundled with scikit-learn, in a fixed stratified split."""
+    """The 1,797 8x8 digits bundled with scikit-learn, in a fixed stratified split.
+
+    Args:
+        config: unused: the digits ship with scikit-learn (no root, no download).
+
+    Returns:
+        1,297 training and 500 test images (50 per class, the same for every run and seed)
+        as (N, 8, 8, 1) uint8 stretched from 0..16 to 0..255, classes "0" to "9".
+    """
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()

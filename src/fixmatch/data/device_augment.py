@@ -59,6 +59,15 @@ def draw_weak(images: Tensor, generator: torch.Generator, hflip: bool,
     """Each image's flip (probability 0.5 when `hflip`) and crop offsets into its reflect-padded
     copy (padding `pad_fraction` of the side: 4 px at 32 px), drawn from `generator`.
 
+    Args:
+        images: the (N, C, H, W) batch; only its shape and device are used.
+        generator: the source of the draws, on the images' device.
+        hflip: whether images may be flipped at all (False for SVHN).
+        pad_fraction: reflect padding on each side, as a fraction of the side.
+
+    Returns:
+        The flips (N,) and the crop offsets (N, 1), in 0 .. 2 * pad.
+
     Raises:
         ValueError: a pad as wide as the image.
     """
@@ -74,7 +83,19 @@ def draw_weak(images: Tensor, generator: torch.Generator, hflip: bool,
 
 def weak_view(images: Tensor, draws: WeakDraws, pad_fraction: float = 0.125) -> Tensor:
     """FixMatch's weak view of every image under `draws`: flip, reflect-pad, crop back, as one
-    gather; a pure function (compilable)."""
+    gather; a pure function (compilable).
+
+    Args:
+        images: a uint8 (N, C, H, W) batch.
+        draws: the flips and crop offsets from `draw_weak`.
+        pad_fraction: the padding `draws` were drawn with.
+
+    Returns:
+        A new batch of the same shape and dtype.
+
+    Raises:
+        ValueError: a pad as wide as the image.
+    """
     _, _, height, width = images.shape
     pad_y, pad_x = _pads(height, width, pad_fraction)
     device = images.device
@@ -86,7 +107,15 @@ def weak_view(images: Tensor, draws: WeakDraws, pad_fraction: float = 0.125) -> 
 
 
 def draw_cutout_centres(images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(N, 1) rows and columns of the Cutout squares' centres, uniform over the pixels."""
+    """(N, 1) rows and columns of the Cutout squares' centres, uniform over the pixels.
+
+    Args:
+        images: the (N, C, H, W) batch; only its shape and device are used.
+        generator: the source of the draws, on the images' device.
+
+    Returns:
+        The centres' rows (in 0 .. H - 1) and columns (in 0 .. W - 1), int64 (N, 1) each.
+    """
     n, _, height, width = images.shape
     device = images.device
     top = torch.randint(height, (n, 1), generator=generator, device=device)
@@ -96,7 +125,19 @@ def draw_cutout_centres(images: Tensor, generator: torch.Generator) -> tuple[Ten
 
 def cutout_view(images: Tensor, centre_y: Tensor, centre_x: Tensor, size: int,
                 fill: int = CUTOUT_FILL) -> Tensor:
-    """Cutout squares of side `size` at the given centres: a pure function (compilable)."""
+    """Cutout squares of side `size` at the given centres: a pure function (compilable).
+
+    Args:
+        images: a (N, C, H, W) batch.
+        centre_y: (N, 1) row of each square's centre, from `draw_cutout_centres`.
+        centre_x: (N, 1) column of each square's centre.
+        size: side of the squares in pixels; they start size // 2 before the centre and are
+            clipped at the borders, as `randaugment.cutout` does.
+        fill: value written into the squares (mid-gray by default).
+
+    Returns:
+        A new batch of the same shape and dtype.
+    """
     _, _, height, width = images.shape
     top, left = centre_y - size // 2, centre_x - size // 2
     rows = torch.arange(height, device=images.device)
@@ -108,7 +149,17 @@ def cutout_view(images: Tensor, centre_y: Tensor, centre_x: Tensor, size: int,
 
 
 def randaugment_view(images: Tensor, draws: RandAugmentDraws, table: Tensor, fill: int) -> Tensor:
-    """RandAugment under `draws`, slot by slot: a pure function (compilable)."""
+    """RandAugment under `draws`, slot by slot: a pure function (compilable).
+
+    Args:
+        images: a uint8 (N, C, H, W) batch.
+        draws: (N, num_ops) choices from `DeviceAugment.sample`; slots not applied run Identity.
+        table: the variant's `magnitude_table`, on the images' device.
+        fill: gray level of the area that geometric ops expose.
+
+    Returns:
+        A new uint8 batch of the same shape.
+    """
     for slot in range(draws.ops.shape[1]):
         ops = torch.where(draws.applied[:, slot], draws.ops[:, slot], OP_INDEX["Identity"])
         images = ops_view(images, ops, draws.levels[:, slot], draws.signs[:, slot], table, fill)
@@ -118,7 +169,24 @@ def randaugment_view(images: Tensor, draws: RandAugmentDraws, table: Tensor, fil
 def strong_view(images: Tensor, weak: WeakDraws, randaugment: RandAugmentDraws, table: Tensor,
                 cutout_centres: tuple[Tensor, Tensor], pad_fraction: float, fill: int,
                 cutout_size: int) -> Tensor:
-    """Weak view, RandAugment, Cutout under the given draws: a pure function (compilable)."""
+    """Weak view, RandAugment, Cutout under the given draws: a pure function (compilable).
+
+    Args:
+        images: a uint8 (N, C, H, W) batch.
+        weak: the flips and crop offsets from `draw_weak`.
+        randaugment: the RandAugment choices from `DeviceAugment.sample`.
+        table: the variant's `magnitude_table`, on the images' device.
+        cutout_centres: (rows, columns) from `draw_cutout_centres`.
+        pad_fraction: the padding `weak` was drawn with.
+        fill: gray level of the area that geometric ops expose (Cutout is always mid-gray).
+        cutout_size: side of the Cutout squares in pixels.
+
+    Returns:
+        A new uint8 batch of the same shape.
+
+    Raises:
+        ValueError: a pad as wide as the image.
+    """
     images = randaugment_view(weak_view(images, weak, pad_fraction), randaugment, table, fill)
     return cutout_view(images, *cutout_centres, cutout_size)
 
@@ -190,8 +258,16 @@ class DeviceAugment:
     def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The weak view of a uint8 (N, C, H, W) batch (see `draw_weak`, `weak_view`).
 
+        Args:
+            images: the batch, on the device that `generator` draws on.
+            generator: the source of the flips and crops.
+
+        Returns:
+            A new uint8 batch of the same shape.
+
         Raises:
-            ValueError: not a uint8 (N, 1 or 3, H, W) batch, or a pad as wide as the image.
+            ValueError: not a uint8 (N, 1 or 3, H >= 3, W >= 3) batch, or a pad as wide as the
+                image.
         """
         check_images(images)
         draws = draw_weak(images, generator, self.hflip, self.pad_fraction)
@@ -199,14 +275,38 @@ class DeviceAugment:
 
     def randaugment(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """RandAugment alone on a uint8 (N, C, H, W) batch: applies, slot by slot, the
-        draws that `sample(N, generator)` returns, each image with its own."""
+        draws that `sample(N, generator)` returns, each image with its own.
+
+        Args:
+            images: the batch, on the device that `generator` draws on.
+            generator: the source of the ops, levels, coins and signs.
+
+        Returns:
+            A new uint8 batch of the same shape.
+
+        Raises:
+            ValueError: not a uint8 (N, 1 or 3, H >= 3, W >= 3) batch.
+        """
         check_images(images)
         draws = self.sample(images.shape[0], generator)
         table = magnitude_table(self.variant, images.device)
         return self._run(randaugment_view)(images, draws, table, VARIANTS[self.variant].fill)
 
     def strong(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """The strong view of a uint8 (N, C, H, W) batch: weak view, RandAugment, Cutout."""
+        """The strong view of a uint8 (N, C, H, W) batch: weak view, RandAugment, Cutout.
+
+        Args:
+            images: the batch, on the device that `generator` draws on.
+            generator: the source of every choice, drawn in the order flips and crops, ops,
+                Cutout centres.
+
+        Returns:
+            A new uint8 batch of the same shape.
+
+        Raises:
+            ValueError: not a uint8 (N, 1 or 3, H >= 3, W >= 3) batch, or a pad as wide as the
+                image.
+        """
         check_images(images)
         # Drawn in this order (flips and crops, ops, Cutout centres) whether compiled or not.
         weak = draw_weak(images, generator, self.hflip, self.pad_fraction)

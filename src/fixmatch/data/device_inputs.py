@@ -37,6 +37,15 @@ class DeviceViews:
         self.next_batch = {"labeled": start_batch, "unlabeled": start_batch}
 
     def generator(self, stream: str, device: torch.device) -> torch.Generator:
+        """The generator of the next batch of `stream`, whose batch count it advances.
+
+        Args:
+            stream: "labeled" or "unlabeled".
+            device: where the generator draws, the device of the batch it augments.
+
+        Returns:
+            A fresh generator seeded from (run seed, stream, batch number, rank).
+        """
         number = self.next_batch[stream]
         self.next_batch[stream] += 1
         key = [self.seed, 0 if stream == "labeled" else 1, number, self.rank]
@@ -70,6 +79,12 @@ class DeviceInputs:
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) images, anywhere, as normalised float32 on the device.
 
+        Args:
+            images: the batch, on any device; C must match the normalisation's channels.
+
+        Returns:
+            (x / 255 - mean) / std per channel, float32 on `device`, channels-last if asked.
+
         Raises:
             ValueError: the images do not have as many channels as the normalisation.
         """
@@ -83,10 +98,22 @@ class DeviceInputs:
         return images
 
     def targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """The (N,) targets of a batch (class indices, -1 where unknown), copied to the device."""
         return targets.to(self.device, non_blocking=True)
 
     def labeled(self, batch: Sequence) -> Batch:
-        """(images, labels) of a labeled batch (weak views, or raw images to augment here)."""
+        """(images, labels) of a labeled batch (weak views, or raw images to augment here).
+
+        Args:
+            batch: (uint8 (N, C, H, W) images, (N,) labels) from the labeled loader.
+
+        Returns:
+            The normalised weak views and the labels, both on the device.
+
+        Raises:
+            ValueError: the images do not fit the normalisation (see `images`) or, augmented
+                here, are not a uint8 (N, 1 or 3, H >= 3, W >= 3) batch.
+        """
         images, targets = batch
         if self.views is not None:
             images = images.to(self.device, non_blocking=True)
@@ -94,7 +121,20 @@ class DeviceInputs:
         return self.images(images), self.targets(targets)
 
     def unlabeled(self, batch: Sequence) -> Tuple[Batch, torch.Tensor]:
-        """((weak views, strong views), true labels or -1) of an unlabeled batch."""
+        """((weak views, strong views), true labels or -1) of an unlabeled batch.
+
+        Args:
+            batch: ((weak, strong) uint8 views, targets) from the unlabeled loader, or
+                (raw uint8 images, targets) when the views are drawn here.
+
+        Returns:
+            The normalised weak and strong views and the targets (-1 where the label is not
+            known), all on the device.
+
+        Raises:
+            ValueError: the images do not fit the normalisation (see `images`) or, augmented
+                here, are not a uint8 (N, 1 or 3, H >= 3, W >= 3) batch.
+        """
         if self.views is None:
             (weak, strong), targets = batch
         else:

@@ -16,7 +16,14 @@ OP_INDEX = {name: index for index, name in enumerate(OP_NAMES)}  # op name -> it
 
 
 def check_images(images: Tensor) -> None:
-    """Raise ValueError unless `images` is a uint8 (N, 1 or 3, H >= 3, W >= 3) batch."""
+    """Raise ValueError unless `images` is a uint8 (N, 1 or 3, H >= 3, W >= 3) batch.
+
+    Args:
+        images: the batch to check.
+
+    Raises:
+        ValueError: another dtype, rank or channel count, or an image under 3 x 3 pixels.
+    """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(
             f"expected a uint8 (N, C, H, W) batch with C = 1 or 3, got {images.dtype} "
@@ -31,7 +38,16 @@ def _is_any(ops: Tensor, names: tuple[str, ...]) -> Tensor:
 
 
 def gather_pixels(images: Tensor, index: Tensor) -> Tensor:
-    """out[n, c, y, x] = images[n, c].flatten()[index[n, y, x]]."""
+    """out[n, c, y, x] = images[n, c].flatten()[index[n, y, x]].
+
+    Args:
+        images: a (N, C, H, W) batch.
+        index: int64 (N, H, W) flat pixel positions (y * W + x) to read, the same for every
+            channel.
+
+    Returns:
+        A new batch of the shape and dtype of `images`.
+    """
     n, c, h, w = images.shape
     flat_index = index.reshape(n, 1, h * w).expand(n, c, h * w)
     return images.reshape(n, c, h * w).gather(2, flat_index).reshape(n, c, h, w)
@@ -52,6 +68,14 @@ def _table_on(device: torch.device, variant: str) -> Tensor:
 def magnitude_table(variant: str, device: torch.device) -> Tensor:
     """(4, len(OP_NAMES)) float64 on `device`: each op's magnitude at levels 0 and 10, and
     whether it is integer and signed, for `variant`.
+
+    Args:
+        variant: a name from `RANDAUGMENT_VARIANTS`.
+        device: where the table is needed; it is copied there once and cached.
+
+    Returns:
+        Rows: magnitude at level 0, magnitude at level 10, integer flag, signed flag (1 or 0);
+        one column per op, in `OP_NAMES` order. Cached and shared: do not modify it.
 
     Raises:
         ValueError: an unknown variant.
@@ -231,7 +255,19 @@ def apply_ops(images: Tensor, ops: Tensor, levels: Tensor, signs: Tensor,
 def ops_view(images: Tensor, ops: Tensor, levels: Tensor, signs: Tensor, table: Tensor,
              fill: int) -> Tensor:
     """`apply_ops` with the variant given as its `magnitude_table` and geometric fill: a pure
-    function (compilable)."""
+    function (compilable).
+
+    Args:
+        images: a uint8 (N, C, H, W) batch, C = 1 or 3, H and W at least 3 (not checked).
+        ops: (N,) int64 indices into `OP_NAMES`.
+        levels: (N,) levels on the 0..10 scale.
+        signs: (N,) +1 or -1, the sign of the geometric ops' magnitudes.
+        table: the variant's `magnitude_table`, on the images' device.
+        fill: gray level of the area that geometric ops expose.
+
+    Returns:
+        A new uint8 batch of the same shape.
+    """
     magnitudes = _magnitudes(ops, levels, signs, table)
     images = _lut_ops(images, ops, magnitudes)
     images = _affine_ops(images, ops, magnitudes, fill)

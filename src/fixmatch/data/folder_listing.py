@@ -47,7 +47,11 @@ class Skipped:
     broken_links: List[str] = field(default_factory=list)  # to nothing, loops, folders read already
 
     def log(self, root: Path) -> None:
-        """One line per kind of skipped entry, with a few examples."""
+        """One line per kind of skipped entry, with a few examples.
+
+        Args:
+            root: the listed folder, named in the lines.
+        """
         if self.not_images:
             log.info("ignored %d files of %s that are hidden, not images (%s) or not in a class "
                      "folder, e.g. %s", len(self.not_images), root, ", ".join(IMAGE_EXTENSIONS),
@@ -77,10 +81,16 @@ def list_image_folder(root: Path, root_setting: str) -> FolderListing:
         root: the folder, absolute.
         root_setting: dataset.root as the user wrote it (for the messages).
 
+    Returns:
+        The training pool (labeled/ or train/), unlabeled/ (empty when absent) and test/,
+        each in class order, then by path; classes are the pool's folders, sorted by name.
+
     Raises:
-        UserError: for a missing root, labeled/ (or train/) or test/, an empty class
-            folder, a class folder that is a broken link, or a test/ class that labeled/
-            (or train/) does not have.
+        UserError: for a missing root, labeled/ (or train/) or test/, both labeled/ and
+            train/, a pool or test/ without class folders, an empty class folder, a class
+            folder that is a broken link, two class folders whose names differ only in
+            Unicode form, a test/ class that labeled/ (or train/) does not have, or a folder
+            that cannot be listed.
     """
     pool = _pool_folder(root, root_setting)
     skipped = Skipped()
@@ -118,9 +128,13 @@ def list_test_folder(root: Path, root_setting: str, class_names: Sequence[str]) 
         root_setting: dataset.root as the user wrote it (for the messages).
         class_names: the model's classes, in label order.
 
+    Returns:
+        A listing of pool "test" with only `test` filled, labelled by `class_names`.
+
     Raises:
         UserError: for a missing or empty test/, a class folder the model does not know or
-            that is a broken link, or an empty class folder.
+            that is a broken link, an empty class folder, two class folders whose names
+            differ only in Unicode form, or a folder that cannot be listed.
     """
     if not _is_folder(root / "test"):
         raise UserError(f"dataset.root={root_setting}: no folder 'test/' found in {root}; "
@@ -209,7 +223,15 @@ def _refuse_twin_names(folder: Path, names: Sequence[str]) -> None:
 
 def same_class_names(first: Sequence[str], second: Sequence[str]) -> bool:
     """Whether two lists of class names are the same classes in the same order, whatever the
-    Unicode form of each name (a folder copied between macOS and Linux)."""
+    Unicode form of each name (a folder copied between macOS and Linux).
+
+    Args:
+        first: class names, in label order.
+        second: the other class names, in label order.
+
+    Returns:
+        True when both have the same length and equal names in NFC, position by position.
+    """
     return [_nfc(name) for name in first] == [_nfc(name) for name in second]
 
 
@@ -257,6 +279,14 @@ def find_images(top: Path, skipped: Skipped, prefix: str = "") -> List[Tuple[str
     read; hidden files and files of other extensions are counted in `skipped.not_images`.
     Linked folders are followed, each real folder once: a link to a folder already read,
     to one above it (a loop) or to nothing is counted in `skipped.broken_links`.
+
+    Args:
+        top: the folder to search.
+        skipped: collects what was passed over (appended to, not cleared).
+        prefix: put before every name ("labeled/cat/", or the folder as the user gave it).
+
+    Returns:
+        (name, size in bytes, mtime in ns) of each image, sorted by name.
 
     Raises:
         UserError: a folder that cannot be listed.

@@ -47,7 +47,15 @@ def cache_key(files: Iterable[Tuple[str, int, int]], settings: dict) -> str:
 
 
 def user_cache_folder(root: Path) -> Path:
-    """Where a read-only root's cache goes: $XDG_CACHE_HOME (or ~/.cache)/fixmatch/<hash>."""
+    """Where a read-only root's cache goes: $XDG_CACHE_HOME (or ~/.cache)/fixmatch/<hash>.
+
+    Args:
+        root: the image folder (absolute).
+
+    Returns:
+        The folder, not created here; <hash> is the first 16 hex digits of the sha256 of
+        the root's path.
+    """
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return home / "fixmatch" / hashlib.sha256(os.fsencode(root)).hexdigest()[:16]  # as cache_key
 
@@ -70,7 +78,18 @@ class ImageCache:
         self.folders = [root / CACHE_FOLDER_NAME, user_cache_folder(root)]
 
     def load(self, key: str) -> Optional[Tuple[np.ndarray, dict]]:
-        """The cached images (memory-mapped, read-only) and index, or None on a miss."""
+        """The cached images (memory-mapped, read-only) and index, or None on a miss.
+
+        The folder under the root is tried first, then the user cache folder; a cache that
+        cannot be read or does not match its index is passed over with a warning.
+
+        Args:
+            key: the `cache_key` of the folder's files and preprocessing.
+
+        Returns:
+            (images as (N, H, W, C) uint8, the index), or None when neither folder holds a
+            usable cache for `key`.
+        """
         for folder in self.folders:
             images_path, index_path = self._paths(folder, key)
             if not index_path.is_file():
@@ -90,7 +109,10 @@ class ImageCache:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the cache's lock, so concurrent first runs (DDP ranks, a sweep) decode once."""
+        """Hold the cache's lock, so concurrent first runs (DDP ranks, a sweep) decode once.
+
+        Locks nothing when no cache folder is writable or the platform has no fcntl.
+        """
         folder = self._writable_folder()
         if folder is None or fcntl is None:
             yield
@@ -103,7 +125,21 @@ class ImageCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def save(self, key: str, images: np.ndarray, index: dict) -> Optional[Path]:
-        """Store `images` and `index` under `key`; returns the .npy path, None if unwritable."""
+        """Store `images` and `index` under `key`; returns the .npy path, None if unwritable.
+
+        Both files are written atomically, the index last, into the first writable cache
+        folder; once they are, that folder's files of this tag under other keys are removed.
+
+        Args:
+            key: the `cache_key` the images were decoded for.
+            images: the decoded images, (N, H, W, C) uint8.
+            index: what is where (files, targets, parts, ...); `key` and `num_images` are
+                added to it in the file.
+
+        Returns:
+            The .npy file, or None when no cache folder can be written (logged as a warning,
+            never raised).
+        """
         folder = self._writable_folder()
         if folder is None:
             log.warning("no writable cache folder (tried %s): the images will be decoded again "

@@ -56,11 +56,20 @@ class Preprocessing:
 def load_image_folder(config: DatasetConfig) -> DatasetArrays:
     """Read `dataset.root` in either layout into uint8 arrays (decoded once, then cached).
 
+    Args:
+        config: the dataset settings (root, image_size, channels, resize, skip_bad_images).
+
+    Returns:
+        The training pool and test/ images, and unlabeled/'s (None when it has none), as
+        (N, image_size, image_size, channels) uint8, with the class names and the paths of
+        the training and unlabeled images relative to the root.
+
     Raises:
         UserError: for a missing folder, an empty or unknown class folder, a class folder
-            that is a broken link, an unreadable image (unless dataset.skip_bad_images), an
-            image of the wrong size with dataset.resize=none, or bad dataset.channels /
-            dataset.image_size.
+            that is a broken link (or any layout `list_image_folder` refuses), an unreadable
+            image (unless dataset.skip_bad_images), a training class folder without a
+            readable image, an image of the wrong size with dataset.resize=none, or bad
+            dataset.channels / dataset.image_size.
     """
     if config.channels not in (1, 3):
         raise UserError(f"dataset.channels={config.channels} must be 1 (grayscale) or 3 (RGB)")
@@ -78,10 +87,18 @@ def load_test_folder(config: DatasetConfig, class_names: Sequence[str]) -> Image
     (evaluate: labeled/, train/ and unlabeled/ are neither listed nor decoded). A class of
     the model may have no folder; folder names match in either Unicode normal form.
 
+    Args:
+        config: the dataset settings (root, image_size, channels, resize, skip_bad_images).
+        class_names: the model's classes, in label order.
+
+    Returns:
+        The readable test images as (N, image_size, image_size, channels) uint8, with
+        their class indices into `class_names`.
+
     Raises:
         UserError: for a missing or empty test/, a class folder the model does not know or
-            that is a broken link, an empty class folder or an unreadable image (unless
-            dataset.skip_bad_images).
+            that is a broken link, an empty class folder, an unreadable image (unless
+            dataset.skip_bad_images) or an image of the wrong size with dataset.resize=none.
     """
     root = Path(config.root).expanduser().resolve()
     listing = list_test_folder(root, config.root, class_names)
@@ -139,7 +156,15 @@ class WrongImageSize(UserError):
 
 def unreadable_reason(error: Exception) -> str:
     """Why Pillow could not decode a file (one of UNREADABLE_IMAGE_ERRORS), in words for a
-    message: never an exception's class name."""
+    message: never an exception's class name.
+
+    Args:
+        error: what decoding the file raised.
+
+    Returns:
+        A short reason, e.g. "not an image file that Pillow can identify" or
+        "Permission denied".
+    """
     if isinstance(error, UnidentifiedImageError):
         return "not an image file that Pillow can identify"
     if isinstance(error, Image.DecompressionBombError):

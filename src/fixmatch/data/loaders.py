@@ -26,7 +26,14 @@ PREFETCH_FACTOR = 2  # batches each loader worker prepares ahead (DataLoader's d
 
 def batches_ahead(num_workers: int) -> int:
     """How many batches past the one training consumes a loader may already have asked its
-    sampler for: PREFETCH_FACTOR per worker, none without workers."""
+    sampler for: PREFETCH_FACTOR per worker, none without workers.
+
+    Args:
+        num_workers: the loader's worker processes (0: batches are made in the main process).
+
+    Returns:
+        The number of batches, PREFETCH_FACTOR * num_workers.
+    """
     return PREFETCH_FACTOR * num_workers
 
 
@@ -64,7 +71,14 @@ class StackedImages:
 
 
 def mix64(values: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: spreads consecutive integers into unrelated 64-bit seeds."""
+    """SplitMix64 finaliser: spreads consecutive integers into unrelated 64-bit seeds.
+
+    Args:
+        values: uint64 integers, any shape.
+
+    Returns:
+        The mixed values, uint64 of the same shape (the arithmetic wraps modulo 2**64).
+    """
     with np.errstate(over="ignore"):
         z = values + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -87,6 +101,9 @@ class InfiniteBatchSampler(Sampler):
         world_size: number of ranks; must divide batch_size.
         policies: when given, each key also carries the policy this returns for the sample
             (from the batch number and the samples' seeds, so ranks agree with one process).
+
+    Raises:
+        ValueError: for empty `indices`, or a batch_size that world_size does not divide.
     """
 
     def __init__(
@@ -116,7 +133,15 @@ class InfiniteBatchSampler(Sampler):
             batch += 1
 
     def batch(self, number: int) -> List[SampleKey]:
-        """This rank's keys of batch `number` of this stream (a pure function of the number)."""
+        """This rank's keys of batch `number` of this stream (a pure function of the number).
+
+        Args:
+            number: the batch's position in the stream, from 0 (start_batch is not added).
+
+        Returns:
+            batch_size / world_size keys (image index, augmentation seed[, policy]): this
+            rank's contiguous share of the global batch.
+        """
         first = number * self.batch_size
         positions = np.arange(first, first + self.batch_size, dtype=np.int64)
         epochs, offsets = np.divmod(positions, len(self.indices))
@@ -145,7 +170,17 @@ def build_train_loader(
     num_workers: int,
     pin_memory: bool,
 ) -> Iterator:
-    """An endless iterator of training batches (one DataLoader pass that never ends)."""
+    """An endless iterator of training batches (one DataLoader pass that never ends).
+
+    Args:
+        dataset: the images with their training transform.
+        sampler: the stream of batch keys, which fixes each batch's images and seeds.
+        num_workers: loader worker processes (0: augment in the main process).
+        pin_memory: put batches in page-locked memory, for faster copies to a GPU.
+
+    Returns:
+        The started iterator of collated (views, labels) batches; its workers start now.
+    """
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -165,6 +200,17 @@ def build_eval_loader(
 
     With several ranks each takes every world_size-th image; summing the ranks' counts
     gives exactly the single-process figures.
+
+    Args:
+        dataset: the images with the evaluation transform (every image gets seed 0).
+        batch_size: images per batch on this rank.
+        num_workers: loader worker processes (0: in the main process).
+        pin_memory: put batches in page-locked memory, for faster copies to a GPU.
+        rank: this process's rank; it takes images rank, rank + world_size, ...
+        world_size: number of ranks.
+
+    Returns:
+        A loader of this rank's (views, labels) batches, in image order.
     """
     keys = [(index, 0) for index in range(rank, len(dataset), world_size)]
     batches = [keys[start:start + batch_size] for start in range(0, len(keys), batch_size)]

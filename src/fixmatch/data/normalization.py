@@ -23,11 +23,21 @@ class Normalization:
     source: str  # "config", "training images" or "checkpoint"
 
     def save(self, path: Path) -> None:
-        """Write `normalization.json`."""
+        """Write `normalization.json`.
+
+        Args:
+            path: the file to write (normally `normalization.json` in the run folder): the
+                mean, std and source as JSON.
+        """
         path.write_text(json.dumps(asdict(self), indent=1) + "\n")
 
     def as_record(self) -> dict:
-        """What the checkpoint keeps: plain lists of floats."""
+        """What the checkpoint keeps: plain lists of floats.
+
+        Returns:
+            `{"mean": [...], "std": [...]}`, one value per channel; the input of
+            `resolve_normalization`'s `saved`.
+        """
         return {"mean": list(self.mean), "std": list(self.std)}
 
 

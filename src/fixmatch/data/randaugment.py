@@ -78,6 +78,12 @@ RANDAUGMENT_VARIANTS = tuple(VARIANTS)
 def get_variant(name: str) -> Variant:
     """The settings of variant `name` (public: the device views look theirs up with it).
 
+    Args:
+        name: a name from `RANDAUGMENT_VARIANTS`.
+
+    Returns:
+        The variant's apply probability, level distribution, fill and magnitude ranges.
+
     Raises:
         ValueError: an unknown variant.
     """
@@ -197,7 +203,16 @@ class RandAugment:
         return tuple(draws)
 
     def apply(self, img: Image.Image, draws: tuple[OpDraw, ...], rng: np.random.Generator) -> Image.Image:
-        """Apply the applied ones of `draws` (from `sample`) in order; `rng` gives the signs."""
+        """Apply the applied ones of `draws` (from `sample`) in order; `rng` gives the signs.
+
+        Args:
+            img: the image, mode "L" or "RGB".
+            draws: the ops, levels and coins from `sample`, in the order they apply.
+            rng: source of the random sign of geometric ops.
+
+        Returns:
+            The augmented image, same size and mode; `img` itself when no draw is applied.
+        """
         for draw in draws:
             if draw.applied:
                 img = apply_op(img, draw.name, draw.level, rng, self.variant)

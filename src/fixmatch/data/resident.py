@@ -33,6 +33,14 @@ class ResidentImages:
         """Stack (N, H, W, C) uint8 arrays, in order, into one channels-first tensor on `device`.
 
         Arrays may be memory-mapped: they are read a chunk at a time.
+
+        Args:
+            parts: (N_i, H, W, C) uint8 image arrays of one size; at least one.
+            targets: the label of every image of all parts, in order; -1 where unknown.
+            device: where the images and labels go.
+
+        Returns:
+            The images as (sum of N_i, C, H, W) uint8 and the labels as int64, on `device`.
         """
         count = sum(len(part) for part in parts)
         height, width, channels = parts[0].shape[1:]
@@ -48,7 +56,16 @@ class ResidentImages:
 
 def fits_on_device(num_bytes: int, device: torch.device) -> bool:
     """Whether `num_bytes` of images may live on `device`: only CUDA devices hold them, and
-    only up to RESIDENT_SHARE of their memory (the rest is the model's)."""
+    only up to RESIDENT_SHARE of their memory (the rest is the model's).
+
+    Args:
+        num_bytes: the size of the images.
+        device: the training device.
+
+    Returns:
+        False off CUDA; on CUDA, whether num_bytes is at most RESIDENT_SHARE of the
+        device's total memory.
+    """
     if device.type != "cuda":
         return False
     return num_bytes <= RESIDENT_SHARE * torch.cuda.get_device_properties(device).total_memory

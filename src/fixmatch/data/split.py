@@ -33,7 +33,14 @@ class LabeledSplit:
     def save(self, path: Path, class_names: Optional[Sequence[str]] = None,
              training_set: Optional[dict] = None) -> None:
         """Write the split as `split.json`-style JSON, with the class names and the
-        fingerprint of the training set it indexes (`DatasetArrays.training_set`) when given."""
+        fingerprint of the training set it indexes (`DatasetArrays.training_set`) when given.
+
+        Args:
+            path: the file to write; an existing one is overwritten.
+            class_names: the dataset's class names, by class index; left out when None.
+            training_set: the number and sha256 of the training images the indices point
+                into; left out when None.
+        """
         record = asdict(self)
         if class_names is not None:
             record["class_names"] = list(class_names)
@@ -43,7 +50,14 @@ class LabeledSplit:
 
 
 def indices_sha256(indices: List[int]) -> str:
-    """A short fingerprint of a set of indices (order-independent)."""
+    """A short fingerprint of a set of indices (order-independent).
+
+    Args:
+        indices: indices into the training set, in any order.
+
+    Returns:
+        The hex sha256 of the sorted indices, written as comma-separated decimals.
+    """
     text = ",".join(str(i) for i in sorted(indices))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -77,7 +91,16 @@ def draw_labeled_split(
 
 
 def all_labeled_split(targets: np.ndarray, num_classes: int, seed: int) -> LabeledSplit:
-    """Every training image labeled (ssl.num_labeled=-1): per-class counts as they come."""
+    """Every training image labeled (ssl.num_labeled=-1): per-class counts as they come.
+
+    Args:
+        targets: class index of every training image.
+        num_classes: number of classes; labels at or above it are not counted per class.
+        seed: recorded in the split; nothing is drawn.
+
+    Returns:
+        The split of every index 0 .. len(targets) - 1.
+    """
     indices = list(range(len(targets)))
     per_class = np.bincount(targets, minlength=num_classes)[:num_classes]
     return LabeledSplit(indices=indices, num_per_class=per_class.tolist(), seed=seed,

@@ -22,6 +22,12 @@ def load_svhn(config: DatasetConfig) -> DatasetArrays:
     """Read SVHN's train and test splits from `<root>/*_32x32.mat`, downloading them first
     when allowed. Class k is the digit k (the files' label 10 is the digit 0).
 
+    Args:
+        config: the dataset settings (root, download).
+
+    Returns:
+        The train and test splits as (N, 32, 32, 3) uint8, classes "0" to "9".
+
     Raises:
         UserError: when a file is missing and cannot be downloaded, or cannot be read.
     """
@@ -77,6 +83,13 @@ def load_stl10(config: DatasetConfig) -> DatasetArrays:
 
     The 100,000 unlabeled images are memory-mapped, not read (2.7 GB); the 10 official
     folds of 1000 labeled images come with them.
+
+    Args:
+        config: the dataset settings (root, download).
+
+    Returns:
+        The train and test images as (N, 96, 96, 3) uint8, the class names of
+        class_names.txt, the unlabeled images (memory-mapped) and the official folds.
 
     Raises:
         UserError: when files are missing and cannot be downloaded, or cannot be read.

@@ -23,6 +23,13 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     (`fixmatch.data.device_inputs.DeviceInputs`): a quarter of the bytes
     through the loader queues and no per-image float arithmetic in the workers.
 
+    Args:
+        image: the (H, W, C) image; its dtype is kept.
+
+    Returns:
+        A contiguous (C, H, W) tensor of the same dtype; it shares memory with a writeable
+        one-channel `image`.
+
     Raises:
         ValueError: `image` is not (H, W, C).
     """

@@ -136,5 +136,9 @@ class ModelEMA:
 
         Args:
             state: a state dict of the averaged module.
+
+        Raises:
+            RuntimeError: when a key is missing or unexpected, or a shape differs (torch's
+                strict load).
         """
         self.module.load_state_dict(state)

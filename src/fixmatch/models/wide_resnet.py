@@ -27,7 +27,7 @@ def blocks_per_stage(depth: int, num_stages: int) -> int:
         The number of blocks per stage, at least 1.
 
     Raises:
-        ValueError: if no whole n >= 1 gives `depth`.
+        ValueError: if num_stages < 1, or no whole n >= 1 gives `depth`.
     """
     if num_stages < 1:
         raise ValueError(f"model.num_stages={num_stages}: must be at least 1")
@@ -43,7 +43,16 @@ def blocks_per_stage(depth: int, num_stages: int) -> int:
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int) -> nn.Conv2d:
-    """A 'same'-padded 3×3 conv without bias: a BatchNorm follows and absorbs any shift."""
+    """A 'same'-padded 3×3 conv without bias: a BatchNorm follows and absorbs any shift.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output.
+        stride: 1 keeps the height and width, 2 halves them (rounding up).
+
+    Returns:
+        The convolution, zero-padded by 1 pixel on every side.
+    """
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
@@ -78,7 +87,15 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual sum of the block for a (N, C, H, W) input."""
+        """Residual sum of the block for a (N, C, H, W) input.
+
+        Args:
+            x: input features, (N, in_channels, H, W); not modified.
+
+        Returns:
+            Shortcut plus residual branch, (N, out_channels, H / stride, W / stride) rounded
+            up.
+        """
         activated = self.act1(self.bn1(x))
         # Every block convolves the activated input; a popular port convolves the raw
         # input in the first block of stages 2 and 3, which the official code never does.
@@ -177,7 +194,14 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (N, num_classes) for images of shape (N, in_channels, H, W)."""
+        """Logits of shape (N, num_classes) for images of shape (N, in_channels, H, W).
+
+        Args:
+            x: normalised images, (N, in_channels, H, W), any H and W.
+
+        Returns:
+            Unnormalised class scores, (N, num_classes).
+        """
         features = self.stages(self.stem(x))
         features = self.head_act(self.head_bn(features))
         return self.fc(torch.flatten(self.pool(features), 1))
