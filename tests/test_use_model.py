@@ -692,3 +692,16 @@ def test_top_k_hits_by_hand_with_k_capped_at_the_classes():
     # Six classes: the least likely one is outside the top 5.
     hits = evaluate.top_k_hits(torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]]), torch.tensor([5]))
     assert hits.shape == (1, 5) and not hits.any()
+
+
+def test_tied_scores_give_one_top1_whatever_k_ties_to_the_lower_class():
+    # Ten classes, the even ones tied: torch.topk(1) and topk(5) named different classes here.
+    logits = torch.zeros(4, 10)
+    logits[:, ::2] = 1.0
+    assert evaluate.ranked_classes(logits, 1)[:, 0].tolist() == [0] * 4
+    assert evaluate.ranked_classes(logits, 5).tolist() == [[0, 2, 4, 6, 8]] * 4
+    assert evaluate.ranked_classes(logits, 50).shape == (4, 10)
+    # the report's top-1 and its confusion matrix's diagonal count the same predictions
+    report = evaluate.classification_report(logits, torch.tensor([0, 0, 2, 1]))
+    assert report.top1 == 50.0 and report.top5 == 75.0
+    assert [row[0] for row in report.confusion[:3]] == [2, 1, 1]

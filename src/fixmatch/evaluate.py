@@ -52,9 +52,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def ranked_classes(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k best classes of each image, best first, ties going to the lower class index.
+
+    torch.topk breaks ties differently for different k (on the CPU, `topk(1)` and `topk(5)`
+    of equal scores name different classes), so top-1, top-5, the confusion matrix and
+    predict's answer all come from this one stable ranking.
+
+    Args:
+        scores: (N, C) logits or probabilities.
+        k: how many classes to keep; at most C are.
+
+    Returns:
+        (N, min(k, C)) class indices.
+    """
+    return scores.sort(dim=1, descending=True, stable=True).indices[:, :min(k, scores.shape[1])]
+
+
 def top_k_hits(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> torch.Tensor:
     """(N, min(k, C)) booleans: whether each of the k best predictions is the target. Column
-    0 is top-1, the first of `topk`, so a tie breaks the same way wherever it is counted
+    0 is top-1 (`ranked_classes`), so a tie breaks the same way wherever it is counted
     (the run's `eval/top1_*` and the evaluate command agree).
 
     Args:
@@ -66,8 +83,7 @@ def top_k_hits(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> torch
         Column j is True where the (j + 1)-th best prediction is the target; `[:, 0]`
         counts top-1 hits and `.any(dim=1)` top-k hits.
     """
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return top == targets[:, None]
+    return ranked_classes(logits, k) == targets[:, None]
 
 
 @torch.no_grad()
@@ -153,8 +169,9 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor) -> Classi
         F1 averages over the classes that have some.
     """
     num_classes = logits.shape[1]
-    hits = top_k_hits(logits, targets)
-    predicted = logits.topk(1, dim=1).indices[:, 0].numpy()
+    top = ranked_classes(logits, 5)
+    hits = top == targets[:, None]
+    predicted = top[:, 0].numpy()
     truth = targets.numpy()
     confusion = np.bincount(truth * num_classes + predicted,
                             minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -26,6 +26,7 @@ from fixmatch.data.image_folder import (
 from fixmatch.data.transforms import EvalTransform
 from fixmatch.atomic_files import replaced_atomically
 from fixmatch.errors import UserError
+from fixmatch.evaluate import ranked_classes
 from fixmatch.trained_model import (
     TrainedModel,
     load_trained_model,
@@ -155,8 +156,11 @@ def predict_files(trained: TrainedModel, paths: Sequence[Path], top_k: int,
         readable = [image for image in images if image is not None]
         if readable:
             batch = inputs.images(torch.stack([transform(image) for image in readable]))
-            probabilities = trained.model(batch).float().softmax(dim=1).cpu()
-            values, indices = probabilities.topk(top_k, dim=1)
+            logits = trained.model(batch).float().cpu()
+            # ranked on the logits, as evaluate ranks them: softmax can round near-equal
+            # logits to equal probabilities
+            indices = ranked_classes(logits, top_k)
+            values = logits.softmax(dim=1).gather(1, indices)
         row = 0
         for path, image, (failure, error) in zip(chunk, images, failures):
             record = {"path": str(path), "failure": failure, "error": error}
