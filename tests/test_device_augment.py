@@ -109,8 +109,10 @@ def _cpu_seeds_by_sign(name: str, level: float, variant: str) -> dict[int, int]:
 def test_every_op_matches_the_cpu_op(name):
     batches = [_test_images(32, 32, 3), _test_images(32, 32, 1), _test_images(27, 27, 3),
                _test_images(24, 40, 3)]
-    cases = [("official", 1), ("official", 5), ("official", 9), ("paper", 2.5),
-             ("paper", 7.3), ("port", 9)]
+    # Levels 0 and 10 are the ends a caller of apply_op may ask for, beyond what sampling draws
+    # (posterize then keeps 0 bits, official, or 9, paper).
+    cases = [("official", 0), ("official", 1), ("official", 5), ("official", 9),
+             ("official", 10), ("paper", 2.5), ("paper", 7.3), ("paper", 10), ("port", 9)]
     for arrays in batches:
         images, n = _to_tensor(arrays), len(arrays)
         for variant, level in cases:

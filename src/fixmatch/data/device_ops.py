@@ -128,8 +128,8 @@ def _lut_ops(images: Tensor, ops: Tensor, magnitudes: Tensor) -> Tensor:
     op = ops.view(n, 1, 1)
     magnitude = magnitudes.view(n, 1, 1).trunc().long()  # PIL takes int(magnitude)
     solarized = torch.where(values < magnitude, values, 255 - values)
-    # Posterize keeps `magnitude` bits; 8 is the most PIL accepts.
-    dropped = 8 - magnitude.clamp(1, 8)
+    # Posterize keeps `magnitude` bits, at most 8 (unchanged) and at least 0 (black), as on the CPU.
+    dropped = 8 - magnitude.clamp(0, 8)
     posterized = (values >> dropped) << dropped
     lut = torch.where(op == OP_INDEX["AutoContrast"], _autocontrast_lut(pixels, values), values)
     lut = torch.where(op == OP_INDEX["Equalize"], _equalize_lut(pixels, index, values), lut)

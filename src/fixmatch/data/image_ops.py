@@ -210,7 +210,8 @@ def posterize(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Imag
     Returns:
         A new image of the same size and mode.
     """
-    lut = _VALUES & ~(2 ** (8 - int(magnitude)) - 1)
+    bits = min(int(magnitude), 8)  # the "paper" variant reaches 9 bits at level 10: unchanged
+    lut = _VALUES & ~(2 ** (8 - bits) - 1)
     return _apply_luts(img, np.tile(lut, (len(img.getbands()), 1)))
 
 
