@@ -126,3 +126,6 @@ def test_snapshots_round_trip_through_a_checkpoint(tmp_path):
                               equal_nan=True)
     with pytest.raises(ValueError, match="saved with lag 2"):
         PolicySchedule(CTAugment(), lag=4).load_state_dict(loaded["snapshots"])
+    short = dict(loaded["snapshots"], steps=loaded["snapshots"]["steps"][1:])  # one step lost
+    with pytest.raises(ValueError, match="do not fit"):
+        PolicySchedule(CTAugment(), lag=2).load_state_dict(short)

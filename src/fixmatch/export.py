@@ -113,9 +113,10 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
             traced.save(str(output))
     else:
         try:
-            torch.onnx.export(trained.model, batch, str(output), input_names=["images"],
-                              output_names=["logits"], opset_version=ONNX_OPSET,
-                              **_any_batch_size())
+            with writing("output", output):
+                torch.onnx.export(trained.model, batch, str(output), input_names=["images"],
+                                  output_names=["logits"], opset_version=ONNX_OPSET,
+                                  **_any_batch_size())
         except ImportError as error:  # torch >= 2.9 exports through onnxscript
             raise UserError(f"format=onnx: {error} (pip install onnx onnxscript); "
                             "or use format=torchscript") from None

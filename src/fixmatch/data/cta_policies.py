@@ -202,15 +202,17 @@ class PolicySchedule:
             state: a `state_dict()` of a schedule with the same lag and CTAugment bins.
 
         Raises:
-            ValueError: the state was saved with another lag or number of bins, or is empty.
+            ValueError: the state was saved with another lag or number of bins, is empty, or
+                has not one rate row per step.
         """
         rates = torch.as_tensor(state["rates"], dtype=torch.float32).numpy().copy()
         steps = [int(step) for step in state["steps"]]
         bins = self._template.flat_rates().shape[0]
-        if int(state["lag"]) != self.lag or rates.ndim != 2 or rates.shape[1] != bins or not steps:
-            raise ValueError(f"CTAugment snapshots do not fit: saved with lag {state['lag']} and "
-                             f"rates of shape {tuple(rates.shape)}, expected lag {self.lag} and "
-                             f"(n, {bins})")
+        if (int(state["lag"]) != self.lag or rates.ndim != 2 or rates.shape[1] != bins
+                or not steps or len(steps) != rates.shape[0]):
+            raise ValueError(f"CTAugment snapshots do not fit: saved with lag {state['lag']}, "
+                             f"{len(steps)} steps and rates of shape {tuple(rates.shape)}, "
+                             f"expected lag {self.lag} and ({len(steps)}, {bins})")
         self._snapshots = OrderedDict(zip(steps, rates))
         self._tables = {}
 
