@@ -59,9 +59,17 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
 
     Under torchrun every rank calls this; rank 0's folder is the run's folder.
 
+    Args:
+        cfg: the composed Hydra config, converted here to the typed `Config`.
+        run_dir: the run's folder; None takes Hydra's output dir.
+
     Returns:
         The final metrics.json summary (status `completed` or `preempted`) and `run_dir`, the
         folder the run used.
+
+    Raises:
+        UserError: for any input the user can fix (from `train`), after the process group
+            is torn down.
     """
     config: Config = typed_config(cfg)
     env = environment()
@@ -258,6 +266,10 @@ def build_training_parts(
 
     Returns:
         The parts the Trainer steps (model not yet wrapped for DDP or compiled).
+
+    Raises:
+        UserError: a data-pipeline or CTAugment setting these parts cannot use.
+        CheckpointError: `cta_state` is missing or does not fit when resuming with CTAugment.
     """
     algorithm = build_algorithm(config.ssl)
     inputs = pipeline.device_inputs(config, normalization, device, start_batch, env)
@@ -298,7 +310,18 @@ def _distribute(model: nn.Module, sync_bn: bool, device: torch.device, env: Dist
 
 
 def build_model(config: Config, num_classes: int) -> WideResNet:
-    """The WideResNet the config describes, for the dataset's channels and `num_classes`."""
+    """The WideResNet the config describes, for the dataset's channels and `num_classes`.
+
+    Args:
+        config: the typed configuration; its model node and dataset.channels are read.
+        num_classes: the classifier's outputs.
+
+    Returns:
+        The model, freshly initialised on the default device (the caller moves it).
+
+    Raises:
+        UserError: when WideResNet refuses the model node (a depth it cannot build, ...).
+    """
     try:
         return WideResNet(
             num_classes=num_classes,

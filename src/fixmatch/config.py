@@ -230,7 +230,15 @@ def register_configs() -> None:
 def flatten_config(node: dict, prefix: str = "") -> Dict[str, object]:
     """A config as a plain nested dict (OmegaConf.to_container) -> dotted keys and values,
     `{"ssl": {"threshold": 0.95}}` -> `{"ssl.threshold": 0.95}`; lists become tuples, so a
-    value can be a dictionary key (a table cell) and compares as a value."""
+    value can be a dictionary key (a table cell) and compares as a value.
+
+    Args:
+        node: the config, or a node of it, as nested plain dicts.
+        prefix: prepended to every key (the dotted path of `node`, ending in a dot).
+
+    Returns:
+        One entry per leaf value, keyed by its dotted path.
+    """
     flat: Dict[str, object] = {}
     for name, value in node.items():
         if isinstance(value, dict):

@@ -66,7 +66,14 @@ class CTAProbe:
     @staticmethod
     def split(batch: Sequence) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ProbeBatch]:
         """A labeled loader batch of `WeakProbeTransform` views -> ((weak views, labels),
-        (probe views, encoded policies, labels))."""
+        (probe views, encoded policies, labels)).
+
+        Args:
+            batch: `((weak views, probe views, encoded policies), labels)` from the loader.
+
+        Returns:
+            The batch for the training step and the probe batch for `update`.
+        """
         (weak, probe, policies), targets = batch
         return (weak, targets), (probe, policies, targets)
 
@@ -93,7 +100,11 @@ class CTAProbe:
         self.schedule.record(step, self.augment.flat_rates())
 
     def op_weights(self) -> Dict[str, float]:
-        """`ctaugment/<op>`: per op the mean sampling weight of its bins (1 = all bins alike)."""
+        """`ctaugment/<op>`: per op the mean sampling weight of its bins (1 = all bins alike).
+
+        Returns:
+            One metric per CTAugment op, keyed `ctaugment/<op name>`.
+        """
         return {f"ctaugment/{name}": weight for name, weight in self.augment.op_weights().items()}
 
     def state_dict(self) -> dict:
@@ -102,6 +113,10 @@ class CTAProbe:
 
     def load_state_dict(self, state: dict, step: int) -> None:
         """Restore `state_dict()` of a checkpoint of `step`; call before the loaders start.
+
+        Args:
+            state: `state_dict()` output, from the checkpoint's "ctaugment" record.
+            step: the checkpoint's step; the newest snapshot must be of it.
 
         Raises:
             ValueError: the state does not fit these settings, or is not of `step`.
@@ -118,6 +133,16 @@ def build_cta_probe(ssl: SSLConfig, inputs: DeviceInputs, start_batch: int = 0,
     """CTAugment's rates, snapshots and probes as `ssl.cta_*` say. A resumed run's
     (`start_batch` > 0) are restored from `state` here, before any loader starts: the unlabeled
     sampler draws from the snapshots at once.
+
+    Args:
+        ssl: the SSL config; its cta_depth, cta_threshold, cta_decay and cta_policy_lag are read.
+        inputs: turns the uint8 probe views into model input on the device.
+        start_batch: the step the run starts at; 0 for a new run.
+        state: the checkpoint's "ctaugment" record; read only when `start_batch` > 0.
+        env: the job's ranks.
+
+    Returns:
+        The probe, with fresh rates, or the checkpoint's when resuming.
 
     Raises:
         UserError: a CTAugment setting out of range.

@@ -35,11 +35,19 @@ class DistEnv:
 
     @property
     def is_distributed(self) -> bool:
+        """Whether the job has more than one rank (launched by torchrun)."""
         return self.world_size > 1
 
 
 def environment() -> DistEnv:
-    """Read the ranks torchrun (or srun with the same variables) put in the environment."""
+    """Read the ranks torchrun (or srun with the same variables) put in the environment.
+
+    Returns:
+        RANK, LOCAL_RANK and WORLD_SIZE; a single rank (0, 0, 1) for any that is unset.
+
+    Raises:
+        UserError: when one of them is not an integer.
+    """
     try:
         return DistEnv(
             rank=int(os.environ.get("RANK", 0)),
@@ -61,6 +69,13 @@ def stop_with_the_launcher(env: DistEnv) -> None:
     ends torchrun alone, and the ranks trained on as orphans. With this they checkpoint
     and stop (preemption.py). SIGHUP, not SIGTERM: the kernel repeats the signal for each
     thread of the launcher, and a repeated SIGTERM means "stop at once".
+
+    Args:
+        env: this process's rank; nothing is done for a single rank or off Linux.
+
+    Raises:
+        UserError: when the launcher noted by run.py (FIXMATCH_LAUNCHER_PID) is no longer
+            this process's parent: torchrun has already stopped.
     """
     if not env.is_distributed or not sys.platform.startswith("linux"):
         return
@@ -89,6 +104,10 @@ def end_rank(command: Callable[[], Any]) -> NoReturn:
     ended by pthread_exit, and that unwinding through C++ calls std::terminate ("terminate
     called without an active exception"). Python's own exit work still runs here (atexit:
     log handlers, child processes); only the finalization that races the thread is skipped.
+
+    Args:
+        command: the rank's work; its SystemExit code becomes the exit status, any other
+            exception is printed with its traceback and exits with status 1.
     """
     try:
         command()
@@ -115,7 +134,12 @@ def _exit_status(code: Any) -> int:
 
 
 def init_process_group(env: DistEnv, device: torch.device) -> None:
-    """Join the job's process group: NCCL on CUDA, gloo on the CPU."""
+    """Join the job's process group: NCCL on CUDA, gloo on the CPU.
+
+    Args:
+        env: this process's rank; a single rank, or a group already joined, does nothing.
+        device: the training device, which picks the backend.
+    """
     if env.is_distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
@@ -125,6 +149,10 @@ def destroy_process_group(finished: bool = False) -> None:
 
     A rank that tears its connections down while a peer still completes the last collective
     makes gloo abort that peer ("terminate called without an active exception").
+
+    Args:
+        finished: wait at a barrier for every rank first; False when the run failed, as
+            the other ranks may never reach it.
     """
     if dist.is_initialized():
         if finished:
@@ -133,7 +161,15 @@ def destroy_process_group(finished: bool = False) -> None:
 
 
 def broadcast_object(value: Any, env: DistEnv) -> Any:
-    """Rank 0's `value` on every rank."""
+    """Rank 0's `value` on every rank.
+
+    Args:
+        value: a picklable object; only rank 0's is used. Every rank must call this.
+        env: this process's rank.
+
+    Returns:
+        Rank 0's `value` (this rank's own when the job has one rank).
+    """
     if not env.is_distributed:
         return value
     holder = [value]
@@ -142,7 +178,15 @@ def broadcast_object(value: Any, env: DistEnv) -> Any:
 
 
 def all_gather_objects(value: Any, env: DistEnv) -> List[Any]:
-    """Every rank's `value`, in rank order."""
+    """Every rank's `value`, in rank order.
+
+    Args:
+        value: this rank's picklable object. Every rank must call this.
+        env: this process's rank.
+
+    Returns:
+        One value per rank, indexed by rank.
+    """
     if not env.is_distributed:
         return [value]
     gathered = [None] * env.world_size
@@ -151,14 +195,31 @@ def all_gather_objects(value: Any, env: DistEnv) -> List[Any]:
 
 
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """The sum of `tensor` over ranks (in place, also returned)."""
+    """The sum of `tensor` over ranks (in place, also returned).
+
+    Args:
+        tensor: this rank's values, on the device of the process group's backend.
+        env: this process's rank.
+
+    Returns:
+        `tensor` itself, now holding the sum over all ranks.
+    """
     if env.is_distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def any_rank(flag: bool, device: torch.device, env: DistEnv) -> bool:
-    """True on every rank when `flag` is true on at least one."""
+    """True on every rank when `flag` is true on at least one.
+
+    Args:
+        flag: this rank's answer.
+        device: where the reduced tensor lives (the backend's device).
+        env: this process's rank.
+
+    Returns:
+        The OR of `flag` over all ranks.
+    """
     if not env.is_distributed:
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=device)

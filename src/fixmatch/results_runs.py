@@ -46,6 +46,7 @@ class Run:
 
     @property
     def status(self) -> str:
+        """metrics.json's status; `starting` without one, `killed` when running but unheld."""
         if self.metrics is None:
             return STARTING
         status = str(self.metrics.get("status", "unknown"))
@@ -59,14 +60,25 @@ class Run:
         return (*((key, repr(self.config[key])) for key in kept), self.training_set)
 
     def finished_at(self) -> float:
-        """When its metrics.json was last written (0 when it cannot be told)."""
+        """When its metrics.json was last written (0 when it cannot be told).
+
+        Returns:
+            The file's modification time in seconds since the epoch, or 0.0.
+        """
         try:
             return (self.path / "metrics.json").stat().st_mtime
         except OSError:
             return 0.0
 
     def value(self, name: str) -> Optional[float]:
-        """A number from metrics.json (None when absent)."""
+        """A number from metrics.json (None when absent).
+
+        Args:
+            name: a key of metrics.json's summary, such as `top1_ema_final`.
+
+        Returns:
+            The value as metrics.json holds it; None when the key or the file is missing.
+        """
         return None if self.metrics is None else self.metrics.get(name)
 
 
@@ -115,7 +127,15 @@ def _run_configs(folder: Path) -> List[Path]:
 
 def load_run(run_dir: Path) -> Run:
     """Read one run folder; a config_resolved.yaml or metrics.json that cannot be parsed (a
-    run killed while writing it, a file edited by hand) shows as status 'unreadable'."""
+    run killed while writing it, a file edited by hand) shows as status 'unreadable'.
+
+    Args:
+        run_dir: the folder holding the run's config_resolved.yaml.
+
+    Returns:
+        The run, with `problem` saying what could not be read; `held` is looked up only
+        for a run whose metrics.json says it is running.
+    """
     try:
         config = OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml"))
     except (OSError, YAMLError, OmegaConfBaseException) as error:

@@ -66,7 +66,9 @@ def plan_start(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints
     Raises:
         UserError: when the folder's checkpoints are unreadable or belong to another
             experiment, or it holds a completed run (checkpoints deleted) of another
-            experiment or of fewer steps.
+            experiment or of fewer steps, results without a checkpoint of another (or an
+            unknown) experiment, a run's files but no metrics.json, or a run already past
+            trainer.total_steps.
     """
     store = CheckpointStore(run_dir / CHECKPOINT_DIR, keep_checkpoints)
     if not store.step_files():
@@ -238,6 +240,14 @@ def experiment_differences(saved_yaml: str, current_yaml: str) -> List[str]:
 
     A key the saved config lacks (added to the toolkit after that run started) counts as
     its schema default, so upgrading the toolkit does not strand a run.
+
+    Args:
+        saved_yaml: the run's resolved config as saved (checkpoint or config_resolved.yaml).
+        current_yaml: the resolved config of this start.
+
+    Returns:
+        One `key (old -> new)` entry per differing key outside RESUMABLE_CHANGES, sorted by
+        key; empty when the two are the same experiment.
     """
     saved, current = _flatten_yaml(saved_yaml), _flatten_yaml(current_yaml)
     defaults = _schema_defaults()
@@ -269,7 +279,23 @@ def _free_sibling(run_dir: Path) -> Path:
 def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_checkpoints: int,
                       env: DistEnv) -> StartPlan:
     """Rank 0 decides fresh/resume/refuse (before anything is written, so a refused resume
-    leaves the old run as it was); the other ranks follow and read the same checkpoint."""
+    leaves the old run as it was); the other ranks follow and read the same checkpoint.
+
+    Args:
+        run_dir: the output folder the user asked for.
+        resolved_yaml: the current config, resolved, as YAML.
+        resume: trainer.resume (see `plan_start`).
+        keep_checkpoints: passed to the checkpoint store.
+        env: this process's rank; rank 0 decides and broadcasts.
+
+    Returns:
+        The plan; on rank 0 it holds the lock of its folder, on the other ranks no lock.
+
+    Raises:
+        UserError: on every rank, when rank 0's plan refuses the start (see `plan_start`),
+            the folder cannot be written, or another process holds it.
+        CheckpointError: on a rank other than 0, when it cannot read the chosen checkpoint.
+    """
     decision = None
     if env.is_main:
         try:
@@ -311,6 +337,15 @@ def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
     """The summary of a run that already reached `total_steps`, so a rerun (of a sweep,
     say) leaves it exactly as it is; None when there is training left to do.
 
+    Args:
+        plan: the start's plan (`plan_on_rank_zero`).
+        total_steps: trainer.total_steps of this start.
+
+    Returns:
+        The run's metrics.json summary (status `completed`), or None when there is training
+        left, or when a checkpoint at the end has no readable completed metrics.json (the
+        trainer, resumed there, then rewrites it).
+
     Raises:
         UserError: the run completed more steps than `total_steps`: its results are not
             those of the shorter run asked for.
@@ -337,7 +372,15 @@ def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
 def holds_a_run(plan: StartPlan) -> bool:
     """Whether the plan's folder holds a run that a start refused before training must
     leave as it is: one with a checkpoint, or with any metrics.json but that of a start
-    that failed before its first step (a new run's folder, or such a start, is rewritten)."""
+    that failed before its first step (a new run's folder, or such a start, is rewritten).
+
+    Args:
+        plan: the start's plan.
+
+    Returns:
+        True when the folder's run must be kept byte for byte (also for an unreadable
+        metrics.json); False when the folder may be rewritten.
+    """
     if plan.checkpoint is not None:
         return True
     path = plan.run_dir / "metrics.json"
@@ -357,7 +400,14 @@ def _is_restartable_start(summary) -> bool:
 
 
 def make_writable(run_dir: Path) -> None:
-    """Create `run_dir` and check a file can be written there."""
+    """Create `run_dir` and check a file can be written there.
+
+    Args:
+        run_dir: the output folder, created with its parents when missing.
+
+    Raises:
+        UserError: when the folder cannot be created or written to.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

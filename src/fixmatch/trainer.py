@@ -52,6 +52,7 @@ class TrainingParts:
 
     @property
     def device(self) -> torch.device:
+        """The device the model trains on (that of the inputs)."""
         return self.inputs.device
 
 
@@ -100,6 +101,13 @@ class Trainer:
 
         The summary's status is `completed`, or `preempted` when a signal stopped the run
         (after a checkpoint of the last finished step).
+
+        Returns:
+            The metrics.json summary written at the end (`MetricWriter.summary`).
+
+        Raises:
+            NonFiniteLossError: when the loss or the weights stop being finite (checked at
+                each log step, evaluation and checkpoint); the last good checkpoint is kept.
         """
         progress = self._progress_bar()
         self._restart_log_clock()
@@ -246,6 +254,11 @@ class Trainer:
         Args:
             eval_window: `RunningMeans.state_dict` of the training means since the last
                 evaluation, summed over ranks (a collective, so every rank computes it).
+
+        Returns:
+            The checkpoint: step, model, EMA, optimiser, schedule, scaler, metric history,
+            elapsed time, RNG states, loader position and CTAugment rates, plus the
+            `checkpoint_extras`.
         """
         parts = self.parts
         return {
@@ -272,6 +285,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()` output (the loaders must already start at its step).
+
+        Args:
+            state: a loaded checkpoint, as `state_dict` wrote it.
 
         Raises:
             CheckpointError: when the checkpoint does not fit this model or optimiser.
@@ -317,7 +333,15 @@ def _duration(seconds: float) -> str:
 
 
 def uses_cuda_graphs(config: TrainerConfig, device: torch.device) -> bool:
-    """Whether the compiled model replays CUDA graphs (torch skips them off CUDA)."""
+    """Whether the compiled model replays CUDA graphs (torch skips them off CUDA).
+
+    Args:
+        config: the trainer config; compile and compile_mode are read.
+        device: the device the run trains on.
+
+    Returns:
+        True when trainer.compile is on with a CUDA-graph mode and the device is CUDA.
+    """
     return config.compile and config.compile_mode is not CompileMode.default and device.type == "cuda"
 
 

@@ -48,6 +48,12 @@ def compose_config(overrides: List[str]) -> Config:
     """The typed config `python run.py <overrides>` would train with, checked as run.py
     checks it (values the schema's types admit but a run refuses, a required key unset).
 
+    Args:
+        overrides: Hydra overrides, as given to run.py (`key=value`, `+key=value`, `~key`).
+
+    Returns:
+        The typed config, checked for a single rank.
+
     Raises:
         UserError: for an override Hydra rejects or a value the run would refuse.
     """
@@ -65,7 +71,16 @@ def compose_config(overrides: List[str]) -> Config:
 
 
 def training_images(config: Config, synthetic: Optional[int]) -> np.ndarray:
-    """The configured dataset's training images, or `synthetic` random ones of its shape."""
+    """The configured dataset's training images, or `synthetic` random ones of its shape.
+
+    Args:
+        config: the typed config; its dataset node is read (and loaded when not synthetic).
+        synthetic: how many random images to make (seeded, the same each call); None loads
+            the dataset.
+
+    Returns:
+        uint8 images, (N, H, W, C).
+    """
     if synthetic is not None:
         shape = (synthetic, config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
         return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
@@ -74,6 +89,12 @@ def training_images(config: Config, synthetic: Optional[int]) -> np.ndarray:
 
 
 def machine() -> dict:
+    """What the figures were measured on, for the JSON record.
+
+    Returns:
+        The date, CPU count, torch's threads, platform, torch version and CUDA device name
+        (None without CUDA).
+    """
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "torch": torch.__version__,
@@ -81,6 +102,13 @@ def machine() -> dict:
 
 
 def print_table(title: str, header: List[str], rows: List[List[str]]) -> None:
+    """Print a title and a table with right-aligned columns to stdout.
+
+    Args:
+        title: the line printed above the table, after a blank line.
+        header: the column names.
+        rows: the cells, one list per row, as many as the header has.
+    """
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     print(f"\n{title}")
     for row in [header, ["-" * width for width in widths], *rows]:
@@ -88,11 +116,29 @@ def print_table(title: str, header: List[str], rows: List[List[str]]) -> None:
 
 
 def compiled(trainer) -> str:
-    """', compiled (<mode>)' for a compiled model, else ''."""
+    """', compiled (<mode>)' for a compiled model, else ''.
+
+    Args:
+        trainer: the TrainerConfig; compile and compile_mode are read.
+
+    Returns:
+        The suffix for a table's title.
+    """
     return f", compiled ({trainer.compile_mode.name})" if trainer.compile else ""
 
 
 def bench_data(args, config: Config) -> dict:
+    """The `data` command: augmentation pairs/s on one core and loader steps/s per worker count,
+    ours and the port's, printed as a table.
+
+    Args:
+        args: the validated command line (synthetic, max_images, seconds, workers, steps).
+        config: the typed config; the dataset, ssl batch sizes and views are read.
+
+    Returns:
+        The figures for the JSON record: every round's rates, the batch sizes and the images'
+        shape.
+    """
     from fixmatch.bench import data
     from fixmatch.bench.port import PortWeakStrong
     from fixmatch.data.transforms import WeakStrongTransform
@@ -129,6 +175,20 @@ def bench_data(args, config: Config) -> dict:
 
 
 def bench_step(args, config: Config) -> dict:
+    """The `step` command: our training step's phases and the port's step, each timed in a
+    fresh process, alternately for `args.rounds` rounds, printed with FLOP rates as a table.
+
+    Args:
+        args: the validated command line (steps, rounds).
+        config: the typed config the step is built from.
+
+    Returns:
+        The figures for the JSON record: both summaries, the setting, device, threads, the
+        step's FLOPs and every round's raw timings.
+
+    Raises:
+        UserError: when a timing process fails or dies before it reports.
+    """
     from fixmatch.bench import step
     from fixmatch.runtime import resolve_precision, select_device
 
@@ -165,6 +225,21 @@ def bench_step(args, config: Config) -> dict:
 
 
 def bench_train(args, config: Config) -> dict:
+    """The `train` command: `args.steps` steps of the real trainer in a temporary folder; the
+    median steps/s and data-wait fraction of its log windows after the first, as a table.
+
+    Args:
+        args: the validated command line (steps).
+        config: the typed config; its trainer node is changed in place (length, cadences,
+            progress bar).
+
+    Returns:
+        The figures for the JSON record: steps/s, data-wait fraction, peak GPU memory in GiB
+        (None off CUDA), the setting and every log window's values.
+
+    Raises:
+        UserError: for any input `app.train` refuses.
+    """
     import tempfile
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -266,8 +341,14 @@ def _at_least(option: str, value, minimum: int, what: str = "") -> None:
 def validate(args: argparse.Namespace) -> None:
     """Refuse any option a command would misuse or ignore, before any work.
 
+    Fills in the defaults of the command's own options and the JSON path, in place.
+
+    Args:
+        args: the parsed command line.
+
     Raises:
-        UserError: naming the option and its allowed range.
+        UserError: naming the option and its allowed range, or the command it applies to;
+            also for --threads (replaced) and a JSON path that cannot be written.
     """
     if args.threads is not None:
         raise UserError(f"--threads was replaced by the override trainer.num_threads={args.threads} "
@@ -317,7 +398,17 @@ def _is_bench_json(path: Path) -> bool:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """The command, its options and the run.py overrides, in any order; validated."""
+    """The command, its options and the run.py overrides, in any order; validated.
+
+    Args:
+        argv: the command-line arguments after the program name.
+
+    Returns:
+        The options, with `overrides` holding every Hydra override and the defaults filled in.
+
+    Raises:
+        UserError: for a command-line mistake, a missing command or an option out of range.
+    """
     parser = _parser()
     overrides, rest = _split_overrides(parser, list(argv))
     args = parser.parse_intermixed_args(rest)
@@ -330,6 +421,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str]) -> dict:
+    """Run one bench command, print its table and write its figures as JSON.
+
+    Args:
+        argv: the command-line arguments after the program name.
+
+    Returns:
+        The figures written: command, overrides, machine and the command's own figures.
+
+    Raises:
+        UserError: for a bad command line or config, a failed measurement, or a JSON file
+            that cannot be written.
+    """
     args = parse_args(argv)
     config = compose_config(args.overrides)
     configure_threads(config.trainer.num_threads)  # as run.py does; step's processes use the same count

@@ -16,7 +16,15 @@ ROUNDS = 3  # ours, port, ours, port, ...: the median of each cancels slow drift
 
 
 def pairs_per_second(make_pair: Callable[[int], object], seconds: float) -> float:
-    """How many (weak, strong) pairs `make_pair(i)` produces per second in this process."""
+    """How many (weak, strong) pairs `make_pair(i)` produces per second in this process.
+
+    Args:
+        make_pair: makes the pair of image number i (i counts up from 0).
+        seconds: how long to keep calling it (checked every 32 calls).
+
+    Returns:
+        Pairs per second of wall time.
+    """
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for _ in range(32):
@@ -27,7 +35,18 @@ def pairs_per_second(make_pair: Callable[[int], object], seconds: float) -> floa
 
 def augmentation_rates(images: np.ndarray, ours: WeakStrongTransform, port: PortWeakStrong,
                        seconds: float) -> Dict[str, List[float]]:
-    """Pairs/s of both pipelines on one core (torch pinned to one thread), ROUNDS each."""
+    """Pairs/s of both pipelines on one core (torch pinned to one thread), ROUNDS each.
+
+    Args:
+        images: uint8 (N, H, W, C) images, cycled through.
+        ours: our weak/strong transform (seeded per image).
+        port: the port's weak/strong transform.
+        seconds: length of each round.
+
+    Returns:
+        ROUNDS rates per pipeline, under "ours" and "port", in alternating order of
+        measurement.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     port_images = PortImages(images, port)
@@ -53,7 +72,21 @@ def _steps_per_second(batches, num_steps: int, warmup: int) -> float:
 
 def loader_rates(images: np.ndarray, ours: WeakStrongTransform, port: PortWeakStrong, hflip: bool,
                  batch_size: int, mu: int, num_workers: int, num_steps: int) -> Dict[str, List[float]]:
-    """Training steps/s the loaders deliver (a labeled and an unlabeled batch per step)."""
+    """Training steps/s the loaders deliver (a labeled and an unlabeled batch per step).
+
+    Args:
+        images: uint8 (N, H, W, C) images; repeated until they fill one unlabeled batch.
+        ours: our weak/strong transform for the unlabeled stream.
+        port: the port's weak/strong transform.
+        hflip: whether our labeled stream's weak view flips.
+        batch_size: B, labeled images per step.
+        mu: μ, unlabeled images per labeled one.
+        num_workers: loader processes of each loader (0: the main process).
+        num_steps: steps timed per round, after max(2, 2 · num_workers) warm-up steps.
+
+    Returns:
+        ROUNDS rates per pipeline, under "ours" and "port".
+    """
     if len(images) < batch_size * mu:  # the port drops incomplete batches: it needs a full one
         images = np.concatenate([images] * -(-batch_size * mu // len(images)))
     targets = np.zeros(len(images), dtype=np.int64)

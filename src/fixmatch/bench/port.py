@@ -72,7 +72,14 @@ def _cutout(img: Image.Image, size: int) -> Image.Image:
 
 
 class PortWeakStrong:
-    """(weak, strong) float32 tensors of a PIL image, each normalised."""
+    """(weak, strong) float32 tensors of a PIL image, each normalised.
+
+    Args:
+        side: the images' side in pixels; the crop pads by an eighth of it (reflected).
+        mean: per-channel mean, in [0, 1] pixel units.
+        std: per-channel standard deviation, in [0, 1] pixel units.
+        hflip: random horizontal flip before the crop.
+    """
 
     def __init__(self, side: int, mean: Sequence[float], std: Sequence[float], hflip: bool = True):
         flip = [transforms.RandomHorizontalFlip()] if hflip else []
@@ -85,12 +92,21 @@ class PortWeakStrong:
         return self.normalize(self.weak(img)), self.normalize(self.strong(img))
 
     def weak_only(self):
-        """The labeled images' pipeline: the weak view, normalised."""
+        """The labeled images' pipeline: the weak view, normalised.
+
+        Returns:
+            A transform from a PIL image to a normalised float32 (C, H, W) tensor.
+        """
         return transforms.Compose([self.weak, self.normalize])
 
 
 class PortImages(Dataset):
-    """uint8 (N, H, W, C) images through `transform`, as the port's CIFAR dataset does."""
+    """uint8 (N, H, W, C) images through `transform`, as the port's CIFAR dataset does.
+
+    Args:
+        images: uint8 (N, H, W, C) images; C is 1 or 3.
+        transform: applied to each image as PIL; every item's label is 0.
+    """
 
     def __init__(self, images: np.ndarray, transform):
         self.images = images
@@ -106,17 +122,46 @@ class PortImages(Dataset):
 
 
 def interleave(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Reorder rows as the port does: row i·size + j moves to row j·n + i (n = len(x) / size),
+    so that each block of n rows mixes labeled and unlabeled images (for BatchNorm when
+    DataParallel splits the batch).
+
+    Args:
+        x: the labeled then the unlabeled images, (n · size, ...).
+        size: the chunk length; 2μ + 1 in the step, so that n is the labeled batch size.
+
+    Returns:
+        The same rows, reordered; `de_interleave` undoes it.
+    """
     shape = list(x.shape)
     return x.reshape([-1, size] + shape[1:]).transpose(0, 1).reshape([-1] + shape[1:])
 
 
 def de_interleave(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Undo `interleave` on the model's output.
+
+    Args:
+        x: interleaved rows (or the model's outputs for them), (n · size, ...).
+        size: the chunk length `interleave` was given.
+
+    Returns:
+        The rows in their order before `interleave`.
+    """
     shape = list(x.shape)
     return x.reshape([size, -1] + shape[1:]).transpose(0, 1).reshape([-1] + shape[1:])
 
 
 class PortStep:
-    """One FixMatch step as the port writes it (fp32, NCHW, per-parameter EMA, `.item()`)."""
+    """One FixMatch step as the port writes it (fp32, NCHW, per-parameter EMA, `.item()`).
+
+    Args:
+        model: the live model.
+        ema_model: a copy of it that the step averages into.
+        optimizer: the model's optimiser.
+        mu: μ, unlabeled images per labeled one.
+        threshold: τ, confidence needed to keep a pseudo-label.
+        ema_decay: weight kept by the average at each step.
+    """
 
     def __init__(self, model: nn.Module, ema_model: nn.Module, optimizer: torch.optim.Optimizer,
                  mu: int, threshold: float = 0.95, ema_decay: float = 0.999):

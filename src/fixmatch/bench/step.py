@@ -47,7 +47,19 @@ def _batches(config: Config, device: torch.device, channels_last: bool):
 
 
 def time_ours(config: Config, device: torch.device, steps: int) -> Dict[str, List[float]]:
-    """Seconds per phase of our step, for `steps` steps after two warm-up steps."""
+    """Seconds per phase of our step, for `steps` steps after two warm-up steps.
+
+    Args:
+        config: the typed config the model, optimiser, EMA and FixMatch loss are built from.
+        device: where the step runs, on random batches of the configured shape.
+        steps: steps timed.
+
+    Returns:
+        For each of PHASES, the seconds of each timed step.
+
+    Raises:
+        UserError: for a model or precision setting the run would refuse.
+    """
     from fixmatch.app import build_model
     trainer = config.trainer
     model = build_model(config, config.dataset.num_classes or 10).to(device)
@@ -85,7 +97,16 @@ def time_ours(config: Config, device: torch.device, steps: int) -> Dict[str, Lis
 
 
 def time_port(config: Config, device: torch.device, steps: int) -> Dict[str, List[float]]:
-    """Seconds per step of the port's step (fp32, NCHW, per-parameter EMA, .item() per step)."""
+    """Seconds per step of the port's step (fp32, NCHW, per-parameter EMA, .item() per step).
+
+    Args:
+        config: the typed config; the model, lr, weight decay and μ are read.
+        device: where the step runs, on random batches of the configured shape.
+        steps: steps timed, after two warm-up steps.
+
+    Returns:
+        The seconds of each timed step, under "step".
+    """
     from fixmatch.app import build_model
     torch.manual_seed(0)
     model = build_model(config, config.dataset.num_classes or 10).to(device)
@@ -106,7 +127,14 @@ def time_port(config: Config, device: torch.device, steps: int) -> Dict[str, Lis
 
 def step_flops(config: Config) -> float:
     """Floating-point operations of one step's forward and backward pass (convolutions and the
-    head; element-wise work is not counted), counted on the meta device: no memory, no compute."""
+    head; element-wise work is not counted), counted on the meta device: no memory, no compute.
+
+    Args:
+        config: the typed config; the model, image shape, B and μ are read.
+
+    Returns:
+        FLOPs of one step's B · (1 + 2μ) images.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     from fixmatch.app import build_model
@@ -122,7 +150,16 @@ def step_flops(config: Config) -> float:
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
     """Dense square matmul throughput in `dtype`: a practical ceiling for the step's convolutions,
-    which lower to the same kind of kernels."""
+    which lower to the same kind of kernels.
+
+    Args:
+        device: where to multiply (operands of side MATMUL_SIZE for its type, else 1024).
+        dtype: the operands' dtype, that of the step's autocast.
+        seconds: how long to keep multiplying (at least 3 products).
+
+    Returns:
+        FLOP per second (2·n³ per product).
+    """
     n = MATMUL_SIZE.get(device.type, 1024)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
@@ -168,7 +205,22 @@ def _time_in_child(which: str, config: Config, device: str, steps: int, threads:
 
 
 def run_isolated(which: str, config: Config, device: torch.device, steps: int, threads: int) -> dict:
-    """`time_ours` or `time_port` in a fresh process (its own peak memory)."""
+    """`time_ours` or `time_port` in a fresh process (its own peak memory).
+
+    Args:
+        which: "ours" or "port".
+        config: the typed config, sent to the child process.
+        device: where the step runs.
+        steps: steps timed.
+        threads: torch's intra-op threads in the child.
+
+    Returns:
+        "times" (as the timing function returns them), "peak_memory_gb" (GPU memory on
+        CUDA, else the process's peak RSS) and "matmul_flops_per_s" (the ceiling).
+
+    Raises:
+        UserError: when the child reports an error, or ends before it reports.
+    """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(which, config, str(device), steps, threads, queue))
@@ -188,7 +240,15 @@ def run_isolated(which: str, config: Config, device: torch.device, steps: int, t
 
 
 def summarize(rounds: List[dict]) -> dict:
-    """Median seconds per phase over all rounds' steps, the total, and the largest peak memory."""
+    """Median seconds per phase over all rounds' steps, the total, and the largest peak memory.
+
+    Args:
+        rounds: `run_isolated` results of one variant.
+
+    Returns:
+        "phases_s" (median per phase), "step_s" (median of the per-step sums),
+        "peak_memory_gb" (the largest) and "matmul_flops_per_s" (the median).
+    """
     phases = rounds[0]["times"].keys()
     medians = {phase: statistics.median([t for r in rounds for t in r["times"][phase]]) for phase in phases}
     totals = [sum(values) for r in rounds for values in zip(*r["times"].values())]

@@ -62,6 +62,14 @@ class PreActBlock(nn.Module):
     The residual branch always convolves the activated input. The shortcut takes the raw
     input, except with `activate_before_residual` (first block of the network), where the
     official code reassigns `x0 = x` so the shortcut sees the activated input too.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output; a 1×1 conv shortcut when they or the size change.
+        stride: stride of the first conv and of the shortcut (2 halves H and W).
+        activate_before_residual: the shortcut takes the activated input (first block only).
+        bn_momentum: PyTorch BatchNorm momentum of both BatchNorms.
+        leaky_slope: negative slope of both LeakyReLUs.
     """
 
     def __init__(
