@@ -97,5 +97,8 @@ def test_loading_a_checkpoint_keeps_this_machines_implementation():
     load_optimizer_state(optimizer, written_elsewhere.state_dict())
     assert all(group["fused"] and not group["foreach"] for group in optimizer.param_groups)
     assert optimizer.param_groups[0]["lr"] == 0.01  # what it computes comes from the checkpoint
+    # and its groups hold the keys a fresh optimiser's hold, none added (before: capturable=None)
+    fresh = build_optimizer(small_net(), OptimConfig(weight_decay=5e-4))
+    assert [set(group) for group in optimizer.param_groups] == [set(group) for group in fresh.param_groups]
     momentum = written_elsewhere.state[net[0].weight]["momentum_buffer"]
     assert torch.equal(optimizer.state[net[0].weight]["momentum_buffer"], momentum)

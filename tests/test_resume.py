@@ -16,15 +16,18 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
+from fixmatch import preemption, resume
 from fixmatch.app import run_experiment
 from fixmatch.checkpoint import CheckpointError, load_checkpoint
+from fixmatch.distributed import DistEnv
 from fixmatch.errors import UserError
 from fixmatch.folder_lock import FolderLock, is_held
-from fixmatch import preemption
 from fixmatch.preemption import EXIT_CODE_PREEMPTED, StopRequest
 from fixmatch.resume import experiment_differences
+from fixmatch.trainer import Trainer
 
 REPO = CONF_DIR.parent
 TOTAL_STEPS = 24
@@ -118,6 +121,99 @@ def test_sigterm_checkpoints_marks_preempted_and_resumes_exactly(tiny_cifar10, t
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     assert_same_run(run_dir, reference_runs[2])
+
+
+def test_a_signal_during_the_last_step_leaves_a_completed_run(tiny_cifar10, tmp_path, monkeypatch):
+    # Before: the run that had done every step re-saved and said preempted; under torchrun the
+    # rank that got the signal saved alone, in collectives the finished ranks never joined.
+    advance = Trainer._advance
+
+    def advance_with_a_late_signal(self, progress):
+        if self.step == TOTAL_STEPS - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        advance(self, progress)
+
+    monkeypatch.setattr(Trainer, "_advance", advance_with_a_late_signal)
+    run_dir = tmp_path / "run"
+    summary = in_process(resume_overrides(tiny_cifar10, run_dir), run_dir)
+    assert (summary["status"], summary["step"]) == ("completed", TOTAL_STEPS)
+    assert newest_step(run_dir) == TOTAL_STEPS
+
+
+def _stop_before_step(monkeypatch, step: int) -> None:
+    """SIGTERM this process as the trainer starts `step` (then the run stops after it)."""
+    advance = Trainer._advance
+
+    def advance_with_a_signal(self, progress):
+        if self.step == step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        advance(self, progress)
+
+    monkeypatch.setattr(Trainer, "_advance", advance_with_a_signal)
+
+
+def _scalars(path: Path, name: str) -> dict:
+    events = EventAccumulator(str(path))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(name)}
+
+
+def test_a_run_resumed_at_its_last_step_scores_its_final_weights(tiny_cifar10, tmp_path,
+                                                                 monkeypatch):
+    # Preempted at step 10 (no evaluation there), then given trainer.total_steps=10 as the
+    # error for a shorter length advises. Before: "completed" with step 6's accuracy as final.
+    run_dir = tmp_path / "run"
+    _stop_before_step(monkeypatch, 10)
+    assert in_process(resume_overrides(tiny_cifar10, run_dir), run_dir)["status"] == "preempted"
+    monkeypatch.undo()
+    summary = in_process(resume_overrides(tiny_cifar10, run_dir, "trainer.total_steps=10"), run_dir)
+    assert (summary["status"], summary["step"], summary["num_evaluations"]) == ("completed", 10, 2)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [6, 10]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"][-1]["step"] == 10
+
+
+def test_train_curves_after_a_resume_between_log_steps_are_the_uninterrupted_ones(
+        tiny_cifar10, tmp_path, monkeypatch):
+    # Logged every 4 steps, stopped at step 10: before, the step-12 point averaged steps
+    # 11-12 only (the log window was not in the checkpoint).
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    in_process(resume_overrides(tiny_cifar10, reference, "trainer.log_every_steps=4"), reference)
+    _stop_before_step(monkeypatch, 10)
+    in_process(resume_overrides(tiny_cifar10, resumed, "trainer.log_every_steps=4"), resumed)
+    monkeypatch.undo()
+    in_process(resume_overrides(tiny_cifar10, resumed, "trainer.log_every_steps=4"), resumed)
+    # The resumed process's own event file (TensorBoard orders files by name, and two files
+    # of one process in one second may sort either way, so the folder is not read whole).
+    first, second = sorted((resumed / "tensorboard").glob("events.*"),
+                           key=lambda path: max(_scalars(path, "train/loss")))
+    for name in ("train/loss", "train/loss_x", "train/mask_rate"):
+        expected = _scalars(reference / "tensorboard", name)
+        assert _scalars(second, name) == {step: value for step, value in expected.items()
+                                          if step > 10}, name
+
+
+def test_a_failure_of_rank_zeros_planning_stops_the_other_ranks_at_once(tmp_path, monkeypatch):
+    # Before: only a UserError was broadcast; after any other error rank 0 exited and the
+    # others waited in the broadcast until the process group's timeout.
+    def fail(*args):
+        raise PermissionError(13, "Permission denied")
+
+    sent = []
+    monkeypatch.setattr(resume, "_plan_holding_the_folder", fail)
+    monkeypatch.setattr(resume, "broadcast_object", lambda value, env: sent.append(value) or value)
+    with pytest.raises(PermissionError):
+        resume.plan_on_rank_zero(tmp_path, "seed: 1\n", True, 2, DistEnv(rank=0, world_size=2))
+    assert sent == [resume.RANK_ZERO_FAILED]
+    monkeypatch.setattr(resume, "broadcast_object", lambda value, env: sent[0])  # what rank 1 hears
+    with pytest.raises(UserError, match="rank 0 failed while choosing where the run writes"):
+        resume.plan_on_rank_zero(tmp_path, "seed: 1\n", True, 2, DistEnv(rank=1, world_size=2))
+
+
+def test_a_metrics_json_that_is_no_summary_means_the_run_is_redone_at_its_last_step(tmp_path):
+    (tmp_path / "metrics.json").write_text("[1, 2]\n")  # valid JSON, no summary (was AttributeError)
+    plan = resume.StartPlan(tmp_path, checkpoint={"step": 24})
+    assert resume.finished_summary(plan, 24) is None
 
 
 def test_second_signal_stops_at_once():

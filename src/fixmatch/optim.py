@@ -72,9 +72,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         optimizer: the optimiser built for this run (`build_optimizer`).
         state: its state dict from a checkpoint.
     """
-    implementation = [{key: group.get(key) for key in IMPLEMENTATION_KEYS} for group in optimizer.param_groups]
+    implementation = [{key: group[key] for key in IMPLEMENTATION_KEYS if key in group}
+                      for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, kept in zip(optimizer.param_groups, implementation):
+        for key in IMPLEMENTATION_KEYS:  # the checkpoint's own, where this torch has none
+            group.pop(key, None)
         group.update(kept)
 
 

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = MACHINE_KEYS | EXECUTION_KEYS | LENGTH_KEYS
 
 
+RANK_ZERO_FAILED = "rank 0 failed"  # broadcast in place of a plan
+
+
 @dataclass
 class StartPlan:
     """Where a run writes and what it continues from."""
@@ -295,6 +298,8 @@ def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_chec
         UserError: on every rank, when rank 0's plan refuses the start (see `plan_start`),
             the folder cannot be written, or another process holds it.
         CheckpointError: on a rank other than 0, when it cannot read the chosen checkpoint.
+        Exception: on rank 0, whatever else stopped it from planning; the other ranks then
+            raise UserError.
     """
     decision = None
     if env.is_main:
@@ -303,9 +308,17 @@ def plan_on_rank_zero(run_dir: Path, resolved_yaml: str, resume: bool, keep_chec
             decision = (plan.run_dir, plan.checkpoint_path, plan.completed)
         except UserError as error:
             decision = error
+        except Exception:
+            # Anything else (an OSError of the folder lock, say) is rank 0's traceback; the
+            # others must hear of it now, not at the process group's timeout half an hour on.
+            broadcast_object(RANK_ZERO_FAILED, env)
+            raise
     decision = broadcast_object(decision, env)
     if isinstance(decision, UserError):
         raise decision
+    if decision == RANK_ZERO_FAILED:
+        raise UserError("rank 0 failed while choosing where the run writes (its error is "
+                        "above); this rank stops with it")
     if env.is_main:
         return plan
     folder, checkpoint_path, completed = decision
@@ -359,8 +372,8 @@ def finished_summary(plan: StartPlan, total_steps: int) -> Optional[dict]:
             summary = json.loads((plan.run_dir / "metrics.json").read_text())
         except (OSError, ValueError):
             return None  # recomputed (and rewritten) by resuming at the last step
-        if summary.get("status") != "completed":
-            return None
+        if not isinstance(summary, dict) or summary.get("status") != "completed":
+            return None  # e.g. a metrics.json holding a list: not a summary
     if summary.get("step", total_steps) > total_steps:
         raise UserError(f"{plan.run_dir} holds a run completed at step {summary['step']}, past "
                         f"trainer.total_steps={total_steps}; its results are not those of a "

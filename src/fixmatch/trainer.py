@@ -112,10 +112,14 @@ class Trainer:
         progress = self._progress_bar()
         self._restart_log_clock()
         with StopRequest(launched=self.parts.env.is_distributed) as stop:
-            while self.step < self.config.total_steps and not self._stop_agreed(stop):
-                self._advance(progress)
+            stopped = self._train_until_done_or_stopped(progress, stop)
+            if not (stopped or self._evaluated_at(self.step)):
+                # Resumed at its last step without an evaluation there (a run preempted at
+                # step 23, rerun with trainer.total_steps=23): its final weights are scored too.
+                self._evaluate(progress)
+                self._save_checkpoint()
             progress.close()
-            if not (stop.requested or self.step < self.config.total_steps):
+            if not stopped:
                 return self.writer.summary("completed", self.step)
             # Still inside: a late copy of the signal, or one more, must not kill the process
             # halfway through the checkpoint that makes the run resumable.
@@ -124,6 +128,20 @@ class Trainer:
             log.warning("stopped by %s at step %d; checkpoint saved",
                         stop.signal_name or "a signal to another rank", self.step)
             return self.writer.summary("preempted", self.step)
+
+    def _train_until_done_or_stopped(self, progress, stop: StopRequest) -> bool:
+        # True only when the ranks agreed to stop before the last step. A signal that reaches
+        # one rank during the last steps changes nothing: every rank has finished the run (the
+        # final step's checkpoint is written), and a rank that saved again alone would wait
+        # in collectives the others never join.
+        while self.step < self.config.total_steps:
+            if self._stop_agreed(stop):
+                return True
+            self._advance(progress)
+        return False
+
+    def _evaluated_at(self, step: int) -> bool:
+        return bool(self.writer.history) and self.writer.history[-1]["step"] == step
 
     def _stop_agreed(self, stop: StopRequest) -> bool:
         # Every rank must stop after the same step, or the others would wait forever in
@@ -244,16 +262,20 @@ class Trainer:
             raise NonFiniteLossError(
                 f"training diverged: the weights are not finite at step {self.step}; the last "
                 f"good checkpoint is kept; lower optim.lr or train in trainer.precision=fp32")
-        window = self.eval_window.state_dict(self.parts.env)  # a collective: on every rank
+        # Collectives, so on every rank; the log window too, or the first train/* point after
+        # a resume between two log steps would average only the steps since the resume.
+        windows = {"eval_window": self.eval_window.state_dict(self.parts.env),
+                   "log_window": self.log_window.state_dict(self.parts.env)}
         if self.parts.env.is_main:
-            self.checkpoints.save(self.state_dict(window), self.step)
+            self.checkpoints.save(self.state_dict(windows), self.step)
 
-    def state_dict(self, eval_window: dict) -> dict:
+    def state_dict(self, windows: dict) -> dict:
         """Everything needed to continue this run exactly, as tensors and plain types.
 
         Args:
-            eval_window: `RunningMeans.state_dict` of the training means since the last
-                evaluation, summed over ranks (a collective, so every rank computes it).
+            windows: "eval_window" and "log_window", the `RunningMeans.state_dict` of the
+                training means since the last evaluation and since the last log step, summed
+                over ranks (collectives, so every rank computes them).
 
         Returns:
             The checkpoint: step, model, EMA, optimiser, schedule, scaler, metric history,
@@ -271,7 +293,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "history": list(self.writer.history),
             "elapsed_s": self.writer.elapsed_s(),
-            "eval_window": eval_window,
+            **windows,
             "rng": capture_rng_state(),
             # The samplers are pure functions of the batch number: continuing a stream
             # needs only how many batches each loader has handed out.
@@ -304,6 +326,8 @@ class Trainer:
         parts.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.eval_window.load_state_dict(state["eval_window"], parts.device, parts.env)
+        if "log_window" in state:  # checkpoints from before 2026-12-01 lack it
+            self.log_window.load_state_dict(state["log_window"], parts.device, parts.env)
         restore_rng_state(state["rng"])
         self.step = state["step"]
 
