@@ -454,6 +454,7 @@ def test_predict_never_overwrites_files_it_did_not_write(trained_run, tmp_path):
                               r"predictions elsewhere$"),
             (run_dir / "checkpoints" / "last.pt", "is in a run's checkpoints/ folder"),
             (run_dir / "checkpoints" / "predictions.csv", "is in a run's checkpoints/ folder"),
+            (run_dir / "checkpoints" / "sub" / "p.csv", "is in a run's checkpoints/ folder"),
             (run_dir / "metrics.json", r"^output=.*metrics\.json already exists and no predict "
                                        r"wrote it; choose another name$"),
             (run_dir / "config_resolved.yaml", "config_resolved.yaml already exists and no predict"),
@@ -533,10 +534,13 @@ def test_evaluate_never_writes_into_checkpoints_or_over_files_it_did_not_write(t
     run_dir, _, _ = trained_run
     checkpoints = run_dir / "checkpoints"
     listed = sorted(path.name for path in checkpoints.iterdir())
-    with pytest.raises(UserError, match=r"^out=.*checkpoints is a run's checkpoints/ folder, which "
-                                        r"holds only its checkpoints; write the report elsewhere "
-                                        r"\(leave out= off for the run folder\)$"):
+    with pytest.raises(UserError, match=r"^out=.*checkpoints is a run's checkpoints/ folder \(or "
+                                        r"lies in one\), which holds only its checkpoints; write "
+                                        r"the report elsewhere \(leave out= off for the run "
+                                        r"folder\)$"):
         evaluate.main([f"checkpoint={run_dir}", f"out={checkpoints}"])
+    with pytest.raises(UserError, match="checkpoints/ folder \\(or lies in one\\)"):
+        evaluate.main([f"checkpoint={run_dir}", f"out={checkpoints / 'sub'}"])  # was accepted
     with pytest.raises(UserError, match="is a run's checkpoints/ folder"):
         evaluate.main([f"checkpoint={run_dir}", f"out={tmp_path / 'new' / 'checkpoints'}"])
     assert sorted(path.name for path in checkpoints.iterdir()) == listed
@@ -645,7 +649,12 @@ def test_readme_snippet_runs_the_onnx_export_as_predict_does(trained_run, tmp_pa
     prepare, _, onnx_snippet = _readme_snippets()
     monkeypatch.chdir(tmp_path)
     paths = _snippet_images(tmp_path)
-    export.main([f"checkpoint={run_dir}", "format=onnx", "output=model.onnx"])
+    export.main([f"checkpoint={run_dir}", "format=onnx", "output=made/model.onnx"])
+    # The two files are the whole model (before: its weights were in a model.onnx.data file
+    # that a model shipped without failed to load).
+    assert sorted(path.name for path in (tmp_path / "made").iterdir()) == ["model.json", "model.onnx"]
+    for name in ("model.json", "model.onnx"):
+        shutil.copy(tmp_path / "made" / name, tmp_path / name)
     namespace = {}
     exec(prepare + onnx_snippet, namespace)
     expected = _predicted_probabilities(load_trained_model(str(run_dir)), paths)
@@ -705,3 +714,26 @@ def test_tied_scores_give_one_top1_whatever_k_ties_to_the_lower_class():
     report = evaluate.classification_report(logits, torch.tensor([0, 0, 2, 1]))
     assert report.top1 == 50.0 and report.top5 == 75.0
     assert [row[0] for row in report.confusion[:3]] == [2, 1, 1]
+
+
+def test_both_formats_of_one_model_share_its_json_and_another_model_is_refused(
+        trained_run, tmp_path, capfd):
+    pytest.importorskip("onnx")
+    run_dir, _, _ = trained_run
+    export.main([f"checkpoint={run_dir}", f"output={tmp_path / 'model.pt'}"])
+    export.main([f"checkpoint={run_dir}", "format=onnx", f"output={tmp_path / 'model.onnx'}"])
+    record = json.loads((tmp_path / "model.json").read_text())
+    assert record["format"] == ["onnx", "torchscript"] and record["weights"] == "ema"
+    assert "Traceback" not in capfd.readouterr().err  # before: torch's opset conversion printed one
+    # Again in one format: still both files' metadata; the raw weights under that name: refused.
+    export.main([f"checkpoint={run_dir}", f"output={tmp_path / 'model.pt'}"])
+    assert json.loads((tmp_path / "model.json").read_text())["format"] == ["onnx", "torchscript"]
+    with pytest.raises(UserError, match=r"model.json describes .*model.onnx, another model; give "
+                                        r"this one its own name .*output=.*model_step\d+.pt"):
+        export.main([f"checkpoint={run_dir}", "model=raw", f"output={tmp_path / 'model.pt'}"])
+    assert json.loads((tmp_path / "model.json").read_text())["weights"] == "ema"
+    # Once the other file is gone, the name is free again.
+    (tmp_path / "model.onnx").unlink()
+    export.main([f"checkpoint={run_dir}", "model=raw", f"output={tmp_path / 'model.pt'}"])
+    record = json.loads((tmp_path / "model.json").read_text())
+    assert (record["format"], record["weights"]) == ("torchscript", "raw")

@@ -10,7 +10,7 @@ import inspect
 import json
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 
@@ -29,7 +29,6 @@ from fixmatch.trained_model import (
 )
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
-ONNX_OPSET = 17  # supported by onnxruntime >= 1.11 and torch >= 1.13
 
 
 def example_batch(trained: TrainedModel, batch_size: int = 2) -> torch.Tensor:
@@ -58,7 +57,8 @@ def metadata(trained: TrainedModel, file_format: str) -> dict:
 
     Returns:
         The record: format, class names, image size, channels, resize rule, mean/std, the
-        input and output layouts, weights, step and source checkpoint.
+        input and output layouts, weights, step and source checkpoint. (`export_model` makes
+        format a list of both names when the same model lies beside it in both formats.)
     """
     dataset = trained.config.dataset
     return {
@@ -83,7 +83,8 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
 
     Args:
         trained: the model to export, in eval mode.
-        file_format: "torchscript" (traced) or "onnx" (opset ONNX_OPSET, free batch size).
+        file_format: "torchscript" (traced) or "onnx" (one self-contained file, free batch
+            size; opset 18, or 17 on torch < 2.9).
         output: the model file; its folder is created when missing.
 
     Returns:
@@ -115,24 +116,48 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
         try:
             with writing("output", output):
                 torch.onnx.export(trained.model, batch, str(output), input_names=["images"],
-                                  output_names=["logits"], opset_version=ONNX_OPSET,
-                                  **_any_batch_size())
+                                  output_names=["logits"], **_onnx_options())
         except ImportError as error:  # torch >= 2.9 exports through onnxscript
             raise UserError(f"format=onnx: {error} (pip install onnx onnxscript); "
                             "or use format=torchscript") from None
-    with writing("output", output.with_suffix(".json")):
-        output.with_suffix(".json").write_text(json.dumps(metadata(trained, file_format), indent=1) + "\n")
+    meta, record = output.with_suffix(".json"), metadata(trained, file_format)
+    described = _other_formats_described(meta, file_format)
+    if described:  # the same model in the other format (check_output refused another model)
+        record["format"] = sorted({file_format, *described})
+    with writing("output", meta):
+        meta.write_text(json.dumps(record, indent=1) + "\n")
     return output
 
 
-def _any_batch_size() -> dict:
-    """torch.onnx.export's argument that leaves the batch dimension free: `dynamic_shapes`
-    where the export goes through torch.export by default (torch >= 2.9; dynamic_axes
-    there is deprecated and warns), else `dynamic_axes`."""
+def _onnx_options() -> dict:
+    """torch.onnx.export's settings for one self-contained file with a free batch size.
+
+    Where the export goes through torch.export by default (torch >= 2.9): opset 18, its
+    lowest (asking for 17 converts the graph down and prints a traceback on the way), the
+    weights inside the file (by default they go to a `<name>.onnx.data` file the model
+    cannot load without), no progress lines, and `dynamic_shapes` (`dynamic_axes` is
+    deprecated there). Before: opset 17 (onnxruntime >= 1.11) and `dynamic_axes`.
+    """
     dynamo = inspect.signature(torch.onnx.export).parameters.get("dynamo")
     if dynamo is not None and dynamo.default is True:
-        return {"dynamic_shapes": ({0: torch.export.Dim("batch")},)}
-    return {"dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
+        return {"opset_version": 18, "dynamic_shapes": ({0: torch.export.Dim("batch")},),
+                "external_data": False, "verbose": False}
+    return {"opset_version": 17, "dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
+
+
+def _formats_of(record: dict) -> List[str]:
+    formats = record.get("format")
+    return [formats] if isinstance(formats, str) else list(formats)
+
+
+def _other_formats_described(meta: Path, file_format: str) -> List[str]:
+    """The other formats whose model files `meta` (an earlier export's metadata) describes
+    and that still lie beside it: `model.json` serves `model.pt` and `model.onnx` alike."""
+    if not _is_export_metadata(meta):
+        return []
+    record = json.loads(meta.read_text())
+    return [other for other in _formats_of(record)
+            if other != file_format and meta.with_suffix(FORMATS[other]).exists()]
 
 
 def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
@@ -170,6 +195,13 @@ def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
     # is not).
     refuse_foreign_file(output, "output", "export", lambda model: _is_export_metadata(meta)
                         and _is_exported_model(model))
+    file_format = next(name for name, ending in FORMATS.items() if ending == suffix)
+    described = _other_formats_described(meta, file_format)
+    if described and not _same_model(json.loads(meta.read_text()), metadata(trained, file_format)):
+        others = " and ".join(str(meta.with_suffix(FORMATS[other])) for other in described)
+        raise UserError(f"output={output}: {meta} describes {others}, another model; give this "
+                        f"one its own name (and <name>.json), e.g. "
+                        f"output={output.with_name(f'{output.stem}_step{trained.step}{suffix}')}")
 
 
 def _is_exported_model(path: Path) -> bool:
@@ -180,12 +212,23 @@ def _is_exported_model(path: Path) -> bool:
     return is_torchscript_archive(path)
 
 
+def _same_model(record: dict, other: dict) -> bool:
+    """Whether two metadata records describe one model (they may differ in format)."""
+    return ({key: value for key, value in record.items() if key != "format"}
+            == {key: value for key, value in other.items() if key != "format"})
+
+
 def _is_export_metadata(path: Path) -> bool:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(record, dict) and record.get("format") in FORMATS and "class_names" in record
+    # "format" is one name, or the names of both files it serves
+    if not isinstance(record, dict) or "class_names" not in record \
+            or not isinstance(record.get("format"), (str, list)):
+        return False
+    formats = _formats_of(record)
+    return bool(formats) and all(isinstance(name, str) and name in FORMATS for name in formats)
 
 
 DEFAULTS = {"format": "torchscript", "output": "", "model": "ema", "device": "auto"}

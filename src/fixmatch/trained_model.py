@@ -18,7 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from fixmatch import app
-from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointError, CheckpointStore, load_checkpoint
+from fixmatch.checkpoint import (CHECKPOINT_DIR, LAST_CHECKPOINT, CheckpointError, CheckpointStore,
+                                 load_checkpoint)
 from fixmatch.config import Config, Device
 from fixmatch.data.device_inputs import DeviceInputs
 from fixmatch.data.normalization import Normalization
@@ -288,20 +289,29 @@ def refuse_checkpoints_folder(output: Path, setting: str, what: str,
         folder: `output` is a folder that the command writes several files into (evaluate).
 
     Raises:
-        UserError: when `output` (links followed) is in a checkpoints/ folder or is `checkpoint`,
-            or with `folder`, when it is a checkpoints/ folder.
+        UserError: when `output` (links followed) is in a checkpoints/ folder, below a run's,
+            or is `checkpoint`; with `folder`, when it is a checkpoints/ folder or below a run's.
     """
     resolved = output.resolve()
     if folder:
-        if resolved.name == CHECKPOINT_DIR:
-            raise UserError(f"{setting}={output} is a run's {CHECKPOINT_DIR}/ folder, which "
-                            f"holds only its checkpoints; write {what} elsewhere (leave "
-                            f"{setting}= off for the run folder)")
+        if resolved.name == CHECKPOINT_DIR or _below_a_runs_checkpoints(resolved):
+            raise UserError(f"{setting}={output} is a run's {CHECKPOINT_DIR}/ folder (or lies "
+                            f"in one), which holds only its checkpoints; write {what} elsewhere "
+                            f"(leave {setting}= off for the run folder)")
         return
-    if resolved.parent.name == CHECKPOINT_DIR or (
+    if resolved.parent.name == CHECKPOINT_DIR or _below_a_runs_checkpoints(resolved.parent) or (
             checkpoint is not None and resolved == checkpoint.resolve()):
         raise UserError(f"{setting}={output} is in a run's {CHECKPOINT_DIR}/ folder (or is the "
                         f"checkpoint itself), which it could overwrite; write {what} elsewhere")
+
+
+def _below_a_runs_checkpoints(path: Path) -> bool:
+    """Whether a folder above `path` is a run's checkpoints/ folder: named so, and holding
+    checkpoint files. (Any folder of that name is refused as the place itself; above, only a
+    run's, so runs kept in, say, /data/checkpoints/ can still be evaluated in place.)"""
+    return any(parent.name == CHECKPOINT_DIR and (
+        (parent / LAST_CHECKPOINT).exists() or any(parent.glob("step_*.pt")))
+        for parent in path.parents)
 
 
 def refuse_foreign_file(output: Path, setting: str, command: str,
