@@ -126,14 +126,7 @@ def test_sigterm_checkpoints_marks_preempted_and_resumes_exactly(tiny_cifar10, t
 def test_a_signal_during_the_last_step_leaves_a_completed_run(tiny_cifar10, tmp_path, monkeypatch):
     # Before: the run that had done every step re-saved and said preempted; under torchrun the
     # rank that got the signal saved alone, in collectives the finished ranks never joined.
-    advance = Trainer._advance
-
-    def advance_with_a_late_signal(self, progress):
-        if self.step == TOTAL_STEPS - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        advance(self, progress)
-
-    monkeypatch.setattr(Trainer, "_advance", advance_with_a_late_signal)
+    _stop_before_step(monkeypatch, TOTAL_STEPS)
     run_dir = tmp_path / "run"
     summary = in_process(resume_overrides(tiny_cifar10, run_dir), run_dir)
     assert (summary["status"], summary["step"]) == ("completed", TOTAL_STEPS)
