@@ -435,7 +435,8 @@ def test_a_skipped_checkpoint_is_a_warning_line(trained_run, tmp_path):
                              f"output={tmp_path / 'model.pt'}"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"warning: skipping checkpoint {newest}"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"warning: checkpoint {newest} is unreadable: "), lines
+    assert lines[0].endswith("; trying the one before it"), lines
 
 
 def test_predict_never_overwrites_files_it_did_not_write(trained_run, tmp_path):

@@ -177,7 +177,7 @@ class CheckpointStore:
             try:
                 return path, load_checkpoint(path)
             except CheckpointError as error:
-                log.warning("skipping %s", error)
+                log.warning("%s; trying the one before it", error)
                 errors.append(str(error))
         if errors:
             raise CheckpointError(

@@ -252,7 +252,7 @@ class Trainer:
 
     def _check_finite(self) -> None:
         newest = self.checkpoints.step_files()
-        self.guard.check(str(newest[0][1]) if newest else "(none yet)")
+        self.guard.check(str(newest[0][1]) if newest else "(none yet)", self.step)
 
     def _save_checkpoint(self) -> None:
         # Never let a diverged model push a good checkpoint out of the kept ones.
