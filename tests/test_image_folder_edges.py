@@ -81,6 +81,16 @@ def test_a_linked_folder_is_followed_and_each_real_folder_read_once(folder, tmp_
     assert f"skipped 2 links of {folder}" in caplog.text
 
 
+@pytest.mark.parametrize("pool", ["labeled", "test"])
+def test_two_class_folders_that_are_one_folder_are_refused(folder, pool):
+    # Before: labeled/kitty -> cat trained every cat image as both cat and kitty.
+    os.symlink("cat", folder / pool / "kitty")
+    message = _message(lambda: load_dataset(folder_config(folder)))
+    assert message == (f"{folder / pool / 'cat'} and {folder / pool / 'kitty'} are one folder (a "
+                       "link); its images would be labeled as both classes: remove the link, "
+                       "or give the class its own folder")
+
+
 @pytest.mark.parametrize("class_folder", ["labeled/fox", "test/dog"])
 def test_a_class_folder_that_is_a_broken_link_is_named(folder, class_folder):
     # Before: the class vanished, with only an INFO line calling it a file that is not an image.

@@ -89,8 +89,8 @@ def list_image_folder(root: Path, root_setting: str) -> FolderListing:
         UserError: for a missing root, labeled/ (or train/) or test/, both labeled/ and
             train/, a pool or test/ without class folders, an empty class folder, a class
             folder that is a broken link, two class folders whose names differ only in
-            Unicode form, a test/ class that labeled/ (or train/) does not have, or a folder
-            that cannot be listed.
+            Unicode form or are one folder (a link), a test/ class that labeled/ (or train/)
+            does not have, or a folder that cannot be listed.
     """
     pool = _pool_folder(root, root_setting)
     skipped = Skipped()
@@ -190,7 +190,7 @@ def _class_folders(root: Path, folder: str, skipped: Skipped) -> List[str]:
 
     Raises:
         UserError: a class folder is a link to nothing (its class would silently vanish),
-            or two names differ only in their Unicode normal form.
+            two names differ only in their Unicode normal form, or two are one folder.
     """
     names = []
     for entry in _entries(root / folder):
@@ -208,7 +208,19 @@ def _class_folders(root: Path, folder: str, skipped: Skipped) -> List[str]:
         else:
             skipped.not_images.append(f"{folder}/{entry.name}")
     _refuse_twin_names(root / folder, names)
+    _refuse_shared_folders(root / folder, names)
     return names
+
+
+def _refuse_shared_folders(folder: Path, names: Sequence[str]) -> None:
+    # Links are followed, so `kitty -> cat` would label every image of cat as both classes.
+    first_of = {}
+    for name in names:
+        twin = first_of.setdefault(os.path.realpath(folder / name), name)
+        if twin != name:
+            raise UserError(f"{folder / twin} and {folder / name} are one folder (a link); its "
+                            "images would be labeled as both classes: remove the link, or give "
+                            "the class its own folder")
 
 
 def _refuse_twin_names(folder: Path, names: Sequence[str]) -> None:
