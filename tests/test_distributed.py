@@ -26,10 +26,17 @@ from fixmatch.step_stats import RunningMeans
 REPO = CONF_DIR.parent
 
 
+def torchrun_command(nproc: int, overrides: list, cwd: Path) -> list:
+    # torchrun's own log folder in the test's folder: by default it leaves a
+    # /tmp/torchelastic_* tree behind on every launch.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", f"--log-dir={cwd / 'torchrun_logs'}",
+            str(REPO / "run.py"), *overrides]
+
+
 def torchrun(nproc: int, overrides: list, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", str(REPO / "run.py"), *overrides]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(torchrun_command(nproc, overrides, cwd), cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
 
 
 def ddp_overrides(root: Path, *extra: str) -> list:
@@ -65,9 +72,7 @@ def test_ranks_checkpoint_and_stop_when_torchrun_dies_of_a_signal_it_does_not_fo
     # each in a session of its own, trained on as orphans and metrics.json said "running".
     run_dir = tmp_path / "run"
     overrides = ddp_overrides(tiny_cifar10, "trainer.total_steps=100000", f"hydra.run.dir={run_dir}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "run.py"), *overrides]
-    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    launcher = subprocess.Popen(torchrun_command(2, overrides, tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline, evaluations = time.monotonic() + 120, run_dir / "metrics.jsonl"
         # metrics.jsonl is created (empty) when training starts; its first line means the
