@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import pickle
 import re
 import shutil
@@ -730,11 +731,28 @@ def test_both_formats_of_one_model_share_its_json_and_another_model_is_refused(
     export.main([f"checkpoint={run_dir}", f"output={tmp_path / 'model.pt'}"])
     assert json.loads((tmp_path / "model.json").read_text())["format"] == ["onnx", "torchscript"]
     with pytest.raises(UserError, match=r"model.json describes .*model.onnx, another model; give "
-                                        r"this one its own name .*output=.*model_step\d+.pt"):
+                                        r"this one its own name .*output=.*model_raw_step\d+.pt$"):
         export.main([f"checkpoint={run_dir}", "model=raw", f"output={tmp_path / 'model.pt'}"])
     assert json.loads((tmp_path / "model.json").read_text())["weights"] == "ema"
+    # The same model named another way is the same model (before: refused as another).
+    newest = os.path.relpath(run_dir / "checkpoints" / "last.pt")
+    export.main([f"checkpoint={newest}", "format=onnx", f"output={tmp_path / 'model.onnx'}"])
     # Once the other file is gone, the name is free again.
     (tmp_path / "model.onnx").unlink()
     export.main([f"checkpoint={run_dir}", "model=raw", f"output={tmp_path / 'model.pt'}"])
     record = json.loads((tmp_path / "model.json").read_text())
     assert (record["format"], record["weights"]) == ("torchscript", "raw")
+
+
+def test_export_never_replaces_a_users_own_model_beside_its_metadata(trained_run, tmp_path):
+    # Before: an export-written model.json beside made any model.onnx / model.pt "export's own".
+    pytest.importorskip("onnx")
+    run_dir, _, _ = trained_run
+    export.main([f"checkpoint={run_dir}", f"output={tmp_path / 'model.pt'}"])
+    (tmp_path / "model.onnx").write_bytes(b"my own onnx model")
+    with pytest.raises(UserError, match=r"model.onnx already exists and no export wrote it"):
+        export.main([f"checkpoint={run_dir}", "format=onnx", f"output={tmp_path / 'model.onnx'}"])
+    assert (tmp_path / "model.onnx").read_bytes() == b"my own onnx model"
+    with pytest.raises(UserError, match=r"output=.*mymodel: an ONNX model's name ends in \.onnx; "
+                                        r"use output=.*mymodel\.onnx$"):
+        export.main([f"checkpoint={run_dir}", "format=onnx", f"output={tmp_path / 'mymodel'}"])

@@ -73,7 +73,7 @@ def metadata(trained: TrainedModel, file_format: str) -> dict:
         "output": "logits (N, classes)",
         "weights": trained.weights,
         "step": trained.step,
-        "checkpoint": str(trained.checkpoint_path),
+        "checkpoint": str(trained.checkpoint_path.resolve()),  # the step file, links followed
     }
 
 
@@ -173,8 +173,9 @@ def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
             format's extension (a .onnx name with format=torchscript, or the reverse), a
             file in a run's checkpoints/ folder or the checkpoint itself, a <name>.json
             beside it that is not an earlier export's metadata (eval.json, metrics.json,
-            ...), or an existing model file without such metadata (config_resolved.yaml, an
-            image, ...).
+            ...), an existing model file without such metadata for its format
+            (config_resolved.yaml, an image, a model of the user's own, ...), an ONNX name
+            without .onnx, or another model under a name whose other-format file is there.
     """
     if output.suffix.lower() == ".json":
         raise UserError(f"output={output}: the metadata is written to <name>.json beside the "
@@ -187,21 +188,41 @@ def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
         raise UserError(f"output={output} ends in {output.suffix}, the extension of {other}, but "
                         f"format={chosen}: use output={output.with_suffix(suffix)}, or "
                         f"format={other}")
+    file_format = next(name for name, ending in FORMATS.items() if ending == suffix)
+    if file_format == "onnx" and output.suffix.lower() != suffix:
+        # An ONNX file is known as export's own by its extension (a rerun replaces it).
+        raise UserError(f"output={output}: an ONNX model's name ends in .onnx; use "
+                        f"output={output.with_name(output.name + suffix)}")
     refuse_checkpoints_folder(output, "output", "the model", trained.checkpoint_path)
     meta = output.with_suffix(".json")
     refuse_foreign_file(output, "output", "export", _is_export_metadata, target=meta)
-    # An earlier export's model: the metadata written beside it says so, and the file is
-    # such a model (a user's model.pth or a copied checkpoint beside an export's model.json
-    # is not).
-    refuse_foreign_file(output, "output", "export", lambda model: _is_export_metadata(meta)
+    # An earlier export's model: the metadata beside it names this format, and the file is
+    # such a model (a user's model.pth, a copied checkpoint or their own model.onnx beside
+    # an export's model.json is not).
+    refuse_foreign_file(output, "output", "export", lambda model: _describes(meta, file_format)
                         and _is_exported_model(model))
-    file_format = next(name for name, ending in FORMATS.items() if ending == suffix)
     described = _other_formats_described(meta, file_format)
     if described and not _same_model(json.loads(meta.read_text()), metadata(trained, file_format)):
         others = " and ".join(str(meta.with_suffix(FORMATS[other])) for other in described)
         raise UserError(f"output={output}: {meta} describes {others}, another model; give this "
                         f"one its own name (and <name>.json), e.g. "
-                        f"output={output.with_name(f'{output.stem}_step{trained.step}{suffix}')}")
+                        f"output={_free_name(output, trained)}")
+
+
+def _describes(meta: Path, file_format: str) -> bool:
+    """Whether `meta` is an earlier export's metadata for a model in `file_format`."""
+    return _is_export_metadata(meta) and file_format in _formats_of(json.loads(meta.read_text()))
+
+
+def _free_name(output: Path, trained: TrainedModel) -> Path:
+    """A name beside `output` that says which model it is and that no file (or its .json)
+    takes yet: `model_raw_step60.pt`, then `model_raw_step60_2.pt`, ..."""
+    stem, number = f"{output.stem}_{trained.weights}_step{trained.step}", 1
+    while True:
+        candidate = output.with_name(f"{stem}{'' if number == 1 else f'_{number}'}{output.suffix}")
+        if not (candidate.exists() or candidate.with_suffix(".json").exists()):
+            return candidate
+        number += 1
 
 
 def _is_exported_model(path: Path) -> bool:
@@ -213,9 +234,12 @@ def _is_exported_model(path: Path) -> bool:
 
 
 def _same_model(record: dict, other: dict) -> bool:
-    """Whether two metadata records describe one model (they may differ in format)."""
-    return ({key: value for key, value in record.items() if key != "format"}
-            == {key: value for key, value in other.items() if key != "format"})
+    """Whether two metadata records describe one model: they may differ in format and in how
+    the checkpoint was named (`checkpoint=run`, `run/checkpoints/last.pt`, a relative path)."""
+    def essence(meta: dict) -> dict:
+        kept = {key: value for key, value in meta.items() if key not in ("format", "checkpoint")}
+        return {**kept, "checkpoint": str(Path(str(meta.get("checkpoint"))).resolve())}
+    return essence(record) == essence(other)
 
 
 def _is_export_metadata(path: Path) -> bool:
