@@ -46,6 +46,24 @@ def trained_run(tmp_path_factory):
     return run_dir, root, {**summary, **last_eval}
 
 
+def test_evaluate_computes_the_logits_the_run_evaluated_bit_for_bit(trained_run):
+    # The run evaluated a channels-last model (trainer.channels_last, the default); before,
+    # evaluate and predict used NCHW, whose sums round differently: where two classes nearly
+    # tied, evaluate's top-1 differed from the run's own.
+    run_dir, _, _ = trained_run
+    trained = load_trained_model(str(run_dir))
+    assert trained.config.trainer.channels_last
+    as_run = build_model(trained.config, len(trained.class_names)).eval()
+    as_run.load_state_dict(trained.model.state_dict())
+    as_run = as_run.to(memory_format=torch.channels_last)
+    run_inputs = DeviceInputs(trained.normalization, torch.device("cpu"), channels_last=True)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(trained.model(trained.inputs.images(images)),
+                           as_run(run_inputs.images(images)))
+
+
 def test_evaluate_reproduces_the_runs_final_accuracy(trained_run, tmp_path):
     run_dir, _, summary = trained_run
     record = evaluate.main([f"checkpoint={run_dir}", f"out={tmp_path}"])

@@ -102,6 +102,8 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
         raise UserError("format=onnx needs the onnx package (pip install onnx onnxscript); "
                         "or use format=torchscript")
     output.parent.mkdir(parents=True, exist_ok=True)
+    # The file's users feed plain NCHW tensors; the weights' layout inside the file follows.
+    trained.model.to(memory_format=torch.contiguous_format)
     batch = example_batch(trained)
     if file_format == "torchscript":
         # Tracing suffices: the WideResNet's forward has no data-dependent control flow.

@@ -52,11 +52,14 @@ class TrainedModel:
     weights: str  # "ema" or "raw"
     step: int
     device: torch.device
+    # The memory format the run evaluated in (trainer.channels_last): the same arithmetic,
+    # so evaluate's top-1 is the run's own even where two classes' scores nearly tie.
+    channels_last: bool = False
 
     @property
     def inputs(self) -> DeviceInputs:
         """Turns uint8 image batches into this model's normalised input on its device."""
-        return DeviceInputs(self.normalization, self.device)
+        return DeviceInputs(self.normalization, self.device, self.channels_last)
 
 
 def resolve_checkpoint(location: str) -> Path:
@@ -177,8 +180,12 @@ def load_trained_model(location: str, weights: str = "ema", overrides: Sequence[
                                   list(state["normalization"]["std"]), "checkpoint")
     run_dir = path.resolve().parent.parent if path.resolve().parent.name == CHECKPOINT_DIR \
         else path.resolve().parent
-    return TrainedModel(model.to(selected).eval(), config, list(state["class_names"]),
-                        normalization, path, run_dir, weights_used, int(state["step"]), selected)
+    model = model.to(selected).eval()
+    channels_last = config.trainer.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return TrainedModel(model, config, list(state["class_names"]), normalization, path, run_dir,
+                        weights_used, int(state["step"]), selected, channels_last)
 
 
 def parse_arguments(argv: Sequence[str], defaults: Dict[str, str],
