@@ -91,6 +91,41 @@ def test_two_class_folders_that_are_one_folder_are_refused(folder, pool):
                        "or give the class its own folder")
 
 
+@pytest.mark.parametrize("link,target,name", [
+    ("labeled/kitty", "cat/sub", "one inside the other"),  # a class folder inside another
+])
+def test_a_class_folder_inside_another_is_refused(folder, link, target, name):
+    (folder / "labeled" / "cat" / "sub").mkdir()
+    write_image(folder / "labeled" / "cat" / "sub" / "9.png", gray(0))
+    os.symlink(target, folder / link)
+    message = _message(lambda: load_dataset(folder_config(folder)))
+    assert message.startswith(f"{folder / 'labeled' / 'cat'} and {folder / link} are {name}")
+
+
+@pytest.mark.parametrize("link,target", [
+    ("labeled/dog/cats", "../cat"),  # another class's images, inside a class folder
+    ("labeled/eel/more", "../dog/../cat"),
+    ("unlabeled/cats", "../labeled/cat"),  # labeled images, a second time in the stream
+])
+def test_a_link_to_another_class_is_skipped_not_read_twice(folder, caplog, link, target):
+    # Before: dog/cats -> cat labeled each cat image as cat and dog, silently.
+    os.symlink(target, folder / link)
+    arrays = _load_with_log(folder, caplog)
+    assert np.bincount(arrays.train.targets).tolist() == [4, 4, 4]
+    assert len(arrays.unlabeled) == 3
+    assert f"skipped 1 links of {folder}" in caplog.text and link in caplog.text
+
+
+def test_two_classes_linking_one_outside_folder_read_it_once(folder, tmp_path, caplog):
+    elsewhere = tmp_path / "shared"
+    write_image(elsewhere / "0.png", gray(0))
+    os.symlink(elsewhere, folder / "labeled" / "cat" / "more")
+    os.symlink(elsewhere, folder / "labeled" / "dog" / "more")
+    arrays = _load_with_log(folder, caplog)
+    assert np.bincount(arrays.train.targets).tolist() == [5, 4, 4]  # cat's, the first class
+    assert "labeled/dog/more" in caplog.text
+
+
 @pytest.mark.parametrize("class_folder", ["labeled/fox", "test/dog"])
 def test_a_class_folder_that_is_a_broken_link_is_named(folder, class_folder):
     # Before: the class vanished, with only an INFO line calling it a file that is not an image.

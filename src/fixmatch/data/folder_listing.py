@@ -9,7 +9,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from fixmatch.errors import UserError
 
@@ -112,8 +112,11 @@ def list_image_folder(root: Path, root_setting: str) -> FolderListing:
     if missing:
         log.warning("classes %s have no folder in %s: they are trained on but never evaluated",
                     ", ".join(missing), root / "test")
-    unlabeled = [ImageFile(path, size, mtime, -1) for path, size, mtime in
-                 (_walk(root, "unlabeled", skipped) if _is_folder(root / "unlabeled") else [])]
+    unlabeled = []
+    if _is_folder(root / "unlabeled"):
+        # A link into a class folder would add its images to the stream a second time.
+        found = _walk(root, "unlabeled", skipped, elsewhere=_real_folders(root / pool, class_names))
+        unlabeled = [ImageFile(path, size, mtime, -1) for path, size, mtime in found]
     skipped.log(root)
     return FolderListing(pool, class_names, train, unlabeled, test, skipped)
 
@@ -213,14 +216,17 @@ def _class_folders(root: Path, folder: str, skipped: Skipped) -> List[str]:
 
 
 def _refuse_shared_folders(folder: Path, names: Sequence[str]) -> None:
-    # Links are followed, so `kitty -> cat` would label every image of cat as both classes.
-    first_of = {}
+    # Links are followed, so `kitty -> cat` (or -> cat/sub) would label cat's images twice.
+    real = {name: Path(os.path.realpath(folder / name)) for name in names}
     for name in names:
-        twin = first_of.setdefault(os.path.realpath(folder / name), name)
-        if twin != name:
-            raise UserError(f"{folder / twin} and {folder / name} are one folder (a link); its "
-                            "images would be labeled as both classes: remove the link, or give "
-                            "the class its own folder")
+        for other in names:
+            if other == name or not (real[name] == real[other] or real[other] in real[name].parents):
+                continue
+            first, second = sorted((name, other))
+            relation = "one folder" if real[name] == real[other] else "one inside the other"
+            raise UserError(f"{folder / first} and {folder / second} are {relation} (a link); "
+                            "its images would be labeled as both classes: remove the link, or "
+                            "give the class its own folder")
 
 
 def _refuse_twin_names(folder: Path, names: Sequence[str]) -> None:
@@ -265,12 +271,22 @@ def _match_classes(folders: Sequence[str], class_names: Sequence[str]
     return labels, [folder for folder in folders if folder not in labels]
 
 
+def _real_folders(folder: Path, names: Sequence[str]) -> List[Path]:
+    return [Path(os.path.realpath(folder / name)) for name in names]
+
+
 def _class_files(root: Path, folder: str, labels: Dict[str, int],
                  skipped: Skipped) -> List[ImageFile]:
-    """The images of each class folder `root/folder/<name>` of `labels`, in class order."""
-    files = []
+    """The images of each class folder `root/folder/<name>` of `labels`, in class order.
+
+    A linked folder is read once in the whole pool: one inside another class's folder, or
+    one an earlier class read already, is skipped (its images would get two labels)."""
+    files, read = [], set()
+    tops = _real_folders(root / folder, list(labels))
     for name, label in sorted(labels.items(), key=lambda item: item[1]):
-        found = _walk(root, f"{folder}/{name}", skipped)
+        own = Path(os.path.realpath(root / folder / name))
+        found = _walk(root, f"{folder}/{name}", skipped, read,
+                      elsewhere=[top for top in tops if top != own])
         if not found:
             raise UserError(f"class folder {root / folder / name} holds no images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
@@ -278,12 +294,14 @@ def _class_files(root: Path, folder: str, labels: Dict[str, int],
     return files
 
 
-def _walk(root: Path, folder: str, skipped: Skipped) -> List[Tuple[str, int, int]]:
+def _walk(root: Path, folder: str, skipped: Skipped, read: Optional[Set[Path]] = None,
+          elsewhere: Sequence[Path] = ()) -> List[Tuple[str, int, int]]:
     """(path relative to root, size, mtime) of every image under root/folder."""
-    return find_images(root / folder, skipped, prefix=f"{folder}/")
+    return find_images(root / folder, skipped, prefix=f"{folder}/", read=read, elsewhere=elsewhere)
 
 
-def find_images(top: Path, skipped: Skipped, prefix: str = "") -> List[Tuple[str, int, int]]:
+def find_images(top: Path, skipped: Skipped, prefix: str = "", read: Optional[Set[Path]] = None,
+                elsewhere: Sequence[Path] = ()) -> List[Tuple[str, int, int]]:
     """(name, size in bytes, mtime in ns) of every image under `top`, recursively, sorted.
 
     Training and predict list folders with this one function, so both read the same files.
@@ -296,6 +314,10 @@ def find_images(top: Path, skipped: Skipped, prefix: str = "") -> List[Tuple[str
         top: the folder to search.
         skipped: collects what was passed over (appended to, not cleared).
         prefix: put before every name ("labeled/cat/", or the folder as the user gave it).
+        read: real paths of folders read already (by earlier calls of one listing); those
+            this call reads are added.
+        elsewhere: real folders another call reads (the other classes): a link to one of
+            them, or into one, counts as a link to a folder already read.
 
     Returns:
         (name, size in bytes, mtime in ns) of each image, sorted by name.
@@ -304,7 +326,7 @@ def find_images(top: Path, skipped: Skipped, prefix: str = "") -> List[Tuple[str
         UserError: a folder that cannot be listed.
     """
     top_real = Path(os.path.realpath(top))
-    found, read = [], set()
+    found, read = [], set() if read is None else read
     # (folder, its real path, its name + "/", whether it was reached through a link). Real
     # subfolders are read before linked ones, so a folder reached both ways keeps its name.
     real_folders, linked_folders = [(top, top_real, prefix, False)], []
@@ -327,7 +349,9 @@ def find_images(top: Path, skipped: Skipped, prefix: str = "") -> List[Tuple[str
                 real_folders.append((Path(entry.path), real / entry.name, f"{entry_name}/", False))
             elif kind is EntryKind.FOLDER:
                 target = Path(os.path.realpath(entry.path))
-                if target in real.parents or target in top_real.parents:  # a loop
+                looped = target in real.parents or target in top_real.parents
+                read_there = any(target == other or other in target.parents for other in elsewhere)
+                if looped or read_there:
                     skipped.broken_links.append(entry_name)
                 else:
                     linked_folders.append((Path(entry.path), target, f"{entry_name}/", True))
