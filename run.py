@@ -60,7 +60,7 @@ from fixmatch.distributed import end_rank
 from fixmatch.errors import UserError
 from fixmatch.overrides import (MULTIRUN_FLAGS, existing_folders, override_error,
                                 remove_if_made_empty)
-from fixmatch.preemption import EXIT_CODE_PREEMPTED
+from fixmatch.preemption import EXIT_CODE_PREEMPTED, STOP_SIGNALS
 from fixmatch.sweep import JobFailure
 
 register_configs()
@@ -108,11 +108,13 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
         if _rank() == 0:  # one line for the job, not one per rank
             print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
         sys.exit(130)
-    if summary["status"] == "preempted":
-        # The checkpoint is saved: a further Ctrl-C (or the launcher's copy of a signal) in
-        # the second the process takes to exit would only turn exit 75 into a signal death.
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+    if summary["status"] == "preempted" or HydraConfig.get().mode is not RunMode.MULTIRUN:
+        # The run is over and its files are written: a further Ctrl-C (or the launcher's copy
+        # of a signal) in the second the process takes to exit would only turn exit 0 or 75
+        # into a signal death. (A sweep's next job listens again.)
+        for number in STOP_SIGNALS:
             signal.signal(number, signal.SIG_IGN)
+    if summary["status"] == "preempted":
         if _rank() == 0:
             print(f"preempted at step {summary['step']}: checkpoint saved in {summary['run_dir']}; "
                   f"{_how_to_resume(cfg, summary['run_dir'])}", file=sys.stderr)

@@ -161,8 +161,9 @@ def test_a_run_resumed_at_its_last_step_scores_its_final_weights(tiny_cifar10, t
     monkeypatch.undo()
     summary = in_process(resume_overrides(tiny_cifar10, run_dir, "trainer.total_steps=10"), run_dir)
     assert (summary["status"], summary["step"], summary["num_evaluations"]) == ("completed", 10, 2)
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [6, 10]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [6, 10]
+    assert records[1]["train/lr"] > 0  # the lr of step 10 (before: 0.0, no step taken since)
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"][-1]["step"] == 10
 
 
@@ -219,6 +220,44 @@ def test_second_signal_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGUSR1)
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_a_signal_after_the_run_finished_is_let_go_until_the_handlers_are_restored():
+    stop = StopRequest()
+    stop.listen()
+    stop.finish()
+    os.kill(os.getpid(), signal.SIGUSR1)  # neither a request nor, the second time, a stop
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert not stop.requested
+    stop.restore()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_a_signal_during_the_teardown_after_the_last_step_leaves_the_run_completed(
+        tiny_cifar10, tmp_path):
+    # Before: the handlers went back to the defaults when the training loop ended, so under
+    # torchrun a SIGTERM while rank 0 wrote the final checkpoint killed another rank waiting
+    # at the final barrier, and the finished job was reported failed. In a child process: a
+    # regression would kill the process it runs in.
+    run_dir = tmp_path / "run"
+    overrides = [o for o in resume_overrides(tiny_cifar10, run_dir) if not o.startswith("hydra.")]
+    code = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(CONF_DIR.parent / 'tests')!r})\n"
+        "from pathlib import Path\n"
+        "from conftest import compose_config\n"
+        "from fixmatch import app\n"
+        "real = app.destroy_process_group\n"
+        "def destroy_with_a_signal(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    real(*args, **kwargs)\n"
+        "app.destroy_process_group = destroy_with_a_signal\n"
+        f"summary = app.run_experiment(compose_config({overrides!r}), Path({str(run_dir)!r}))\n"
+        "print(summary['status'])\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert (result.returncode, result.stdout.strip()) == (0, "completed"), result.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_a_ranks_copy_of_the_first_signal_is_that_request_not_a_second(monkeypatch):

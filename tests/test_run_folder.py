@@ -79,7 +79,7 @@ def test_a_run_marks_its_folder_before_writing_anything_else(tmp_path, monkeypat
     # metrics.json; its rerun must still start over there, not take them for the user's.
     root, run_dir = write_folder(tmp_path / "data"), tmp_path / "run"
 
-    def killed(self):
+    def killed(self, stop):
         raise SystemExit("killed before the first step")
 
     with monkeypatch.context() as patch:

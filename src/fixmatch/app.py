@@ -40,6 +40,7 @@ from fixmatch.models import ModelEMA, WideResNet
 from fixmatch.models.ema import unwrap_model
 from fixmatch.optim import build_optimizer, build_schedule
 from fixmatch.overrides import typed_config
+from fixmatch.preemption import StopRequest
 from fixmatch.resume import StartPlan, finished_summary, holds_a_run, plan_on_rank_zero
 from fixmatch.run_record import RunRecord
 from fixmatch.runtime import (
@@ -81,20 +82,28 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     device = select_device(config.trainer.device, env.local_rank if env.is_distributed else None)
     init_process_group(env, device)
     record = RunRecord(cfg, keep_log=env.is_main and HydraConfig.initialized())
+    # Listening from the training loop's start to the end of the teardown: a signal while
+    # rank 0 writes the final checkpoint must not kill another rank at the final barrier.
+    stop = StopRequest(launched=env.is_distributed)
     try:
-        run_dir = broadcast_object(Path(run_dir or HydraConfig.get().runtime.output_dir), env)
-        summary = train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True), env, device, record)
-    except BaseException:
-        destroy_process_group()  # no barrier: the other ranks may never get there
-        raise
+        try:
+            run_dir = broadcast_object(Path(run_dir or HydraConfig.get().runtime.output_dir), env)
+            summary = train(config, run_dir, OmegaConf.to_yaml(cfg, resolve=True), env, device,
+                            record, stop)
+        except BaseException:
+            destroy_process_group()  # no barrier: the other ranks may never get there
+            raise
+        finally:
+            record.close()
+        destroy_process_group(finished=True)
     finally:
-        record.close()
-    destroy_process_group(finished=True)
+        stop.restore()
     return summary
 
 
 def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = DistEnv(),
-          device: Optional[torch.device] = None, record: Optional[RunRecord] = None) -> dict:
+          device: Optional[torch.device] = None, record: Optional[RunRecord] = None,
+          stop: Optional[StopRequest] = None) -> dict:
     """Build every part of the run from the typed config and train it, or continue it.
 
     Args:
@@ -104,6 +113,8 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
         env: this process's rank in a torchrun job (one rank by default).
         device: where to train (chosen from the config when None).
         record: writes the run's config, notes and log once it may (config only when None).
+        stop: the stop request training listens to; its owner restores the handlers once the
+            run is torn down (when None, one of this call's own, restored on return).
 
     Returns:
         The final metrics.json summary and `run_dir`, the folder the run used (a fresh
@@ -116,14 +127,19 @@ def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = Dist
     device = device or select_device(config.trainer.device)
     plan = plan_on_rank_zero(run_dir, resolved_yaml, config.trainer.resume,
                              config.trainer.keep_checkpoints, env)
+    own_stop = stop is None
+    stop = stop or StopRequest(launched=env.is_distributed)
     try:
-        return _train_as_planned(config, plan, resolved_yaml, env, device, record or RunRecord())
+        return _train_as_planned(config, plan, resolved_yaml, env, device, record or RunRecord(),
+                                 stop)
     finally:
         plan.release_folder()
+        if own_stop:
+            stop.restore()
 
 
 def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: DistEnv,
-                      device: torch.device, record: RunRecord) -> dict:
+                      device: torch.device, record: RunRecord, stop: StopRequest) -> dict:
     """`train` once the run's folder is decided (and held by this process)."""
     run_dir = plan.run_dir
     finished = finished_summary(plan, config.trainer.total_steps)
@@ -139,7 +155,7 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
                                        record)
     writer.open()  # training starts: from here on the run's files are rewritten
     try:
-        summary = trainer.fit()
+        summary = trainer.fit(stop)
     except BaseException as error:
         # metrics.json and run.log must say why the run stopped, whatever stopped it.
         stopped = writer.stopped(error, trainer.step)

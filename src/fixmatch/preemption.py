@@ -23,7 +23,12 @@ LAUNCHER_COPY_WINDOW_S = 5.0  # a torchrun rank's repeat of the first signal wit
 
 
 class StopRequest:
-    """A context manager that turns the stop signals into a flag the trainer polls.
+    """Turns the stop signals into a flag the trainer polls, from `listen()` (the training
+    loop's start) to `restore()` (the end of the run's teardown); a context manager too.
+
+    Once `finish()` says the run is over (completed, or its last checkpoint saved), a stop
+    signal is let go: the process has only its files to close and, under torchrun, the final
+    barrier to pass, and a rank killed there would turn a finished job into a failed one.
 
     Outside the main thread (where Python cannot install handlers) it does nothing. A signal
     the process was started to ignore stays ignored: `nohup python run.py ... &` must train on
@@ -39,6 +44,7 @@ class StopRequest:
         self.launched = launched
         self.signal_name: Optional[str] = None
         self.saving = False  # set while the last checkpoint is written: no signal stops it
+        self.finished = False
         self._previous = {}
         self._first_at = 0.0
 
@@ -47,22 +53,38 @@ class StopRequest:
         """Whether a stop signal has arrived."""
         return self.signal_name is not None
 
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
-                ignored = signal.getsignal(number) is signal.SIG_IGN
-                if ignored and not (self.launched and number == signal.SIGHUP):
-                    continue
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
+    def listen(self) -> None:
+        """Install the handlers (in the main thread; once)."""
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return
+        for number in STOP_SIGNALS:
+            ignored = signal.getsignal(number) is signal.SIG_IGN
+            if ignored and not (self.launched and number == signal.SIGHUP):
+                continue
+            self._previous[number] = signal.signal(number, self._handle)
 
-    def __exit__(self, *exc_info) -> None:
+    def finish(self) -> None:
+        """The run is over: stop signals from now until `restore()` are let go."""
+        self.finished = True
+
+    def restore(self) -> None:
+        """Put back the handlers `listen()` replaced (a sweep's next job starts as the first)."""
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()
 
+    def __enter__(self) -> "StopRequest":
+        self.listen()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.restore()
+
     def _handle(self, number: int, frame: Optional[FrameType]) -> None:
         name = signal.Signals(number).name
+        if self.finished:
+            log.info("%s received after the run ended: it ends as it was going to", name)
+            return
         if self.requested and (number in REPEATABLE_SIGNALS or self.saving
                                or self._copy_of_the_first(name)):
             return

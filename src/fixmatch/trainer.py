@@ -96,11 +96,15 @@ class Trainer:
         # steps/s and the data-wait fraction are measured from here to the next log step.
         self._last_log, self._data_wait_s = (time.monotonic(), self.step), 0.0
 
-    def fit(self) -> dict:
+    def fit(self, stop: StopRequest) -> dict:
         """Train to the end, or until a stop signal; returns the metrics.json summary.
 
         The summary's status is `completed`, or `preempted` when a signal stopped the run
         (after a checkpoint of the last finished step).
+
+        Args:
+            stop: the run's stop request: it listens from here, and is finished when this
+                returns or raises (its owner restores the handlers after the teardown).
 
         Returns:
             The metrics.json summary written at the end (`MetricWriter.summary`).
@@ -111,7 +115,8 @@ class Trainer:
         """
         progress = self._progress_bar()
         self._restart_log_clock()
-        with StopRequest(launched=self.parts.env.is_distributed) as stop:
+        stop.listen()
+        try:
             stopped = self._train_until_done_or_stopped(progress, stop)
             if not (stopped or self._evaluated_at(self.step)):
                 # Resumed at its last step without an evaluation there (a run preempted at
@@ -121,13 +126,15 @@ class Trainer:
             progress.close()
             if not stopped:
                 return self.writer.summary("completed", self.step)
-            # Still inside: a late copy of the signal, or one more, must not kill the process
+            # Still listening: a late copy of the signal, or one more, must not kill the process
             # halfway through the checkpoint that makes the run resumable.
             stop.saving = True
             self._save_checkpoint()
             log.warning("stopped by %s at step %d; checkpoint saved",
                         stop.signal_name or "a signal to another rank", self.step)
             return self.writer.summary("preempted", self.step)
+        finally:
+            stop.finish()
 
     def _train_until_done_or_stopped(self, progress, stop: StopRequest) -> bool:
         # True only when the ranks agreed to stop before the last step. A signal that reaches
@@ -293,6 +300,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "history": list(self.writer.history),
             "elapsed_s": self.writer.elapsed_s(),
+            "last_lr": self._last_lr,  # the lr of the step just taken, logged with an evaluation
             **windows,
             "rng": capture_rng_state(),
             # The samplers are pure functions of the batch number: continuing a stream
@@ -326,8 +334,9 @@ class Trainer:
         parts.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.eval_window.load_state_dict(state["eval_window"], parts.device, parts.env)
-        if "log_window" in state:  # checkpoints from before 2026-12-01 lack it
+        if "log_window" in state:  # checkpoints from before 2026-12-01 lack it (and last_lr)
             self.log_window.load_state_dict(state["log_window"], parts.device, parts.env)
+        self._last_lr = state.get("last_lr", parts.schedule.get_last_lr()[0])
         restore_rng_state(state["rng"])
         self.step = state["step"]
 
