@@ -30,6 +30,14 @@ def test_hydra_flags_that_exclude_each_other_and_a_file_as_run_dir_are_one_line(
     assert override_error(["--cfg", "job", "seed=2"], CONF_DIR) is None
 
 
+def test_several_values_under_torchrun_advise_one_torchrun_per_value(monkeypatch):
+    # Before: "add -m", which torchrun then refuses.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = override_error(["seed=1,2"], CONF_DIR)
+    assert message.startswith("seed=1,2 gives several values, which is a sweep: start one "
+                              "torchrun per value; if the commas belong"), message
+
+
 @pytest.mark.parametrize("args,expected", [
     (["ssl.num_labled=40"], "ssl.num_labled is not a setting; did you mean ssl.num_labeled?"),
     (["trainer.num_thread=2"], "trainer.num_thread is not a setting; did you mean trainer.num_threads?"),

@@ -9,6 +9,7 @@ write: two jobs in one folder would make the second continue (or skip) the first
 """
 
 import difflib
+import os
 import importlib.util
 import re
 from dataclasses import dataclass, field
@@ -197,8 +198,11 @@ def _split(parsed, overrides: Sequence[str], multirun: bool, program: str) -> _S
             split.fixed.append(text)
         elif not multirun:
             name, _, value = text.partition("=")
-            split.error = (f"{text} gives several values, which is a sweep: add -m ({program} -m "
-                           f"{text}); if the commas belong to one value (a path), quote it: "
+            # Under torchrun a sweep (-m) is refused: one torchrun runs one experiment.
+            sweep = ("start one torchrun per value" if "WORLD_SIZE" in os.environ
+                     else f"add -m ({program} -m {text})")
+            split.error = (f"{text} gives several values, which is a sweep: {sweep}; if the "
+                           f"commas belong to one value (a path), quote it: "
                            f"{_quoted(name, value, sweep=False)}")
         elif isinstance(override.value(), Glob):
             split.sweeps.append(override)  # a group's options: expanded once the config is loaded
