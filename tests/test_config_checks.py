@@ -53,3 +53,12 @@ def test_out_of_range_values_are_one_line(override, message):
 def test_keys_added_with_plus_are_refused(override, message):
     with pytest.raises(UserError, match=message):
         check_config(typed(override), DistEnv())
+
+
+def test_sync_bn_under_torchrun_on_the_cpu_is_refused_before_anything_loads(tmp_path):
+    # Before: found after the data had loaded, leaving a failed run folder the results counted.
+    config = typed("trainer.sync_bn=true", "trainer.device=cpu")
+    with pytest.raises(UserError, match=r"^trainer.sync_bn=true needs CUDA \(PyTorch's "
+                                        r"SyncBatchNorm\); on the CPU each rank normalises"):
+        check_config(config, DistEnv(rank=0, world_size=2))
+    check_config(config, DistEnv())  # one process: nothing to synchronise, nothing refused

@@ -315,11 +315,8 @@ def build_training_parts(
 def _distribute(model: nn.Module, sync_bn: bool, device: torch.device, env: DistEnv) -> nn.Module:
     if not env.is_distributed:
         return model
-    if sync_bn:
-        # Off by default: the paper's towers each normalise their own share of the batch.
-        if device.type != "cuda":
-            raise UserError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm); "
-                            "on the CPU each rank normalises its own share, as the paper's towers")
+    if sync_bn:  # on CUDA (config_checks); off by default: the paper's towers each
+        # normalise their own share of the batch
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # Every parameter takes part in every step, so find_unused_parameters stays off.
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

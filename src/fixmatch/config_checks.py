@@ -5,8 +5,10 @@ per mistake, before the run's folder is set up or anything is loaded."""
 import difflib
 from dataclasses import fields, is_dataclass
 
+import torch
+
 from fixmatch.algorithms import build_algorithm
-from fixmatch.config import AugmentOn, Config, StrongAugment
+from fixmatch.config import AugmentOn, Config, Device, StrongAugment
 from fixmatch.data.loaders import batches_ahead
 from fixmatch.data.normalization import check_mean_std
 from fixmatch.data.randaugment import RANDAUGMENT_VARIANTS
@@ -26,6 +28,10 @@ def check_config(config: Config, env: DistEnv) -> None:
         UserError: naming the key, its value and what would work instead.
     """
     _check_known_keys(config)
+    cuda = config.trainer.device is not Device.cpu and torch.cuda.is_available()
+    if config.trainer.sync_bn and env.is_distributed and not cuda:
+        raise UserError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm); on the CPU "
+                        "each rank normalises its own share, as the paper's towers")
     if config.ssl.batch_size % env.world_size:
         raise UserError(
             f"ssl.batch_size={config.ssl.batch_size} is the global labeled batch and must be "

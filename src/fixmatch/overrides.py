@@ -377,16 +377,16 @@ def _glob_values(override: Override):
 
 
 def _value_error(cfg: DictConfig, here: bool) -> Optional[str]:
-    """config_checks.check_config's one line for a job's composed config (as one process;
-    a torchrun job's ranks are checked as it starts), and with `here` whether this machine
-    has its trainer.device; None when it passes."""
+    """config_checks.check_config's one line for a job's composed config (with torchrun's
+    ranks when it started this process), and with `here` whether this machine has its
+    trainer.device; None when it passes."""
     from fixmatch.config_checks import check_config  # imports torch: only for run.py and sweeps
-    from fixmatch.distributed import DistEnv
+    from fixmatch.distributed import environment
     from fixmatch.runtime import select_device
 
     try:
         config = typed_config(cfg)
-        check_config(config, DistEnv())
+        check_config(config, environment())
         if here:
             select_device(config.trainer.device)
     except UserError as error:
