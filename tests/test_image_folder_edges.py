@@ -8,6 +8,8 @@ import logging
 import os
 import re
 import signal
+import threading
+import time
 import unicodedata
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from PIL import Image
 
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.folder_listing import same_class_names
-from fixmatch.data.image_cache import CACHE_FORMAT, cache_key
+from fixmatch.data.image_cache import CACHE_FOLDER_NAME, CACHE_FORMAT, ImageCache, cache_key
 from fixmatch.data import image_folder
 from fixmatch.data.image_folder import load_test_folder
 from fixmatch.errors import UserError
@@ -286,3 +288,27 @@ def test_decoder_processes_leave_ctrl_c_to_the_parent(monkeypatch):
         Path("."), ["x.png"] * image_folder.PARALLEL_MIN_FILES, None)]
     assert len(handlers) > 1 and all(handler == signal.SIG_IGN for handler in handlers)
     assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN  # the parent still takes it
+
+
+def test_a_process_that_waits_for_another_ones_decode_says_so(tmp_path, caplog):
+    # Before: under torchrun, rank 0 waiting while rank 1 decoded logged nothing at all.
+    fcntl = pytest.importorskip("fcntl")
+    cache = ImageCache(tmp_path, "32px-3ch-resize")
+    (tmp_path / CACHE_FOLDER_NAME).mkdir()
+    entered = threading.Event()
+
+    def wait_for_the_lock():
+        with cache.lock():
+            entered.set()
+
+    with open(tmp_path / CACHE_FOLDER_NAME / "32px-3ch-resize.lock", "w") as other_process:
+        fcntl.flock(other_process, fcntl.LOCK_EX)  # another open file: flock makes it wait
+        with caplog.at_level(logging.INFO, logger="fixmatch"):
+            waiter = threading.Thread(target=wait_for_the_lock)
+            waiter.start()
+            time.sleep(0.2)
+            assert not entered.is_set()
+            fcntl.flock(other_process, fcntl.LOCK_UN)
+            waiter.join(timeout=10)
+    assert entered.is_set()
+    assert "another process (a DDP rank, a sweep's job) is decoding these images" in caplog.text

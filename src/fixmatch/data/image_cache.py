@@ -118,7 +118,12 @@ class ImageCache:
             yield
             return
         with open(folder / f"{self.tag}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # say why nothing seems to happen for a while
+                log.info("another process (a DDP rank, a sweep's job) is decoding these images "
+                         "into %s: waiting for it", folder)
+                fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:

@@ -126,6 +126,8 @@ def _decoded_images(root: Path, listing: FolderListing,
     with cache.lock():
         cached = cache.load(key)  # another process (a DDP rank) may have decoded it meanwhile
         if cached is not None:
+            log.info("read %d decoded images of %s from the cache another process wrote "
+                     "(%.1f s with the wait)", len(cached[0]), root, time.perf_counter() - start)
             return cached
         images, index = _decode_listing(root, listing, prep)
         where = cache.save(key, images, index)
