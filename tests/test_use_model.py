@@ -774,3 +774,20 @@ def test_export_never_replaces_a_users_own_model_beside_its_metadata(trained_run
     with pytest.raises(UserError, match=r"output=.*mymodel: an ONNX model's name ends in \.onnx; "
                                         r"use output=.*mymodel\.onnx$"):
         export.main([f"checkpoint={run_dir}", "format=onnx", f"output={tmp_path / 'mymodel'}"])
+
+
+def test_a_run_folder_that_is_itself_named_checkpoints_is_used_in_place(trained_run, tmp_path,
+                                                                        monkeypatch):
+    # Before: checkpoint= looked for step files in the run folder itself, and every default
+    # output there was refused as "in a run's checkpoints/ folder".
+    run_dir = tmp_path / "x" / "checkpoints"
+    shutil.copytree(trained_run[0], run_dir, symlinks=True)
+    record = evaluate.main([f"checkpoint={run_dir}"])
+    assert record["top1"] == trained_run[2]["top1_ema_final"] and (run_dir / "eval.json").exists()
+    assert export.main([f"checkpoint={run_dir}"]) == run_dir / "model.pt"
+    holder = tmp_path / "checkpoints"  # a folder only named so: it holds runs
+    shutil.copytree(trained_run[0], holder / "run1", symlinks=True)
+    images = _write_pngs(tmp_path / "images", 2)
+    monkeypatch.chdir(holder)
+    predict.main(["checkpoint=run1", f"inputs={images[0].parent}", "output=p.csv"])
+    assert (holder / "p.csv").exists()

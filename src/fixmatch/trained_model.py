@@ -29,6 +29,7 @@ from fixmatch.runtime import select_device
 
 log = logging.getLogger(__name__)
 
+RUN_CONFIG = "config_resolved.yaml"  # every run folder holds it
 WEIGHTS = ("ema", "raw")  # model=ema (the averaged weights the paper reports) or raw
 # What the model was trained to see: always the checkpoint's, never an override.
 MODEL_INPUT_KEYS = ("dataset.image_size", "dataset.channels", "dataset.resize", "dataset.mean",
@@ -82,7 +83,9 @@ def resolve_checkpoint(location: str) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint={location}: no such file or folder; give a run folder "
                               "or a checkpoints/step_*.pt file")
-    folder = path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
+    # A run's checkpoints/ folder, or a run folder (one may itself be named checkpoints).
+    run_folder = (path / CHECKPOINT_DIR).is_dir() or path.name != CHECKPOINT_DIR
+    folder = path / CHECKPOINT_DIR if run_folder else path
     newest = CheckpointStore(folder, keep=1).newest_valid(NO_READABLE_CHECKPOINT_ADVICE)
     if newest is None:
         raise CheckpointError(f"checkpoint={location}: no checkpoints/step_*.pt in {path}; "
@@ -301,24 +304,32 @@ def refuse_checkpoints_folder(output: Path, setting: str, what: str,
     """
     resolved = output.resolve()
     if folder:
-        if resolved.name == CHECKPOINT_DIR or _below_a_runs_checkpoints(resolved):
+        if _is_runs_checkpoints(resolved) or _below_a_runs_checkpoints(resolved):
             raise UserError(f"{setting}={output} is a run's {CHECKPOINT_DIR}/ folder (or lies "
                             f"in one), which holds only its checkpoints; write {what} elsewhere "
                             f"(leave {setting}= off for the run folder)")
         return
-    if resolved.parent.name == CHECKPOINT_DIR or _below_a_runs_checkpoints(resolved.parent) or (
+    if _is_runs_checkpoints(resolved.parent) or _below_a_runs_checkpoints(resolved.parent) or (
             checkpoint is not None and resolved == checkpoint.resolve()):
         raise UserError(f"{setting}={output} is in a run's {CHECKPOINT_DIR}/ folder (or is the "
                         f"checkpoint itself), which it could overwrite; write {what} elsewhere")
 
 
+def _is_runs_checkpoints(folder: Path) -> bool:
+    """Whether `folder` is, or may become, a run's checkpoints/ folder: so named, and not yet
+    there, or holding checkpoint files, or inside a run's folder. (A folder that is only so
+    named, such as /data/checkpoints holding runs, or a run folder itself named so, is not.)"""
+    if folder.name != CHECKPOINT_DIR:
+        return False
+    if not folder.exists():
+        return True
+    return ((folder / LAST_CHECKPOINT).exists() or any(folder.glob("step_*.pt"))
+            or (folder.parent / RUN_CONFIG).exists())
+
+
 def _below_a_runs_checkpoints(path: Path) -> bool:
-    """Whether a folder above `path` is a run's checkpoints/ folder: named so, and holding
-    checkpoint files. (Any folder of that name is refused as the place itself; above, only a
-    run's, so runs kept in, say, /data/checkpoints/ can still be evaluated in place.)"""
-    return any(parent.name == CHECKPOINT_DIR and (
-        (parent / LAST_CHECKPOINT).exists() or any(parent.glob("step_*.pt")))
-        for parent in path.parents)
+    """Whether a folder above `path` is a run's checkpoints/ folder (`_is_runs_checkpoints`)."""
+    return any(_is_runs_checkpoints(parent) for parent in path.parents)
 
 
 def refuse_foreign_file(output: Path, setting: str, command: str,
