@@ -336,14 +336,18 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tiny_cifar10, tmp_
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 9
 
 
-def test_all_checkpoints_unreadable_fails_loudly_and_touches_nothing(tiny_cifar10, tmp_path):
+def test_all_checkpoints_unreadable_fails_loudly_and_touches_nothing(tiny_cifar10, tmp_path,
+                                                                     caplog):
     run_dir = tmp_path / "run"
     short_run(tiny_cifar10, run_dir)
-    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+    files = list((run_dir / "checkpoints").glob("step_*.pt"))
+    for path in files:
         path.write_bytes(b"garbage")
     before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "tensorboard" not in str(p)}
-    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+    with pytest.raises(CheckpointError, match="no readable checkpoint"), caplog.at_level(logging.WARNING):
         short_run(tiny_cifar10, run_dir)
+    # the oldest has none before it (before: it too said "trying the one before it")
+    assert caplog.text.count("trying the one before it") == len(files) - 1 > 0
     after = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and "tensorboard" not in str(p)}
     assert after == before
 
@@ -523,6 +527,8 @@ def test_divergence_stops_with_one_line_and_keeps_good_checkpoints(tiny_cifar10,
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "training diverged" in lines[0] and "step" in lines[0], lines
+    # fp32 already (the CPU): only the learning rate is advice (before: also precision=fp32)
+    assert lines[0].endswith("; lower optim.lr") and "precision" not in lines[0], lines
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "failed" and "diverged" in summary["error"]
     assert "failed at step" in (run_dir / "run.log").read_text().strip().splitlines()[-1]

@@ -173,11 +173,13 @@ class CheckpointStore:
             CheckpointError: when checkpoints exist but none of them loads.
         """
         errors = []
-        for _, path in self.step_files():
+        files = self.step_files()
+        for number, (_, path) in enumerate(files, start=1):
             try:
                 return path, load_checkpoint(path)
             except CheckpointError as error:
-                log.warning("%s; trying the one before it", error)
+                if number < len(files):  # the last one's failure is the error below
+                    log.warning("%s; trying the one before it", error)
                 errors.append(str(error))
         if errors:
             raise CheckpointError(

@@ -109,13 +109,13 @@ class NonFiniteGuard:
         self.first_step = torch.where(first_bad, torch.full_like(self.first_step, step), self.first_step)
         self.terms = torch.where(first_bad, terms, self.terms)
 
-    def check(self, kept_checkpoint: str, now: int) -> None:
+    def check(self, now: int, advice: str) -> None:
         """Raise if any observed step had a non-finite loss (one sync).
 
         Args:
-            kept_checkpoint: the last good checkpoint, named in the message.
             now: the step the run has reached (the one metrics.json will name), so the
                 message says both when the loss went bad and when that was seen.
+            advice: the message's end: what was kept, and what to change.
 
         Raises:
             NonFiniteLossError: naming the first such step and its loss terms.
@@ -124,8 +124,5 @@ class NonFiniteGuard:
         if step < 0:
             return
         terms = ", ".join(f"{name}={value:g}" for name, value in zip(LOSS_TERMS, self.terms.tolist()))
-        raise NonFiniteLossError(
-            f"training diverged: non-finite loss at step {step} ({terms}; seen at the check "
-            f"of step {now}); the last good "
-            f"checkpoint {kept_checkpoint} is kept; lower optim.lr or train in trainer.precision=fp32"
-        )
+        raise NonFiniteLossError(f"training diverged: non-finite loss at step {step} ({terms}; "
+                                 f"seen at the check of step {now}); {advice}")

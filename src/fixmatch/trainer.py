@@ -258,17 +258,22 @@ class Trainer:
         return self.step % every == 0 or self.step == self.config.total_steps
 
     def _check_finite(self) -> None:
+        self.guard.check(self.step, self._divergence_advice())
+
+    def _divergence_advice(self) -> str:
         newest = self.checkpoints.step_files()
-        self.guard.check(str(newest[0][1]) if newest else "(none yet)", self.step)
+        kept = (f"the last good checkpoint {newest[0][1]} is kept" if newest
+                else "no checkpoint had been written yet")
+        fp32 = "" if self.precision is Precision.fp32 else " or train in trainer.precision=fp32"
+        return f"{kept}; lower optim.lr{fp32}"
 
     def _save_checkpoint(self) -> None:
         # Never let a diverged model push a good checkpoint out of the kept ones.
         self._check_finite()
         parameters = list(unwrap_model(self.parts.model).parameters())
         if not torch.stack([p.detach().isfinite().all() for p in parameters]).all():
-            raise NonFiniteLossError(
-                f"training diverged: the weights are not finite at step {self.step}; the last "
-                f"good checkpoint is kept; lower optim.lr or train in trainer.precision=fp32")
+            raise NonFiniteLossError(f"training diverged: the weights are not finite at step "
+                                     f"{self.step}; {self._divergence_advice()}")
         # Collectives, so on every rank; the log window too, or the first train/* point after
         # a resume between two log steps would average only the steps since the resume.
         windows = {"eval_window": self.eval_window.state_dict(self.parts.env),
