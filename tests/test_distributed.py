@@ -60,6 +60,7 @@ def test_two_ranks_write_one_run_folder_with_one_split(tiny_cifar10, tmp_path):
     assert len(runs) == 1, runs
     summary = json.loads((runs[0] / "metrics.json").read_text())
     assert summary["status"] == "completed" and summary["step"] == 4
+    assert summary["world_size"] == 2  # the results table keeps it apart from 1-process runs
     split = json.loads((runs[0] / "split.json").read_text())
     log = (runs[0] / "run.log").read_text()
     assert f"labeled split sha256 on ranks 0..1: ['{split['sha256']}', '{split['sha256']}']" in log

@@ -291,6 +291,19 @@ def test_a_repeated_seed_names_its_copies_and_other_images_under_one_root_are_fl
     assert "2 different sets of images" in capsys.readouterr().err
 
 
+def test_runs_on_other_numbers_of_ranks_are_no_repeats_and_split_by_world_size(tmp_path):
+    # Before: a 1-process and a 2-rank run of seed 1 (BatchNorm per rank: other numbers) were
+    # one experiment, and one of them was silently left out as "repeated".
+    make_run(tmp_path / "one", [*CIFAR10_40, "seed=1"], {**done(80.0, 80.0), "world_size": 1})
+    make_run(tmp_path / "two", [*CIFAR10_40, "seed=1"], {**done(90.0, 90.0), "world_size": 2})
+    row, = build_rows(find_runs([str(tmp_path)]))
+    assert (row.accuracy.n, row.status_text()) == (2, "2/2 done")
+    warning, = cell_warnings([row])
+    assert warning.endswith("its runs differ in world_size; split them with --by world_size")
+    rows = build_rows(find_runs([str(tmp_path)]), by=["world_size"])
+    assert [(row.key[-1], row.accuracy.mean) for row in rows] == [(1, 80.0), (2, 90.0)]
+
+
 def test_runs_whose_length_changed_while_they_trained_are_flagged(tmp_path):
     # Before: a 40-step run resumed to 60 steps counted as a fresh 60-step run, silently.
     make_run(tmp_path / "1", [*CIFAR10_40, "seed=1"], done(80.0, 81.0))

@@ -150,7 +150,8 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     state = plan.checkpoint or {}
     writer = MetricWriter(run_dir, config.trainer.total_steps, history=state.get("history"),
                           elapsed_s=state.get("elapsed_s", 0.0), resume_step=state.get("step"),
-                          write=env.is_main, earlier_total_steps=plan.earlier_total_steps)
+                          write=env.is_main, earlier_total_steps=plan.earlier_total_steps,
+                          world_size=env.world_size)
     trainer = _build_or_record_failure(config, run_dir, resolved_yaml, writer, plan, env, device,
                                        record)
     writer.open()  # training starts: from here on the run's files are rewritten

@@ -47,6 +47,8 @@ class MetricWriter:
         write: False on every rank but 0 of a torchrun job: keep the history, write nothing.
         earlier_total_steps: the lengths the run had before it was resumed with another
             (`StartPlan.earlier_total_steps`), recorded in metrics.json when there are any.
+        world_size: the ranks this start trains on (torchrun), recorded in metrics.json:
+            BatchNorm normalises each rank's share, so it is part of what a run computed.
 
     Nothing is written before `open()` but a `summary()` asked for, so a run refused
     before training leaves metrics.jsonl and TensorBoard as they were.
@@ -54,8 +56,9 @@ class MetricWriter:
 
     def __init__(self, run_dir: Path, total_steps: int, history: Optional[List[dict]] = None,
                  elapsed_s: float = 0.0, resume_step: Optional[int] = None, write: bool = True,
-                 earlier_total_steps: Sequence[int] = ()):
+                 earlier_total_steps: Sequence[int] = (), world_size: int = 1):
         self.run_dir = run_dir
+        self.world_size = world_size
         self.total_steps = total_steps
         self.earlier_total_steps = list(earlier_total_steps)
         self.history: List[Dict[str, float]] = list(history or [])
@@ -139,7 +142,8 @@ class MetricWriter:
         Returns:
             The summary: status, step, total_steps, the number of evaluations, the final,
             median-of-the-last-20 and best EMA top-1 (None before the first evaluation),
-            the wall time in seconds, and earlier_total_steps and error when there are any.
+            the wall time in seconds, the world size, and earlier_total_steps and error when
+            there are any.
             Returned even on ranks that write nothing.
         """
         top1 = [record["eval/top1_ema"] for record in self.history if "eval/top1_ema" in record]
@@ -154,6 +158,7 @@ class MetricWriter:
             # Selected on the test set: a diagnostic, never the figure to report.
             "top1_ema_best": max(top1) if top1 else None,
             "wall_time_s": round(self.elapsed_s(), 1),
+            "world_size": self.world_size,
         }
         if self.earlier_total_steps:
             payload["earlier_total_steps"] = self.earlier_total_steps

@@ -25,6 +25,7 @@ KILLED = "killed"
 # Keys that may differ between the runs of one cell without making them different experiments
 # (unlike resume, a table minds the schedule's length and how the step was executed).
 PER_RUN_KEYS = MACHINE_KEYS | SEED_KEYS
+WORLD_SIZE_KEY = "world_size"  # from metrics.json: the torchrun ranks of the run's last start
 
 
 class ResultsError(Exception):
@@ -155,7 +156,12 @@ def load_run(run_dir: Path) -> Run:
         if problem:
             metrics = {"status": UNREADABLE}
     held = is_held(run_dir) if metrics is not None and metrics.get("status") == RUNNING else None
-    return Run(run_dir, flatten_config(config), metrics, problem, _training_set(run_dir), held)
+    flat = flatten_config(config)
+    if metrics is not None and "world_size" in metrics:
+        # Not a setting, but part of what the run computed (BatchNorm per rank): as a key, a
+        # table keeps 1-rank and 2-rank runs apart and `--by world_size` splits them.
+        flat[WORLD_SIZE_KEY] = metrics["world_size"]
+    return Run(run_dir, flat, metrics, problem, _training_set(run_dir), held)
 
 
 def _training_set(run_dir: Path) -> Optional[str]:
