@@ -19,7 +19,8 @@ from fixmatch.data.datasets import load_dataset
 from fixmatch.data.loaders import InfiniteBatchSampler
 from fixmatch.data.normalization import resolve_normalization
 from fixmatch.data.split import draw_labeled_split
-from fixmatch.distributed import DistEnv
+from fixmatch.distributed import DistEnv, lost_rank_error
+from fixmatch.metrics import MetricWriter
 from fixmatch.runtime import seed_everything
 from fixmatch.step_stats import RunningMeans
 
@@ -208,3 +209,18 @@ def test_a_rank_ends_with_its_commands_status_after_pythons_exit_work(tmp_path, 
     assert result.stdout == "buffered output"
     assert (stderr in result.stderr) if stderr else result.stderr == ""
     assert marker.exists()
+
+
+def test_a_collective_that_lost_another_rank_is_one_line_and_a_resumable_stop(tmp_path):
+    # Before: a rank killed mid-run gave the others a traceback, and metrics.json said failed.
+    env = DistEnv(rank=0, world_size=2)
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+                        "closed by peer [127.0.0.1]:4242")
+    lost = lost_rank_error(gloo, env)
+    assert str(lost) == ("rank 0: another rank of this job stopped (Connection closed by peer); "
+                         "rerun the same command to resume from the last checkpoint")
+    assert lost_rank_error(gloo, DistEnv()) is None  # one process has no other rank
+    assert lost_rank_error(RuntimeError("CUDA out of memory"), env) is None
+    writer = MetricWriter(tmp_path, 8, world_size=2)
+    assert writer.stopped(lost, 3)["status"] == "interrupted"
+    assert writer.stopped(RuntimeError("boom"), 3)["status"] == "failed"

@@ -32,6 +32,7 @@ from fixmatch.distributed import (
     destroy_process_group,
     environment,
     init_process_group,
+    lost_rank_error,
     stop_with_the_launcher,
 )
 from fixmatch.errors import UserError
@@ -158,9 +159,12 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     try:
         summary = trainer.fit(stop)
     except BaseException as error:
+        lost = lost_rank_error(error, env)  # one line, and a run a rerun resumes
         # metrics.json and run.log must say why the run stopped, whatever stopped it.
-        stopped = writer.stopped(error, trainer.step)
+        stopped = writer.stopped(lost or error, trainer.step)
         record.note_stop(f"{stopped['status']} at step {trainer.step}: {stopped['error']}")
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         writer.close()

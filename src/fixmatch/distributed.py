@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, List, NoReturn
+from typing import Any, Callable, List, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,38 @@ import torch.distributed as dist
 from fixmatch.errors import UserError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What gloo (and a lost TCP peer under NCCL's store) says in a collective when another rank
+# has gone: killed, out of memory, a lost node.
+LOST_RANK_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+class RankLostError(UserError):
+    """Another rank of the job stopped while this one waited for it in a collective; the run
+    resumes from its last checkpoint on a rerun (metrics.json says interrupted)."""
+
+    resumable = True
+
+
+def lost_rank_error(error: BaseException, env: "DistEnv") -> Optional[RankLostError]:
+    """`error` as a RankLostError when it is a collective's failure because another rank of
+    the job went away; None for anything else (or a single process).
+
+    Args:
+        error: what a collective (or DDP's backward) raised on this rank.
+        env: this process's rank.
+
+    Returns:
+        The one-line error to report instead, or None.
+    """
+    network_error = getattr(dist, "DistNetworkError", ())
+    if not env.is_distributed or not isinstance(error, RuntimeError):
+        return None
+    text = str(error)
+    if not (isinstance(error, network_error) or any(words in text for words in LOST_RANK_MESSAGES)):
+        return None
+    reason = next((words for words in LOST_RANK_MESSAGES if words in text), text.splitlines()[0][:120])
+    return RankLostError(f"rank {env.rank}: another rank of this job stopped ({reason}); rerun "
+                         "the same command to resume from the last checkpoint")
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,8 @@ class MetricWriter:
 
     def stopped(self, error: BaseException, step: int) -> dict:
         """metrics.json for a run that `error` ended: `interrupted` for an interrupt (a second
-        stop signal, Ctrl-C before training began), which is no mistake and resumes on a
-        rerun; `failed`, with why, for anything else.
+        stop signal, Ctrl-C before training began) or another rank's loss, which are no
+        mistakes and resume on a rerun; `failed`, with why, for anything else.
 
         Args:
             error: the exception that ended the run.
@@ -126,7 +126,8 @@ class MetricWriter:
         Returns:
             The summary (see `summary`).
         """
-        status = STATUS_INTERRUPTED if isinstance(error, KeyboardInterrupt) else STATUS_FAILED
+        resumable = isinstance(error, KeyboardInterrupt) or getattr(error, "resumable", False)
+        status = STATUS_INTERRUPTED if resumable else STATUS_FAILED
         why = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         return self.summary(status, step, error=why)
 
