@@ -91,10 +91,10 @@ def _exit_on_a_sweep_under_torchrun() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
+    in_sweep = HydraConfig.get().mode is RunMode.MULTIRUN
     try:
-        summary = run_experiment(cfg)
+        summary = run_experiment(cfg, exits_after=not in_sweep)
     except UserError as error:
-        in_sweep = HydraConfig.get().mode is RunMode.MULTIRUN
         message = _in_sweep_terms(str(error)) if in_sweep else str(error)
         _print_error(message)  # a mistake the user can fix: one line, no traceback
         # Hydra made the run's folder before the run; a mistake found before the run wrote
@@ -103,18 +103,18 @@ def main(cfg: DictConfig) -> Union[Optional[float], JobFailure]:
         if in_sweep:
             # The sweep's other jobs still run; it exits 2 at the end (sweep.FailedJobsReport).
             return JobFailure(message)
-        sys.exit(2)
+        # A stop no mistake caused (another rank's death) resumes on a rerun, as a preemption.
+        sys.exit(EXIT_CODE_PREEMPTED if getattr(error, "resumable", False) else 2)
     except KeyboardInterrupt:
         if _rank() == 0:  # one line for the job, not one per rank
             print("interrupted: stopped at once without a final checkpoint", file=sys.stderr)
         sys.exit(130)
-    if summary["status"] == "preempted" or HydraConfig.get().mode is not RunMode.MULTIRUN:
-        # The run is over and its files are written: a further Ctrl-C (or the launcher's copy
-        # of a signal) in the second the process takes to exit would only turn exit 0 or 75
-        # into a signal death. (A sweep's next job listens again.)
+    if summary["status"] == "preempted":
+        # The checkpoint is saved: a further Ctrl-C (or the launcher's copy of a signal) in
+        # the second the process takes to exit would only turn exit 75 into a signal death.
+        # (Outside a sweep run_experiment left them ignored already.)
         for number in STOP_SIGNALS:
             signal.signal(number, signal.SIG_IGN)
-    if summary["status"] == "preempted":
         if _rank() == 0:
             print(f"preempted at step {summary['step']}: checkpoint saved in {summary['run_dir']}; "
                   f"{_how_to_resume(cfg, summary['run_dir'])}", file=sys.stderr)

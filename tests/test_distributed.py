@@ -1,6 +1,7 @@
 """torchrun on the CPU with gloo: one run folder, one split, the single-process batch."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -13,13 +14,14 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config, tiny_cifar_overrides
+from fixmatch import app
 from fixmatch.app import build_training_parts
 from fixmatch.checkpoint import load_checkpoint
 from fixmatch.data.datasets import load_dataset
 from fixmatch.data.loaders import InfiniteBatchSampler
 from fixmatch.data.normalization import resolve_normalization
 from fixmatch.data.split import draw_labeled_split
-from fixmatch.distributed import DistEnv, lost_rank_error
+from fixmatch.distributed import DistEnv, RankLostError, lost_rank_reason
 from fixmatch.metrics import MetricWriter
 from fixmatch.runtime import seed_everything
 from fixmatch.step_stats import RunningMeans
@@ -211,16 +213,32 @@ def test_a_rank_ends_with_its_commands_status_after_pythons_exit_work(tmp_path, 
     assert marker.exists()
 
 
-def test_a_collective_that_lost_another_rank_is_one_line_and_a_resumable_stop(tmp_path):
+def test_a_collective_that_lost_another_rank_is_told_apart_and_a_resumable_stop(tmp_path):
     # Before: a rank killed mid-run gave the others a traceback, and metrics.json said failed.
     env = DistEnv(rank=0, world_size=2)
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
                         "closed by peer [127.0.0.1]:4242")
-    lost = lost_rank_error(gloo, env)
-    assert str(lost) == ("rank 0: another rank of this job stopped (Connection closed by peer); "
-                         "rerun the same command to resume from the last checkpoint")
-    assert lost_rank_error(gloo, DistEnv()) is None  # one process has no other rank
-    assert lost_rank_error(RuntimeError("CUDA out of memory"), env) is None
+    assert lost_rank_reason(gloo, env) == "Connection closed by peer"
+    assert lost_rank_reason(gloo, DistEnv()) is None  # one process has no other rank
+    assert lost_rank_reason(RuntimeError("CUDA out of memory"), env) is None
     writer = MetricWriter(tmp_path, 8, world_size=2)
-    assert writer.stopped(lost, 3)["status"] == "interrupted"
+    assert writer.stopped(RankLostError("another rank ..."), 3)["status"] == "interrupted"
     assert writer.stopped(RuntimeError("boom"), 3)["status"] == "failed"
+
+
+def test_a_rank_lost_at_the_final_barrier_leaves_a_finished_run_finished(monkeypatch, caplog):
+    # Before: the surviving rank's traceback, and exit 1 for a run metrics.json called completed.
+    def lost_at_the_barrier(finished=False):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
+
+    monkeypatch.setattr(app, "destroy_process_group", lost_at_the_barrier)
+    with caplog.at_level(logging.WARNING):
+        app._leave_process_group(DistEnv(rank=0, world_size=2))
+    assert ("another rank of this job stopped at the final barrier (Connection reset by peer); "
+            "the run itself is complete") in caplog.text
+    def fails_otherwise(finished=False):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(app, "destroy_process_group", fails_otherwise)
+    with pytest.raises(RuntimeError, match="something else"):  # not swallowed
+        app._leave_process_group(DistEnv(rank=0, world_size=2))

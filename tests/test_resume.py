@@ -133,13 +133,14 @@ def test_a_signal_during_the_last_step_leaves_a_completed_run(tiny_cifar10, tmp_
     assert newest_step(run_dir) == TOTAL_STEPS
 
 
-def _stop_before_step(monkeypatch, step: int) -> None:
-    """SIGTERM this process as the trainer starts `step` (then the run stops after it)."""
+def _stop_before_step(monkeypatch, step: int, signals=(signal.SIGTERM,)) -> None:
+    """Send `signals` to this process as the trainer starts `step` (then the run stops after it)."""
     advance = Trainer._advance
 
     def advance_with_a_signal(self, progress):
         if self.step == step - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
+            for number in signals:
+                os.kill(os.getpid(), number)
         advance(self, progress)
 
     monkeypatch.setattr(Trainer, "_advance", advance_with_a_signal)
@@ -149,6 +150,20 @@ def _scalars(path: Path, name: str) -> dict:
     events = EventAccumulator(str(path))
     events.Reload()
     return {event.step: event.value for event in events.Scalars(name)}
+
+
+def test_two_signals_during_the_last_step_leave_a_completed_run(tiny_cifar10, tmp_path,
+                                                               monkeypatch):
+    # Before: the second (another signal) stopped at once, in the final evaluation and
+    # checkpoint: "interrupted" at the last step, and a rerun redid the steps since the last
+    # checkpoint.
+    _stop_before_step(monkeypatch, TOTAL_STEPS, (signal.SIGTERM, signal.SIGINT))
+    run_dir = tmp_path / "run"
+    try:
+        summary = in_process(resume_overrides(tiny_cifar10, run_dir), run_dir)
+    except KeyboardInterrupt:  # what the second signal raised (it would stop pytest too)
+        pytest.fail("the second signal stopped a run in its last step")
+    assert (summary["status"], summary["step"]) == ("completed", TOTAL_STEPS)
 
 
 def test_a_run_resumed_at_its_last_step_scores_its_final_weights(tiny_cifar10, tmp_path,
@@ -231,6 +246,16 @@ def test_a_signal_after_the_run_finished_is_let_go_until_the_handlers_are_restor
     assert not stop.requested
     stop.restore()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+    # A process that only exits after the run: ignored from there (no default in between).
+    stop = StopRequest()
+    stop.listen()
+    try:
+        stop.restore(ignore=True)
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+    finally:
+        for number in preemption.STOP_SIGNALS:
+            signal.signal(number, signal.SIG_DFL if number != signal.SIGINT
+                          else signal.default_int_handler)
 
 
 def test_a_signal_during_the_teardown_after_the_last_step_leaves_the_run_completed(

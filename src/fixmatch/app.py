@@ -28,11 +28,12 @@ from fixmatch.data.normalization import Normalization
 from fixmatch.data.split import LabeledSplit
 from fixmatch.distributed import (
     DistEnv,
+    RankLostError,
     broadcast_object,
     destroy_process_group,
     environment,
     init_process_group,
-    lost_rank_error,
+    lost_rank_reason,
     stop_with_the_launcher,
 )
 from fixmatch.errors import UserError
@@ -56,7 +57,8 @@ from fixmatch.trainer import Trainer, TrainingParts
 log = logging.getLogger(__name__)
 
 
-def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
+def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None,
+                   exits_after: bool = False) -> dict:
     """Train as `cfg` says, writing everything into `run_dir` (Hydra's output dir by default).
 
     Under torchrun every rank calls this; rank 0's folder is the run's folder.
@@ -64,6 +66,9 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     Args:
         cfg: the composed Hydra config, converted here to the typed `Config`.
         run_dir: the run's folder; None takes Hydra's output dir.
+        exits_after: the process ends after this run (run.py, not a sweep): the stop signals
+            stay ignored from the run's end, so a late one cannot turn its exit status into a
+            signal death.
 
     Returns:
         The final metrics.json summary (status `completed` or `preempted`) and `run_dir`, the
@@ -96,10 +101,22 @@ def run_experiment(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
             raise
         finally:
             record.close()
-        destroy_process_group(finished=True)
+        _leave_process_group(env)
     finally:
-        stop.restore()
+        stop.restore(ignore=exits_after)
     return summary
+
+
+def _leave_process_group(env: DistEnv) -> None:
+    """The final barrier of a finished run; a rank lost there loses nothing of the run."""
+    try:
+        destroy_process_group(finished=True)
+    except RuntimeError as error:
+        reason = lost_rank_reason(error, env)
+        if reason is None:
+            raise
+        log.warning("another rank of this job stopped at the final barrier (%s); the run "
+                    "itself is complete", reason)
 
 
 def train(config: Config, run_dir: Path, resolved_yaml: str, env: DistEnv = DistEnv(),
@@ -159,7 +176,10 @@ def _train_as_planned(config: Config, plan: StartPlan, resolved_yaml: str, env: 
     try:
         summary = trainer.fit(stop)
     except BaseException as error:
-        lost = lost_rank_error(error, env)  # one line, and a run a rerun resumes
+        reason = lost_rank_reason(error, env)  # one line, and a run a rerun resumes
+        lost = None if reason is None else RankLostError(
+            f"another rank of this job stopped ({reason}); rerun the command with "
+            f"hydra.run.dir={run_dir} to resume from the last checkpoint")
         # metrics.json and run.log must say why the run stopped, whatever stopped it.
         stopped = writer.stopped(lost or error, trainer.step)
         record.note_stop(f"{stopped['status']} at step {trainer.step}: {stopped['error']}")

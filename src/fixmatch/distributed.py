@@ -30,26 +30,25 @@ class RankLostError(UserError):
     resumable = True
 
 
-def lost_rank_error(error: BaseException, env: "DistEnv") -> Optional[RankLostError]:
-    """`error` as a RankLostError when it is a collective's failure because another rank of
-    the job went away; None for anything else (or a single process).
+def lost_rank_reason(error: BaseException, env: "DistEnv") -> Optional[str]:
+    """Why a collective failed, when it failed because another rank of the job went away
+    (gloo's words, e.g. "Connection reset by peer"); None for anything else, or one process.
 
     Args:
         error: what a collective (or DDP's backward) raised on this rank.
         env: this process's rank.
 
     Returns:
-        The one-line error to report instead, or None.
+        The reason, short enough for a one-line message, or None.
     """
     network_error = getattr(dist, "DistNetworkError", ())
     if not env.is_distributed or not isinstance(error, RuntimeError):
         return None
     text = str(error)
-    if not (isinstance(error, network_error) or any(words in text for words in LOST_RANK_MESSAGES)):
-        return None
-    reason = next((words for words in LOST_RANK_MESSAGES if words in text), text.splitlines()[0][:120])
-    return RankLostError(f"rank {env.rank}: another rank of this job stopped ({reason}); rerun "
-                         "the same command to resume from the last checkpoint")
+    reason = next((words for words in LOST_RANK_MESSAGES if words in text), None)
+    if reason is None and isinstance(error, network_error):
+        reason = text.splitlines()[0][:120]
+    return reason
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,15 @@ class StopRequest:
         """The run is over: stop signals from now until `restore()` are let go."""
         self.finished = True
 
-    def restore(self) -> None:
-        """Put back the handlers `listen()` replaced (a sweep's next job starts as the first)."""
+    def restore(self, ignore: bool = False) -> None:
+        """Put back the handlers `listen()` replaced (a sweep's next job starts as the first).
+
+        Args:
+            ignore: ignore those signals instead (the process only exits from here): with
+                the handlers back, one in between would end it by the signal.
+        """
         for number, handler in self._previous.items():
-            signal.signal(number, handler)
+            signal.signal(number, signal.SIG_IGN if ignore else handler)
         self._previous.clear()
 
     def __enter__(self) -> "StopRequest":

@@ -118,6 +118,9 @@ class Trainer:
         stop.listen()
         try:
             stopped = self._train_until_done_or_stopped(progress, stop)
+            # Only saving is left: a late copy of the signal, or one more, must not kill the
+            # process halfway through the checkpoint that makes the run resumable (or done).
+            stop.saving = True
             if not (stopped or self._evaluated_at(self.step)):
                 # Resumed at its last step without an evaluation there (a run preempted at
                 # step 23, rerun with trainer.total_steps=23): its final weights are scored too.
@@ -126,9 +129,6 @@ class Trainer:
             progress.close()
             if not stopped:
                 return self.writer.summary("completed", self.step)
-            # Still listening: a late copy of the signal, or one more, must not kill the process
-            # halfway through the checkpoint that makes the run resumable.
-            stop.saving = True
             self._save_checkpoint()
             log.warning("stopped by %s at step %d; checkpoint saved",
                         stop.signal_name or "a signal to another rank", self.step)
@@ -144,6 +144,9 @@ class Trainer:
         while self.step < self.config.total_steps:
             if self._stop_agreed(stop):
                 return True
+            # The last step ends in the final evaluation and checkpoint: a second signal
+            # there would throw away a finished run's last step.
+            stop.saving = self.step + 1 == self.config.total_steps
             self._advance(progress)
         return False
 
