@@ -108,6 +108,9 @@ def test_a_class_folder_inside_another_is_refused(folder, link, target, name):
     ("labeled/dog/cats", "../cat"),  # another class's images, inside a class folder
     ("labeled/eel/more", "../dog/../cat"),
     ("unlabeled/cats", "../labeled/cat"),  # labeled images, a second time in the stream
+    ("unlabeled/all", "../labeled"),  # a folder holding the classes
+    ("labeled/dog/0_cat.png", "../cat/0.png"),  # another class's image, as a file
+    ("unlabeled/0_cat.png", "../labeled/cat/0.png"),
 ])
 def test_a_link_to_another_class_is_skipped_not_read_twice(folder, caplog, link, target):
     # Before: dog/cats -> cat labeled each cat image as cat and dog, silently.
@@ -116,6 +119,29 @@ def test_a_link_to_another_class_is_skipped_not_read_twice(folder, caplog, link,
     assert np.bincount(arrays.train.targets).tolist() == [4, 4, 4]
     assert len(arrays.unlabeled) == 3
     assert f"skipped 1 links of {folder}" in caplog.text and link in caplog.text
+
+
+def test_an_outside_folder_linked_from_a_class_and_unlabeled_is_read_once(folder, tmp_path,
+                                                                         caplog):
+    elsewhere = tmp_path / "store"
+    write_image(elsewhere / "0.png", gray(0))
+    os.symlink(elsewhere, folder / "labeled" / "cat" / "more")
+    os.symlink(elsewhere, folder / "unlabeled" / "more")
+    arrays = _load_with_log(folder, caplog)
+    assert np.bincount(arrays.train.targets).tolist() == [5, 4, 4] and len(arrays.unlabeled) == 3
+    assert "unlabeled/more" in caplog.text
+
+
+def test_a_link_around_a_class_folder_elsewhere_is_skipped(folder, tmp_path, caplog):
+    # dog's folder is a link into a shared store; cat links the whole store.
+    store = tmp_path / "store"
+    store.mkdir()
+    (folder / "labeled" / "dog").rename(store / "dog")
+    os.symlink(store / "dog", folder / "labeled" / "dog")
+    os.symlink(store, folder / "labeled" / "cat" / "store")
+    arrays = _load_with_log(folder, caplog)
+    assert np.bincount(arrays.train.targets).tolist() == [4, 4, 4]  # before: dog "held no images"
+    assert "labeled/cat/store" in caplog.text
 
 
 def test_two_classes_linking_one_outside_folder_read_it_once(folder, tmp_path, caplog):

@@ -44,7 +44,8 @@ class Skipped:
     """What a listing passed over: never silently, each kind is counted in the log."""
 
     not_images: List[str] = field(default_factory=list)  # other extensions, hidden, loose files
-    broken_links: List[str] = field(default_factory=list)  # to nothing, loops, folders read already
+    # to nothing, loops, folders read already, into (or around) another class's folder
+    broken_links: List[str] = field(default_factory=list)
 
     def log(self, root: Path) -> None:
         """One line per kind of skipped entry, with a few examples.
@@ -58,8 +59,9 @@ class Skipped:
                      ", ".join(self.not_images[:3]))
         if self.broken_links:
             log.warning("skipped %d links of %s that point nowhere, loop back to a folder above "
-                        "them or lead to a folder already read, e.g. %s", len(self.broken_links),
-                        root, ", ".join(self.broken_links[:3]))
+                        "them, lead to a folder already read, or into another class's folder "
+                        "(its images would get two labels or come twice), e.g. %s",
+                        len(self.broken_links), root, ", ".join(self.broken_links[:3]))
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,9 @@ def list_image_folder(root: Path, root_setting: str) -> FolderListing:
     class_names = _class_folders(root, pool, skipped)
     if not class_names:
         raise UserError(f"{root / pool} has no class folders; {LAYOUT}")
+    read: Set[Path] = set()  # folders read once in labeled/ and unlabeled/ together
     train = _class_files(root, pool, {name: label for label, name in enumerate(class_names)},
-                         skipped)
+                         skipped, read)
     test_folders = _class_folders(root, "test", skipped)
     if not test_folders:
         raise UserError(f"{root / 'test'} has no class folders; {LAYOUT}")
@@ -115,7 +118,7 @@ def list_image_folder(root: Path, root_setting: str) -> FolderListing:
     unlabeled = []
     if _is_folder(root / "unlabeled"):
         # A link into a class folder would add its images to the stream a second time.
-        found = _walk(root, "unlabeled", skipped, elsewhere=_real_folders(root / pool, class_names))
+        found = _walk(root, "unlabeled", skipped, read, _real_folders(root / pool, class_names))
         unlabeled = [ImageFile(path, size, mtime, -1) for path, size, mtime in found]
     skipped.log(root)
     return FolderListing(pool, class_names, train, unlabeled, test, skipped)
@@ -275,13 +278,14 @@ def _real_folders(folder: Path, names: Sequence[str]) -> List[Path]:
     return [Path(os.path.realpath(folder / name)) for name in names]
 
 
-def _class_files(root: Path, folder: str, labels: Dict[str, int],
-                 skipped: Skipped) -> List[ImageFile]:
+def _class_files(root: Path, folder: str, labels: Dict[str, int], skipped: Skipped,
+                 read: Optional[Set[Path]] = None) -> List[ImageFile]:
     """The images of each class folder `root/folder/<name>` of `labels`, in class order.
 
-    A linked folder is read once in the whole pool: one inside another class's folder, or
-    one an earlier class read already, is skipped (its images would get two labels)."""
-    files, read = [], set()
+    A linked folder is read once in the whole pool (and in what shares `read`): one in or
+    around another class's folder, or one an earlier class read already, is skipped (its
+    images would get two labels), and so is a linked file in another class's folder."""
+    files, read = [], set() if read is None else read
     tops = _real_folders(root / folder, list(labels))
     for name, label in sorted(labels.items(), key=lambda item: item[1]):
         own = Path(os.path.realpath(root / folder / name))
@@ -317,7 +321,8 @@ def find_images(top: Path, skipped: Skipped, prefix: str = "", read: Optional[Se
         read: real paths of folders read already (by earlier calls of one listing); those
             this call reads are added.
         elsewhere: real folders another call reads (the other classes): a link to one of
-            them, or into one, counts as a link to a folder already read.
+            them, into one or around one (a folder holding it), and a linked file in one, are
+            skipped as links to what is read there.
 
     Returns:
         (name, size in bytes, mtime in ns) of each image, sorted by name.
@@ -350,17 +355,26 @@ def find_images(top: Path, skipped: Skipped, prefix: str = "", read: Optional[Se
             elif kind is EntryKind.FOLDER:
                 target = Path(os.path.realpath(entry.path))
                 looped = target in real.parents or target in top_real.parents
-                read_there = any(target == other or other in target.parents for other in elsewhere)
+                read_there = any(_overlap(target, other) for other in elsewhere)
                 if looped or read_there:
                     skipped.broken_links.append(entry_name)
                 else:
                     linked_folders.append((Path(entry.path), target, f"{entry_name}/", True))
             elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 skipped.not_images.append(entry_name)
+            elif entry.is_symlink() and any(other in Path(os.path.realpath(entry.path)).parents
+                                            for other in elsewhere):
+                skipped.broken_links.append(entry_name)  # another class's image
             else:
                 stat = entry.stat()
                 found.append((entry_name, stat.st_size, stat.st_mtime_ns))
     return sorted(found)
+
+
+def _overlap(target: Path, folder: Path) -> bool:
+    """Whether reading `target` would read (part of) `folder`: it is the folder, lies inside
+    it, or holds it."""
+    return target == folder or folder in target.parents or target in folder.parents
 
 
 def _kind(entry: os.DirEntry) -> EntryKind:
