@@ -304,6 +304,19 @@ def test_runs_on_other_numbers_of_ranks_are_no_repeats_and_split_by_world_size(t
     assert [(row.key[-1], row.accuracy.mean) for row in rows] == [(1, 80.0), (2, 90.0)]
 
 
+def test_runs_from_before_world_size_was_recorded_ran_as_one_process(tmp_path, capsys):
+    # Before: a copy whose metrics.json predates world_size was another experiment than the
+    # same run recorded with world_size 1 (seed counted twice, a world_size warning), and a
+    # starting run (no metrics.json) made every row warn about world_size.
+    old = make_run(tmp_path / "old", [*CIFAR10_40, "seed=1"], done(80.0, 80.0))
+    make_run(tmp_path / "new", [*CIFAR10_40, "seed=1"], {**done(80.0, 80.0), "world_size": 1})
+    make_run(tmp_path / "starting", [*CIFAR10_40, "seed=2"])
+    os.utime(old / "metrics.json", (1e9, 1e9))
+    row, = build_rows(find_runs([str(tmp_path)]))
+    assert (row.accuracy.n, row.status_text()) == (1, "1/3 done, 1 starting, 1 repeated")
+    assert not any("world_size" in warning for warning in cell_warnings([row]))
+
+
 def test_runs_whose_length_changed_while_they_trained_are_flagged(tmp_path):
     # Before: a 40-step run resumed to 60 steps counted as a fresh 60-step run, silently.
     make_run(tmp_path / "1", [*CIFAR10_40, "seed=1"], done(80.0, 81.0))
@@ -689,6 +702,15 @@ def test_jobs_of_a_sweep_that_never_started_are_named(tmp_path, capsys):
         "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.2,0.2,0.2]", "seed=1,2"]
     (rerun / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
     capsys.readouterr()
+    assert main([str(rerun)]) == 0 and capsys.readouterr().err == ""
+    # ... and so does one with an execution or cadence key changed, which resume allows and
+    # a completed run ignores, or a key given twice (Hydra keeps the last value); before:
+    # "2 of the 2 jobs never started", for good.
+    command["hydra"]["overrides"]["task"] = [
+        "ssl.num_labeled=40", "trainer.channels_last=false", "trainer.eval_every_steps=7",
+        "dataset.root=2024", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.2,0.2,0.2]",
+        "ssl.num_labeled=250", "ssl.num_labeled=40", "seed=1,2"]
+    (rerun / "multirun.yaml").write_text(OmegaConf.to_yaml(command))
     assert main([str(rerun)]) == 0 and capsys.readouterr().err == ""
 
     # Before: while the sweep still ran, the warning said to rerun it (a second copy).

@@ -141,7 +141,8 @@ def build_rows(runs: Sequence[Run], by: Sequence[str] = ()) -> List[Row]:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
             hint = f"did you mean {close[0]}? " if close else ""
             raise ResultsError(f"--by {key}: no run's config_resolved.yaml has this key; {hint}"
-                               "keys are dotted paths such as ssl.threshold")
+                               "keys are dotted paths such as ssl.threshold, or world_size "
+                               "(from metrics.json)")
     names = root_names(runs)
     groups: Dict[Tuple, List[Run]] = {}
     for run in runs:

@@ -157,10 +157,11 @@ def load_run(run_dir: Path) -> Run:
             metrics = {"status": UNREADABLE}
     held = is_held(run_dir) if metrics is not None and metrics.get("status") == RUNNING else None
     flat = flatten_config(config)
-    if metrics is not None and "world_size" in metrics:
+    if metrics is not None and metrics.get("status") != UNREADABLE:
         # Not a setting, but part of what the run computed (BatchNorm per rank): as a key, a
-        # table keeps 1-rank and 2-rank runs apart and `--by world_size` splits them.
-        flat[WORLD_SIZE_KEY] = metrics["world_size"]
+        # table keeps 1-rank and 2-rank runs apart and `--by world_size` splits them. Runs
+        # from before it was recorded ran as one process, as nearly all runs do.
+        flat[WORLD_SIZE_KEY] = metrics.get("world_size", 1)
     return Run(run_dir, flat, metrics, problem, _training_set(run_dir), held)
 
 

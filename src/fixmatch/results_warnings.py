@@ -4,7 +4,13 @@ experiment, and rows beside a paper figure whose runs do not follow the paper's 
 from typing import Dict, List, Sequence
 
 from fixmatch.results_rows import Row, row_label
-from fixmatch.results_runs import COMPLETED, PER_RUN_KEYS, Run
+from fixmatch.results_runs import COMPLETED, PER_RUN_KEYS, WORLD_SIZE_KEY, Run
+
+def _values(runs: Sequence[Run], key: str) -> set:
+    # world_size is known only from a readable metrics.json (not a starting run's)
+    return {repr(run.config.get(key)) for run in runs
+            if key != WORLD_SIZE_KEY or key in run.config}
+
 
 def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
     """Cells whose runs are not seeds of one experiment: other keys differ, they trained on
@@ -22,7 +28,7 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
     for row in rows:
         label = row_label(row.key, by)
         keys = sorted({key for run in row.runs for key in run.config} - PER_RUN_KEYS - set(by))
-        differ = [key for key in keys if len({repr(run.config.get(key)) for run in row.runs}) > 1]
+        differ = [key for key in keys if len(_values(row.runs, key)) > 1]
         if differ:
             warnings.append(f"{label}: its runs differ in {', '.join(differ)}; "
                             f"split them with --by {differ[0]}")

@@ -12,7 +12,11 @@ from typing import List, Optional, Sequence, Tuple
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from fixmatch.config import MACHINE_KEYS
+from fixmatch.config import EXECUTION_KEYS, LENGTH_KEYS, MACHINE_KEYS
+
+# Keys a rerun of the sweep may give other values without running its jobs again: a completed
+# run keeps the config it ran with (resume.RESUMABLE_CHANGES).
+RESUMABLE_KEYS = MACHINE_KEYS | EXECUTION_KEYS | LENGTH_KEYS
 
 # A run below the folder in one of these may still be the sweep's (the sweep still runs).
 ACTIVE_STATUSES = ("running", "starting")
@@ -41,7 +45,7 @@ class PlannedSweep:
         """
         return all(_canonical(run.config[key]) == _canonical(value)
                    for key, value in self.fixed
-                   if key in run.config and key not in MACHINE_KEYS)
+                   if key in run.config and key not in RESUMABLE_KEYS)
 
 
 def unstarted_jobs(folders: Sequence[str], runs: Sequence) -> List[str]:
@@ -103,9 +107,10 @@ def planned_sweep(path: Path) -> Optional[PlannedSweep]:
         swept = [override for override in parsed if override.is_sweep_override()]
         keys = tuple(override.key_or_group.lstrip("+~") for override in swept)
         values = [list(override.sweep_iterator()) for override in swept]
-        fixed = tuple((override.key_or_group.lstrip("+~"), override.value()) for override in parsed
-                      if not override.is_sweep_override())
-        return PlannedSweep(keys, tuple(itertools.product(*values)), fixed)
+        # A key given twice: Hydra keeps the last value, and so does this (a dict keeps it).
+        fixed = {override.key_or_group.lstrip("+~"): override.value() for override in parsed
+                 if not override.is_sweep_override()}
+        return PlannedSweep(keys, tuple(itertools.product(*values)), tuple(fixed.items()))
     except Exception:  # noqa: BLE001 - a missing or foreign file, a glob: only a hint is lost
         return None
 
