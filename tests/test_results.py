@@ -567,7 +567,7 @@ def test_runs_off_the_paper_protocol_are_warned_about_and_their_paper_cells_mark
     output = capsys.readouterr()
     assert output.err.splitlines() == [
         "warning: cifar100 WRN-28-2 fixmatch 400 labels: its runs differ in optim.nesterov, "
-        "ssl.threshold; split them with --by optim.nesterov",
+        "ssl.threshold; split them with --by optim.nesterov --by ssl.threshold",
         "warning: cifar10 WRN-10-1 fixmatch 40 labels: not the paper's protocol (model WRN-10-1 "
         "vs WRN-28-2, ssl.batch_size 4 vs 64, trainer.total_steps 20 vs 1048576); its paper "
         "columns are the paper's runs, for reference",

@@ -31,7 +31,7 @@ def cell_warnings(rows: Sequence[Row], by: Sequence[str] = ()) -> List[str]:
         differ = [key for key in keys if len(_values(row.runs, key)) > 1]
         if differ:
             warnings.append(f"{label}: its runs differ in {', '.join(differ)}; "
-                            f"split them with --by {differ[0]}")
+                            f"split them with {' '.join(f'--by {key}' for key in differ)}")
         first_of: Dict[str, Run] = {}
         for run in row.runs:
             if run.training_set is not None:
