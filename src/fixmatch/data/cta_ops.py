@@ -5,6 +5,11 @@ Source: the CTAugment ops of the official code, google-research/fixmatch and
 google-research/remixmatch, libml/ctaugment.py (facts marked "official" come from there; the
 Cutout appended to every training policy from fixmatch.py). Every random choice is drawn from
 an explicit `numpy.random.Generator`.
+
+Every op takes an "L" or "RGB" image, its values in [0, 1] (one per parameter, `level` for
+most) and a keyword `rng` (drawn from by cutout only), and returns a new image of the same size
+and mode. Ops without a natural magnitude blend the input with their full effect by `level`
+(0 keeps the image); each other op's docstring says what its values mean.
 """
 
 from types import MappingProxyType
@@ -40,44 +45,18 @@ def _affine(img: Image.Image, coefficients: tuple[float, ...]) -> Image.Image:
 
 
 def identity(img: Image.Image, *, rng: np.random.Generator | None = None) -> Image.Image:
-    """Return an unchanged copy (the official op has no parameter).
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Return an unchanged copy (the official op has no parameter)."""
     return img.copy()
 
 
 def autocontrast(img: Image.Image, level: float, *,
                  rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with the auto-contrasted image by `level`.
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Blend with the auto-contrasted image by `level`."""
     return _blend(img, ImageOps.autocontrast(img), level)
 
 
 def blur(img: Image.Image, level: float, *, rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with PIL's BLUR filter output by `level`.
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Blend with PIL's BLUR filter output by `level`."""
     return _blend(img, img.filter(ImageFilter.BLUR), level)
 
 
@@ -86,12 +65,7 @@ def brightness(img: Image.Image, level: float, *,
     """Brightness factor 0.1 + 1.9 * `level`.
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _enhance(img, ImageEnhance.Brightness, level)
 
@@ -100,12 +74,7 @@ def color(img: Image.Image, level: float, *, rng: np.random.Generator | None = N
     """Saturation factor 0.1 + 1.9 * `level` (no effect on "L" images).
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _enhance(img, ImageEnhance.Color, level)
 
@@ -115,12 +84,7 @@ def contrast(img: Image.Image, level: float, *,
     """Contrast factor 0.1 + 1.9 * `level`.
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _enhance(img, ImageEnhance.Contrast, level)
 
@@ -132,12 +96,8 @@ def cutout(img: Image.Image, level: float, *, rng: np.random.Generator) -> Image
     either side of the centre (so an odd size covers one pixel less), clipped at the borders.
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: no pixel covered at 0 (size 1), about half the shorter side at 1.
         rng: source of the square's centre.
-
-    Returns:
-        A new image of the same size and mode.
     """
     size = 1 + int(level * min(img.size) * 0.499)
     return Image.fromarray(cutout_array(np.array(img), 2 * (size // 2), rng, _CUTOUT_FILL))
@@ -145,31 +105,13 @@ def cutout(img: Image.Image, level: float, *, rng: np.random.Generator) -> Image
 
 def equalize(img: Image.Image, level: float, *,
              rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with the histogram-equalized image by `level`.
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Blend with the histogram-equalized image by `level`."""
     return _blend(img, ImageOps.equalize(img), level)
 
 
 def invert(img: Image.Image, level: float, *,
            rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with the inverted image by `level`.
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Blend with the inverted image by `level`."""
     return _blend(img, ImageOps.invert(img), level)
 
 
@@ -178,12 +120,7 @@ def posterize(img: Image.Image, level: float, *,
     """Keep 1 + int(7.999 * `level`) bits (1 .. 8) of every pixel value.
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: 1 bit at 0, all 8 at 1.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return ImageOps.posterize(img, 1 + int(level * 7.999))
 
@@ -198,14 +135,9 @@ def rescale(img: Image.Image, scale: float, method: float, *,
     """Crop 0.25 * `scale` of each side away, resize back with the filter that `method` picks.
 
     Args:
-        img: the image, mode "L" or "RGB".
         scale: in [0, 1]: nothing cropped at 0, a quarter of each side at 1.
         method: in [0, 1]: picks LANCZOS, BICUBIC, BILINEAR, BOX, HAMMING or NEAREST by
             int(5.99 * method).
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     width, height = img.size
     margin = 0.25 * scale
@@ -218,12 +150,7 @@ def rotate(img: Image.Image, level: float, *,
     """Rotate counter-clockwise by round((2 * `level` - 1) * 45) degrees (-45 .. 45).
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: -45 degrees at 0, none at 0.5, 45 at 1; corners fill black.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     angle = round((2 * level - 1) * 45)
     return img.rotate(angle, Image.Resampling.NEAREST, fillcolor=_GEOMETRIC_FILL)
@@ -234,12 +161,7 @@ def sharpness(img: Image.Image, level: float, *,
     """Sharpness factor 0.1 + 1.9 * `level`.
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: factor 0.1 at 0, 2.0 at 1, unchanged (factor 1) at 9/19.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _enhance(img, ImageEnhance.Sharpness, level)
 
@@ -249,12 +171,7 @@ def shear_x(img: Image.Image, level: float, *,
     """Shear horizontally about the top-left corner by (2 * `level` - 1) * 0.3.
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: shear -0.3 at 0, none at 0.5, 0.3 at 1; exposed areas black.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, (2 * level - 1) * 0.3, 0, 0, 1, 0))
 
@@ -264,28 +181,14 @@ def shear_y(img: Image.Image, level: float, *,
     """Shear vertically about the top-left corner by (2 * `level` - 1) * 0.3.
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: shear -0.3 at 0, none at 0.5, 0.3 at 1; exposed areas black.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, 0, 0, (2 * level - 1) * 0.3, 1, 0))
 
 
 def smooth(img: Image.Image, level: float, *,
            rng: np.random.Generator | None = None) -> Image.Image:
-    """Blend with PIL's SMOOTH filter output by `level`.
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        level: blend weight in [0, 1]; 0 keeps `img`, 1 gives the full effect.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Blend with PIL's SMOOTH filter output by `level`."""
     return _blend(img, img.filter(ImageFilter.SMOOTH), level)
 
 
@@ -294,12 +197,7 @@ def solarize(img: Image.Image, level: float, *,
     """Invert every pixel value >= int(255.999 * `level`) (level 0 inverts all).
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: the threshold as a fraction of 255.999; at 1 only 255 inverts.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return ImageOps.solarize(img, int(level * 255.999))
 
@@ -312,12 +210,7 @@ def translate_x(img: Image.Image, level: float, *,
     """Shift left by round((2 * `level` - 1) * 0.3 * width) pixels (negative shifts right).
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: 30 % of the width right at 0, none at 0.5, 30 % left at 1.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, 0, round((2 * level - 1) * 0.3 * img.width), 0, 1, 0))
 
@@ -327,12 +220,7 @@ def translate_y(img: Image.Image, level: float, *,
     """Shift up by round((2 * `level` - 1) * 0.3 * height) pixels (negative shifts down).
 
     Args:
-        img: the image, mode "L" or "RGB".
         level: in [0, 1]: 30 % of the height down at 0, none at 0.5, 30 % up at 1.
-        rng: unused; accepted so that every op takes `apply_op`'s arguments.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, 0, 0, 0, 1, round((2 * level - 1) * 0.3 * img.height)))
 

@@ -151,19 +151,7 @@ class CTAugment:
         return tuple(policy)
 
     def apply(self, image: Image.Image, policy: Policy, rng: np.random.Generator) -> Image.Image:
-        """Apply `policy` to `image` (see `apply_policy`).
-
-        Args:
-            image: the image, mode "L" or "RGB".
-            policy: the ops and their values, in the order they apply.
-            rng: source of the cutout positions.
-
-        Returns:
-            A new image of the same size and mode.
-
-        Raises:
-            ValueError: `image` has another mode, or an op of `policy` is invalid.
-        """
+        """Apply `policy` to `image`: `cta_ops.apply_policy` (its arguments and errors)."""
         return apply_policy(image, policy, rng)
 
     def update(self, policy: Policy, proximity: float) -> None:

@@ -2,6 +2,10 @@
 taking its magnitude in its own unit and the gray level that geometric ops expose.
 
 Which magnitude an op gets at a level, and which ops a call draws, is `randaugment`'s concern.
+
+Every op takes an "L" or "RGB" image, its magnitude (ignored by ops that have none) and the
+gray level that geometric ops fill exposed areas with (ignored by the others), and returns a
+new image of the same size and mode; each op's docstring says what its magnitude means.
 """
 
 from types import MappingProxyType
@@ -27,44 +31,17 @@ def _affine(img: Image.Image, coefficients: tuple[float, ...], fill: int) -> Ima
 
 
 def identity(img: Image.Image, magnitude: float = 0.0, fill: int = 128) -> Image.Image:
-    """Return an unchanged copy of `img` (the "do nothing" op of the pool).
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        magnitude: unused (the op has none); part of the shared `Op` signature.
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Return an unchanged copy of `img` (the "do nothing" op of the pool)."""
     return img.copy()
 
 
 def auto_contrast(img: Image.Image, magnitude: float = 0.0, fill: int = 128) -> Image.Image:
-    """Stretch each channel to the full 0..255 range (PIL's ImageOps.autocontrast, cutoff 0).
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        magnitude: unused (the op has none); part of the shared `Op` signature.
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Stretch each channel to the full 0..255 range (PIL's ImageOps.autocontrast, cutoff 0)."""
     return _apply_luts(img, _autocontrast_luts(_histograms(img)))
 
 
 def equalize(img: Image.Image, magnitude: float = 0.0, fill: int = 128) -> Image.Image:
-    """Equalize the histogram of each channel (PIL's ImageOps.equalize).
-
-    Args:
-        img: the image, mode "L" or "RGB".
-        magnitude: unused (the op has none); part of the shared `Op` signature.
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
-    """
+    """Equalize the histogram of each channel (PIL's ImageOps.equalize)."""
     return _apply_luts(img, _equalize_luts(_histograms(img)))
 
 
@@ -115,12 +92,7 @@ def rotate(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
     """Rotate counter-clockwise by `magnitude` degrees about the centre.
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the angle in degrees; negative rotates clockwise.
-        fill: gray level of the area the op exposes.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return img.rotate(magnitude, Image.Resampling.NEAREST, fillcolor=_fill_color(img, fill))
 
@@ -129,12 +101,7 @@ def shear_x(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
     """Shear horizontally about the top-left corner: row y moves by `magnitude * y` pixels.
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the shear factor; positive moves lower rows left.
-        fill: gray level of the area the op exposes.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, magnitude, 0, 0, 1, 0), fill)
 
@@ -143,12 +110,7 @@ def shear_y(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
     """Shear vertically about the top-left corner: column x moves by `magnitude * x` pixels.
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the shear factor; positive moves right-hand columns up.
-        fill: gray level of the area the op exposes.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, 0, 0, magnitude, 1, 0), fill)
 
@@ -160,12 +122,7 @@ def translate_x(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Im
     magnitudes (L pixels per 32 px of side) it is exact whenever the side is a multiple of 32.
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the shift as a fraction of the width, truncated to whole pixels.
-        fill: gray level of the area the op exposes.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, 0, int(magnitude * img.width), 0, 1, 0), fill)
 
@@ -174,12 +131,7 @@ def translate_y(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Im
     """Shift up by `magnitude` times the height, in whole pixels (negative shifts down).
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the shift as a fraction of the height, truncated to whole pixels.
-        fill: gray level of the area the op exposes.
-
-    Returns:
-        A new image of the same size and mode.
     """
     return _affine(img, (1, 0, 0, 0, 1, int(magnitude * img.height)), fill)
 
@@ -188,12 +140,7 @@ def solarize(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image
     """Invert every pixel value >= `magnitude` (the threshold; 256 leaves the image as is).
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the threshold, 0 .. 256 (its integer part is used).
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
     """
     lut = np.where(_VALUES < int(magnitude), _VALUES, 255 - _VALUES)
     return _apply_luts(img, np.tile(lut, (len(img.getbands()), 1)))
@@ -203,12 +150,7 @@ def posterize(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Imag
     """Keep the `magnitude` most significant bits of every pixel value.
 
     Args:
-        img: the image, mode "L" or "RGB".
-        magnitude: bits to keep, 1 .. 8 (its integer part is used).
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
+        magnitude: bits to keep, 0 (black) .. 8 (its integer part is used; more keeps 8).
     """
     bits = min(int(magnitude), 8)  # the "paper" variant reaches 9 bits at level 10: unchanged
     lut = _VALUES & ~(2 ** (8 - bits) - 1)
@@ -219,12 +161,7 @@ def color(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image:
     """Blend with the grayscale image by factor `magnitude` (1 = unchanged); no-op on "L".
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the blend factor: 0 gives grayscale, 1 the image, > 1 more saturation.
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
     """
     if img.mode == "L":
         return img.copy()
@@ -237,12 +174,7 @@ def contrast(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Image
     The gray is PIL's (ImageEnhance.Contrast): the rounded mean of the grayscale image.
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the blend factor: 0 gives the uniform mean gray, 1 the image.
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
     """
     histogram = np.asarray(img.convert("L").histogram(), dtype=np.int64)
     mean_gray = int(histogram @ _VALUES / histogram.sum() + 0.5)
@@ -253,12 +185,7 @@ def brightness(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Ima
     """Blend with black by factor `magnitude` (1 = unchanged, 2 = twice as bright).
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the blend factor: 0 gives black, 1 the image.
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
     """
     return ImageEnhance.Brightness(img).enhance(magnitude)
 
@@ -267,12 +194,7 @@ def sharpness(img: Image.Image, magnitude: float, fill: int = 128) -> Image.Imag
     """Blend with a smoothed copy by factor `magnitude` (1 = unchanged, > 1 sharpens).
 
     Args:
-        img: the image, mode "L" or "RGB".
         magnitude: the blend factor: 0 gives PIL's SMOOTH-filtered copy, 1 the image.
-        fill: unused (the op exposes no area).
-
-    Returns:
-        A new image of the same size and mode.
     """
     return ImageEnhance.Sharpness(img).enhance(magnitude)
 
