@@ -214,6 +214,9 @@ EXECUTION_KEYS = frozenset({
 LENGTH_KEYS = frozenset({"trainer.total_steps", "trainer.eval_every_steps"})
 # The seeds of a run: its own, yet two runs that share them repeat each other.
 SEED_KEYS = frozenset({"seed", "ssl.split_seed"})
+# What a resumed run may change (a completed run keeps the config it ran with): resume, and a
+# rerun sweep's jobs matched to their runs, read it.
+RESUMABLE_KEYS = MACHINE_KEYS | EXECUTION_KEYS | LENGTH_KEYS
 
 
 def register_configs() -> None:

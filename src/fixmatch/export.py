@@ -10,7 +10,7 @@ import inspect
 import json
 import warnings
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -123,7 +123,7 @@ def export_model(trained: TrainedModel, file_format: str, output: Path) -> Path:
             raise UserError(f"format=onnx: {error} (pip install onnx onnxscript); "
                             "or use format=torchscript") from None
     meta, record = output.with_suffix(".json"), metadata(trained, file_format)
-    described = _other_formats_described(meta, file_format)
+    described = _other_formats_described(meta, _export_record(meta), file_format)
     if described:  # the same model in the other format (check_output refused another model)
         record["format"] = sorted({file_format, *described})
     with writing("output", meta):
@@ -152,12 +152,12 @@ def _formats_of(record: dict) -> List[str]:
     return [formats] if isinstance(formats, str) else list(formats)
 
 
-def _other_formats_described(meta: Path, file_format: str) -> List[str]:
-    """The other formats whose model files `meta` (an earlier export's metadata) describes
-    and that still lie beside it: `model.json` serves `model.pt` and `model.onnx` alike."""
-    if not _is_export_metadata(meta):
+def _other_formats_described(meta: Path, record: Optional[dict], file_format: str) -> List[str]:
+    """The other formats whose model files `record` (an earlier export's metadata, read from
+    `meta`) describes and that still lie beside it: `model.json` serves `model.pt` and
+    `model.onnx` alike."""
+    if record is None:
         return []
-    record = json.loads(meta.read_text())
     return [other for other in _formats_of(record)
             if other != file_format and meta.with_suffix(FORMATS[other]).exists()]
 
@@ -197,23 +197,19 @@ def check_output(output: Path, trained: TrainedModel, suffix: str) -> None:
                         f"output={output.with_name(output.name + suffix)}")
     refuse_checkpoints_folder(output, "output", "the model", trained.checkpoint_path)
     meta = output.with_suffix(".json")
-    refuse_foreign_file(output, "output", "export", _is_export_metadata, target=meta)
+    earlier = _export_record(meta)  # read once: the checks below all ask about it
+    refuse_foreign_file(output, "output", "export", lambda _: earlier is not None, target=meta)
     # An earlier export's model: the metadata beside it names this format, and the file is
     # such a model (a user's model.pth, a copied checkpoint or their own model.onnx beside
     # an export's model.json is not).
-    refuse_foreign_file(output, "output", "export", lambda model: _describes(meta, file_format)
-                        and _is_exported_model(model))
-    described = _other_formats_described(meta, file_format)
-    if described and not _same_model(json.loads(meta.read_text()), metadata(trained, file_format)):
+    refuse_foreign_file(output, "output", "export", lambda model: earlier is not None
+                        and file_format in _formats_of(earlier) and _is_exported_model(model))
+    described = _other_formats_described(meta, earlier, file_format)
+    if described and not _same_model(earlier, metadata(trained, file_format)):
         others = " and ".join(str(meta.with_suffix(FORMATS[other])) for other in described)
         raise UserError(f"output={output}: {meta} describes {others}, another model; give this "
                         f"one its own name (and <name>.json), e.g. "
                         f"output={_free_name(output, trained)}")
-
-
-def _describes(meta: Path, file_format: str) -> bool:
-    """Whether `meta` is an earlier export's metadata for a model in `file_format`."""
-    return _is_export_metadata(meta) and file_format in _formats_of(json.loads(meta.read_text()))
 
 
 def _free_name(output: Path, trained: TrainedModel) -> Path:
@@ -244,17 +240,19 @@ def _same_model(record: dict, other: dict) -> bool:
     return essence(record) == essence(other)
 
 
-def _is_export_metadata(path: Path) -> bool:
+def _export_record(path: Path) -> Optional[dict]:
+    """`path` read as an earlier export's metadata; None when it is not one (or unreadable)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
     # "format" is one name, or the names of both files it serves
     if not isinstance(record, dict) or "class_names" not in record \
             or not isinstance(record.get("format"), (str, list)):
-        return False
+        return None
     formats = _formats_of(record)
-    return bool(formats) and all(isinstance(name, str) and name in FORMATS for name in formats)
+    valid = bool(formats) and all(isinstance(name, str) and name in FORMATS for name in formats)
+    return record if valid else None
 
 
 DEFAULTS = {"format": "torchscript", "output": "", "model": "ema", "device": "auto"}

@@ -16,8 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from fixmatch.checkpoint import CHECKPOINT_DIR, CheckpointStore, load_checkpoint
-from fixmatch.config import (EXECUTION_KEYS, LENGTH_KEYS, MACHINE_KEYS, Config, DatasetConfig,
-                             ModelConfig, OptimConfig, SSLConfig, TrainerConfig, flatten_config)
+from fixmatch.config import (RESUMABLE_KEYS, Config, DatasetConfig, ModelConfig, OptimConfig,
+                             SSLConfig, TrainerConfig, flatten_config)
 from fixmatch.distributed import DistEnv, broadcast_object
 from fixmatch.errors import UserError
 from fixmatch.folder_lock import FolderLock
@@ -25,10 +25,6 @@ from fixmatch.metrics import RESTARTABLE_STATUSES
 from fixmatch.output_marks import cannot_write_in
 
 log = logging.getLogger(__name__)
-
-# Keys a resumed run may change: they do not change which experiment it is.
-RESUMABLE_CHANGES = MACHINE_KEYS | EXECUTION_KEYS | LENGTH_KEYS
-
 
 RANK_ZERO_FAILED = "rank 0 failed"  # broadcast in place of a plan
 
@@ -249,7 +245,7 @@ def experiment_differences(saved_yaml: str, current_yaml: str) -> List[str]:
         current_yaml: the resolved config of this start.
 
     Returns:
-        One `key (old -> new)` entry per differing key outside RESUMABLE_CHANGES, sorted by
+        One `key (old -> new)` entry per differing key outside RESUMABLE_KEYS, sorted by
         key; empty when the two are the same experiment.
     """
     saved, current = _flatten_yaml(saved_yaml), _flatten_yaml(current_yaml)
@@ -257,7 +253,7 @@ def experiment_differences(saved_yaml: str, current_yaml: str) -> List[str]:
     differing = []
     for key in sorted(set(saved) | set(current)):
         before = saved.get(key, defaults.get(key))
-        if key not in RESUMABLE_CHANGES and before != current.get(key):
+        if key not in RESUMABLE_KEYS and before != current.get(key):
             differing.append(f"{key} ({before!r} -> {current.get(key)!r})")
     return differing
 

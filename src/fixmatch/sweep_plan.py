@@ -12,11 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from fixmatch.config import EXECUTION_KEYS, LENGTH_KEYS, MACHINE_KEYS
-
-# Keys a rerun of the sweep may give other values without running its jobs again: a completed
-# run keeps the config it ran with (resume.RESUMABLE_CHANGES).
-RESUMABLE_KEYS = MACHINE_KEYS | EXECUTION_KEYS | LENGTH_KEYS
+from fixmatch.config import RESUMABLE_KEYS
 
 # A run below the folder in one of these may still be the sweep's (the sweep still runs).
 ACTIVE_STATUSES = ("running", "starting")

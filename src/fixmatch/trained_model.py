@@ -53,14 +53,13 @@ class TrainedModel:
     weights: str  # "ema" or "raw"
     step: int
     device: torch.device
-    # The memory format the run evaluated in (trainer.channels_last): the same arithmetic,
-    # so evaluate's top-1 is the run's own even where two classes' scores nearly tie.
-    channels_last: bool = False
 
     @property
     def inputs(self) -> DeviceInputs:
-        """Turns uint8 image batches into this model's normalised input on its device."""
-        return DeviceInputs(self.normalization, self.device, self.channels_last)
+        """Turns uint8 image batches into this model's normalised input on its device, in the
+        memory format the run evaluated in (trainer.channels_last): the same arithmetic, so
+        evaluate's top-1 is the run's own even where two classes' scores nearly tie."""
+        return DeviceInputs(self.normalization, self.device, self.config.trainer.channels_last)
 
 
 def resolve_checkpoint(location: str) -> Path:
@@ -184,11 +183,10 @@ def load_trained_model(location: str, weights: str = "ema", overrides: Sequence[
     run_dir = path.resolve().parent.parent if path.resolve().parent.name == CHECKPOINT_DIR \
         else path.resolve().parent
     model = model.to(selected).eval()
-    channels_last = config.trainer.channels_last
-    if channels_last:
+    if config.trainer.channels_last:  # as the run evaluated it (TrainedModel.inputs)
         model = model.to(memory_format=torch.channels_last)
     return TrainedModel(model, config, list(state["class_names"]), normalization, path, run_dir,
-                        weights_used, int(state["step"]), selected, channels_last)
+                        weights_used, int(state["step"]), selected)
 
 
 def parse_arguments(argv: Sequence[str], defaults: Dict[str, str],

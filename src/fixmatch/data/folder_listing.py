@@ -3,6 +3,7 @@ class, with the layout checked and nothing decoded. Training, evaluate and predi
 folders here, so all three read the same files (each real folder once, links included).
 """
 
+import itertools
 import logging
 import os
 import unicodedata
@@ -220,13 +221,10 @@ def _class_folders(root: Path, folder: str, skipped: Skipped) -> List[str]:
 
 def _refuse_shared_folders(folder: Path, names: Sequence[str]) -> None:
     # Links are followed, so `kitty -> cat` (or -> cat/sub) would label cat's images twice.
-    real = {name: Path(os.path.realpath(folder / name)) for name in names}
-    for name in names:
-        for other in names:
-            if other == name or not (real[name] == real[other] or real[other] in real[name].parents):
-                continue
-            first, second = sorted((name, other))
-            relation = "one folder" if real[name] == real[other] else "one inside the other"
+    real = dict(zip(names, _real_folders(folder, names)))
+    for first, second in itertools.combinations(sorted(names), 2):
+        if _overlap(real[first], real[second]):
+            relation = "one folder" if real[first] == real[second] else "one inside the other"
             raise UserError(f"{folder / first} and {folder / second} are {relation} (a link); "
                             "its images would be labeled as both classes: remove the link, or "
                             "give the class its own folder")
@@ -286,11 +284,10 @@ def _class_files(root: Path, folder: str, labels: Dict[str, int], skipped: Skipp
     around another class's folder, or one an earlier class read already, is skipped (its
     images would get two labels), and so is a linked file in another class's folder."""
     files, read = [], set() if read is None else read
-    tops = _real_folders(root / folder, list(labels))
+    tops = dict(zip(labels, _real_folders(root / folder, list(labels))))
     for name, label in sorted(labels.items(), key=lambda item: item[1]):
-        own = Path(os.path.realpath(root / folder / name))
         found = _walk(root, f"{folder}/{name}", skipped, read,
-                      elsewhere=[top for top in tops if top != own])
+                      elsewhere=[top for other, top in tops.items() if other != name])
         if not found:
             raise UserError(f"class folder {root / folder / name} holds no images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
